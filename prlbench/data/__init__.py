@@ -1,0 +1,1 @@
+"""The data layer: registry of data sets, download, preprocess, synthetic default, loader."""

@@ -1,0 +1,360 @@
+"""The Parquet cache: every preprocessor hands its rows to a `CacheBuilder`, which
+
+1. checks the labels of each chunk (naming the source file and line of a bad row),
+2. carves the validation split out of train by whole groups (a fixed-seed hash of the group id,
+   independent of any training seed),
+3. counts categorical ids on the train split only, and re-indexes them (unseen / rare -> 0),
+4. writes `{train,val,test}.parquet` and `manifest.json` into a temporary folder that replaces
+   the cache only once everything is written: a failure leaves the old cache (or nothing).
+
+Chunks are staged on disk as Parquet files, so the real ~40 GB Ali-CCP files stream through in
+bounded memory. `open_cache` reads a manifest back and checks that the files match it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prlbench import __version__
+from prlbench.errors import CacheError, DataError
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+VAL_FRACTION = 0.1
+VAL_SEED = 20240604  # fixed: the validation split never depends on a run's seed
+_HASH_BUCKETS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Column names and roles of a processed data set."""
+
+    categorical: tuple[str, ...]
+    numerical: tuple[str, ...]
+    group: str = "search_id"
+    click: str = "click"
+    conversion: str = "conversion"
+
+    def columns(self) -> list[str]:
+        return [self.group, *self.categorical, *self.numerical, self.click, self.conversion]
+
+
+def aliexpress_schema() -> Schema:
+    """MTReclib's processed AliExpress layout (also the synthetic data set's)."""
+    return Schema(
+        categorical=tuple(f"categorical_{i}" for i in range(1, 17)),
+        numerical=tuple(f"numerical_{i}" for i in range(1, 64)),
+    )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def validation_mask(groups: np.ndarray, fraction: float = VAL_FRACTION,
+                    seed: int = VAL_SEED) -> np.ndarray:
+    """True for rows whose group falls in the validation split (splitmix64 of the group id)."""
+    x = groups.astype(np.uint64) ^ np.uint64(seed)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x % np.uint64(_HASH_BUCKETS)) < np.uint64(round(fraction * _HASH_BUCKETS))
+
+
+def check_labels(click: np.ndarray, conversion: np.ndarray, source: str, first_line: int) -> None:
+    """Raise a DataError naming the first bad row: labels must be 0/1, conversion implies click."""
+    for name, col in (("click", click), ("conversion", conversion)):
+        bad = np.flatnonzero((col != 0) & (col != 1))
+        if bad.size:
+            raise DataError(f"{source}, line {first_line + bad[0]}: {name} = {col[bad[0]]!r}, "
+                            "expected 0 or 1; fix or drop that row and rerun preprocess")
+    bad = np.flatnonzero((conversion == 1) & (click == 0))
+    if bad.size:
+        raise DataError(f"{source}, line {first_line + bad[0]}: a conversion without a click; "
+                        "conversion must imply click (fix or drop that row)")
+
+
+class _IdCounter:
+    """Running (sorted unique ids, counts) of one categorical column, merged chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.ids = np.empty(0, np.int64)
+        self.counts = np.empty(0, np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        ids, counts = np.unique(values, return_counts=True)
+        all_ids = np.concatenate([self.ids, ids])
+        all_counts = np.concatenate([self.counts, counts])
+        self.ids, inverse = np.unique(all_ids, return_inverse=True)
+        self.counts = np.bincount(inverse, weights=all_counts, minlength=len(self.ids)).astype(
+            np.int64)
+
+    def vocabulary(self, min_count: int) -> np.ndarray:
+        """Sorted ids seen more than `min_count` times; id k of it gets code k + 1 (0: other)."""
+        return self.ids[self.counts > min_count]
+
+
+def encode(values: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    """Map raw ids to codes 1..len(vocabulary); ids not in the vocabulary map to 0."""
+    if len(vocabulary) == 0:
+        return np.zeros(len(values), np.int32)
+    pos = np.searchsorted(vocabulary, values)
+    pos_clipped = np.minimum(pos, len(vocabulary) - 1)
+    found = vocabulary[pos_clipped] == values
+    return np.where(found, pos_clipped + 1, 0).astype(np.int32)
+
+
+def _rates(click: np.ndarray, conversion: np.ndarray) -> dict[str, float]:
+    n, clicks, conv = len(click), int(click.sum()), int(conversion.sum())
+    return {
+        "rows": n,
+        "clicks": clicks,
+        "conversions": conv,
+        "click_rate": clicks / n if n else 0.0,
+        "ctcvr_rate": conv / n if n else 0.0,
+        "cvr_rate": conv / clicks if clicks else 0.0,
+    }
+
+
+class CacheBuilder:
+    """Collects raw chunks per split and writes the finished cache atomically.
+
+    Use as a context manager; call `add(...)` for each chunk, then `finish(...)`. Leaving the
+    block by an exception removes everything staged and leaves any existing cache untouched.
+    """
+
+    def __init__(self, out_dir: Path, schema: Schema, *, min_count: int = 0,
+                 has_groups: bool = True, carve_val: bool = True) -> None:
+        self.out_dir = Path(out_dir)
+        self.schema = schema
+        self.min_count = min_count
+        self.has_groups = has_groups
+        self.carve_val = carve_val
+        self._counters = {c: _IdCounter() for c in schema.categorical}
+        self._chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
+        self._side_chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
+        self._stage: Path | None = None
+
+    def __enter__(self) -> "CacheBuilder":
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.staging-",
+                                            dir=self.out_dir.parent))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+
+    def add(self, split: str, columns: Mapping[str, np.ndarray], *, source: str,
+            first_line: int = 1, side: Mapping[str, np.ndarray] | None = None) -> None:
+        """Stage one chunk of raw rows for `split` ("train" rows are divided into train / val).
+
+        `columns` holds every schema column (raw categorical ids as integers). `side` holds
+        extra per-row columns written to `{split}.side.parquet`, aligned row for row (the
+        synthetic data set's true probabilities), never into the feature files.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}")
+        missing = [c for c in self.schema.columns() if c not in columns]
+        if missing:
+            raise DataError(f"{source}: missing columns {missing[:5]}; the input does not have "
+                            "the expected layout")
+        click = np.asarray(columns[self.schema.click])
+        conversion = np.asarray(columns[self.schema.conversion])
+        check_labels(click, conversion, source, first_line)
+        table = self._to_arrow(columns)
+        side_table = pa.table({k: np.asarray(v) for k, v in side.items()}) if side else None
+        if split == "train" and self.carve_val:
+            in_val = validation_mask(np.asarray(columns[self.schema.group]))
+            self._stage_chunk("val", table.filter(pa.array(in_val)),
+                              side_table.filter(pa.array(in_val)) if side_table else None)
+            table = table.filter(pa.array(~in_val))
+            side_table = side_table.filter(pa.array(~in_val)) if side_table else None
+        self._stage_chunk(split, table, side_table)
+
+    def _to_arrow(self, columns: Mapping[str, np.ndarray]) -> pa.Table:
+        s = self.schema
+        arrays = {s.group: np.asarray(columns[s.group], np.int64)}
+        arrays.update({c: np.asarray(columns[c], np.int64) for c in s.categorical})
+        arrays.update({c: np.asarray(columns[c], np.float32) for c in s.numerical})
+        arrays[s.click] = np.asarray(columns[s.click], np.int8)
+        arrays[s.conversion] = np.asarray(columns[s.conversion], np.int8)
+        return pa.table(arrays)
+
+    def _stage_chunk(self, split: str, table: pa.Table, side: pa.Table | None) -> None:
+        assert self._stage is not None, "use CacheBuilder as a context manager"
+        if table.num_rows == 0:
+            return
+        if split == "train":
+            for c in self.schema.categorical:
+                self._counters[c].add(table.column(c).to_numpy())
+        path = self._stage / f"{split}-{len(self._chunks[split]):06d}.parquet"
+        pq.write_table(table, path, compression="none")
+        self._chunks[split].append(path)
+        if side is not None:
+            side_path = path.with_suffix(".side.parquet")
+            pq.write_table(side, side_path, compression="none")
+            self._side_chunks[split].append(side_path)
+
+    def finish(self, *, dataset: str, inputs: list[dict] | None = None,
+               params: dict | None = None) -> dict:
+        """Re-index, write the final files and the manifest, then swap them into place."""
+        assert self._stage is not None, "use CacheBuilder as a context manager"
+        if not self._chunks["train"]:
+            raise DataError(f"{dataset}: no training rows were read; check the source files")
+        vocab = {c: self._counters[c].vocabulary(self.min_count) for c in self.schema.categorical}
+        final = self._stage / "final"
+        final.mkdir()
+        splits, side_files = {}, {}
+        for split in SPLITS:
+            splits[split] = self._write_split(split, vocab, final)
+            if self._side_chunks[split]:
+                side_files[split] = self._concat_side(split, final)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "dataset": dataset,
+            "prlbench_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "columns": {
+                "group": self.schema.group,
+                "categorical": list(self.schema.categorical),
+                "numerical": list(self.schema.numerical),
+                "click": self.schema.click,
+                "conversion": self.schema.conversion,
+            },
+            "has_groups": self.has_groups,
+            "vocab_sizes": {c: int(len(v) + 1) for c, v in vocab.items()},
+            "vocabulary": {"built_on": "train (validation rows excluded)",
+                           "min_count": self.min_count, "other_code": 0},
+            "validation": ({"fraction": VAL_FRACTION, "seed": VAL_SEED,
+                            "by": self.schema.group if self.has_groups else "row"}
+                           if self.carve_val else {"given_by_source": True}),
+            "splits": splits,
+            "side_files": side_files,
+            "inputs": inputs or [],
+            "params": params or {},
+        }
+        _write_json(final / MANIFEST, manifest)
+        _swap_into_place(final, self.out_dir)
+        return manifest
+
+    def _write_split(self, split: str, vocab: dict[str, np.ndarray], final: Path) -> dict:
+        path = final / f"{split}.parquet"
+        clicks, convs = [], []
+        writer = None
+        try:
+            for chunk in self._chunks[split]:
+                table = pq.read_table(chunk)
+                for c in self.schema.categorical:
+                    idx = table.schema.get_field_index(c)
+                    codes = encode(table.column(c).to_numpy(), vocab[c])
+                    table = table.set_column(idx, c, pa.array(codes, pa.int32()))
+                clicks.append(table.column(self.schema.click).to_numpy())
+                convs.append(table.column(self.schema.conversion).to_numpy())
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                writer.write_table(table, row_group_size=1 << 20)
+            if writer is None:  # an empty split still gets a file with the right schema
+                pq.write_table(self._empty_table(), path)
+        finally:
+            if writer is not None:
+                writer.close()
+        rates = _rates(np.concatenate(clicks) if clicks else np.empty(0, np.int8),
+                       np.concatenate(convs) if convs else np.empty(0, np.int8))
+        return {"file": path.name, **rates, **_file_facts(path)}
+
+    def _empty_table(self) -> pa.Table:
+        s = self.schema
+        fields = [pa.field(s.group, pa.int64())]
+        fields += [pa.field(c, pa.int32()) for c in s.categorical]
+        fields += [pa.field(c, pa.float32()) for c in s.numerical]
+        fields += [pa.field(s.click, pa.int8()), pa.field(s.conversion, pa.int8())]
+        return pa.schema(fields).empty_table()
+
+    def _concat_side(self, split: str, final: Path) -> dict:
+        path = final / f"{split}.side.parquet"
+        table = pa.concat_tables([pq.read_table(p) for p in self._side_chunks[split]])
+        pq.write_table(table, path, compression="zstd")
+        return {"file": path.name, "columns": table.column_names, **_file_facts(path)}
+
+
+def _file_facts(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    """Replace `target` by the folder `new`; the old cache is removed only after the swap.
+
+    Raw downloads kept in `target/raw` are moved over, so preprocessing never loses them.
+    """
+    if target.exists():
+        raw = target / "raw"
+        if raw.exists():
+            os.replace(raw, new / "raw")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def manifest_hash(cache_dir: Path) -> str:
+    return sha256_file(Path(cache_dir) / MANIFEST)
+
+
+def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
+    """Read `data_dir/name/manifest.json` and check that every file it lists matches it."""
+    cache = Path(data_dir) / name
+    mpath = cache / MANIFEST
+    if not mpath.exists():
+        raise CacheError(f"data set {name!r} is not preprocessed in {cache} (no {MANIFEST}); "
+                         f"run: prlbench preprocess {name} --data-dir {data_dir}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{mpath} is not valid JSON ({e}); rerun: prlbench preprocess {name}"
+                         ) from e
+    entries = list(manifest.get("splits", {}).values()) + list(
+        manifest.get("side_files", {}).values())
+    for entry in entries:
+        _verify_file(cache / entry["file"], entry, name, full=verify)
+    manifest["_dir"] = str(cache)
+    return manifest
+
+
+def _verify_file(path: Path, entry: dict, name: str, *, full: bool) -> None:
+    fix = f"rerun: prlbench preprocess {name}"
+    if not path.exists():
+        raise CacheError(f"{path} is listed in the manifest but missing; {fix}")
+    if path.stat().st_size != entry["bytes"]:
+        raise CacheError(f"{path} has {path.stat().st_size} bytes, the manifest says "
+                         f"{entry['bytes']}: the cache was modified; {fix}")
+    if full and sha256_file(path) != entry["sha256"]:
+        raise CacheError(f"{path} does not match the sha256 in its manifest: the cache was "
+                         f"modified; {fix}")

@@ -1,0 +1,92 @@
+"""The registry of data sets: where each comes from, which raw files it has, how it is processed.
+
+Specs are plain data; the preprocessing function is named by a dotted path and imported only
+when it runs, so that listing data sets stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prlbench.registry import Registry
+
+DATASETS: Registry["DatasetSpec"] = Registry("data set")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    landing_page: str | None
+    # The files a user fetches by hand (the archive names on the landing page).
+    raw_files: tuple[str, ...]
+    # "module:function" that turns a source into the Parquet cache.
+    preprocessor: str
+    # A public direct URL, where one exists (None: a login is needed, see `obtain`).
+    url: str | None = None
+    # How to obtain the raw files, in words (printed by `prlbench download NAME`).
+    obtain: str = ""
+    # Keyword arguments passed to the preprocessor (e.g. the AliExpress country).
+    options: dict = field(default_factory=dict)
+
+    def preprocess_fn(self) -> Callable:
+        module, func = self.preprocessor.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+def _register(spec: DatasetSpec) -> None:
+    DATASETS.register(spec.name)(spec)
+
+
+_TIANCHI = (
+    "Log in at the landing page (a free Tianchi account), accept the licence and download the "
+    "files named below; MTReclib's processed CSVs (Google Drive / Baidu links in its README) "
+    "are accepted too."
+)
+
+for _country in ("nl", "es", "fr", "us"):
+    _up = _country.upper()
+    _register(
+        DatasetSpec(
+            name=f"aliexpress_{_country}",
+            description=f"AliExpress search logs, {_up}: clicks and purchases, 16 categorical + "
+            "63 numerical features",
+            landing_page="https://tianchi.aliyun.com/dataset/74690",
+            raw_files=(f"aliexpress_{_up}_datasets.zip",),
+            preprocessor="prlbench.data.aliexpress:preprocess_aliexpress",
+            obtain=_TIANCHI,
+            options={"country": _country},
+        )
+    )
+
+_register(
+    DatasetSpec(
+        name="aliccp",
+        description="Ali-CCP (Alibaba Click and Conversion Prediction, the ESMM data): "
+        "~84 M impressions, 18 sparse fields",
+        landing_page="https://tianchi.aliyun.com/dataset/408",
+        raw_files=(
+            "sample_skeleton_train.csv",
+            "common_features_train.csv",
+            "sample_skeleton_test.csv",
+            "common_features_test.csv",
+        ),
+        preprocessor="prlbench.data.aliccp:preprocess_aliccp",
+        obtain=_TIANCHI.replace("MTReclib's processed CSVs (Google Drive / Baidu links in its "
+                                "README)", "a processed CSV folder (train/val/test.csv)"),
+    )
+)
+
+_register(
+    DatasetSpec(
+        name="synthetic",
+        description="Built-in default: generated with the AliExpress schema, latent relevance "
+        "and noise clicks; no download",
+        landing_page=None,
+        raw_files=(),
+        preprocessor="prlbench.data.synthetic:preprocess_synthetic",
+        obtain="Generated locally by `prlbench preprocess synthetic`; nothing to download.",
+    )
+)

@@ -1,0 +1,63 @@
+"""One tiny registry per kind of thing (data sets, models, losses).
+
+Unknown names fail with an error that lists the valid ones, so a typo on the command line tells
+the user what they could have typed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not in a registry; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """An ordered name -> object map, filled by the `register` decorator."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self._items)}"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def resolve(self, names: str) -> list[str]:
+        """Parse a comma-separated list ('all' means every name), checking each."""
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        if wanted == ["all"]:
+            return self.names()
+        for n in wanted:
+            self.get(n)
+        return wanted
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
