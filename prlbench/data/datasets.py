@@ -74,8 +74,11 @@ _register(
             "common_features_test.csv",
         ),
         preprocessor="prlbench.data.aliccp:preprocess_aliccp",
-        obtain=_TIANCHI.replace("MTReclib's processed CSVs (Google Drive / Baidu links in its "
-                                "README)", "a processed CSV folder (train/val/test.csv)"),
+        obtain=(
+            "Log in at the landing page (a free Tianchi account), accept the licence and "
+            "download the sample_skeleton / common_features files (unpack them if they come as "
+            "archives); a processed CSV folder (train.csv, val.csv, test.csv with click, purchase "
+            "and the field columns) is accepted too."),
     )
 )
 

@@ -1,0 +1,454 @@
+"""The `prlbench` command: a thin layer over the library. Heavy imports (torch, pandas, pyarrow)
+happen inside the commands, so `prlbench --help` stays instant."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from prlbench import __version__
+
+app = typer.Typer(
+    name="prlbench",
+    help="Does a pairwise ranking loss (PWiseR) really help multi-task recommenders? "
+    "Download or generate data, train models with BCE / PWiseR / RankNet, compare with honest "
+    "statistics.\n\nQuick start:  prlbench compare",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+# Shared options, defined once.
+DataDir = typer.Option(Path("datasets"), "--data-dir", envvar="PRLBENCH_DATA_DIR",
+                       help="The Parquet cache of data sets. Env: PRLBENCH_DATA_DIR.")
+OutDir = typer.Option(Path("results"), "--out", envvar="PRLBENCH_OUT",
+                      help="The results folder. Env: PRLBENCH_OUT.")
+ConfigFile = typer.Option(None, "--config", exists=False, help="A YAML file with sections data / "
+                          "model / loss / train; flags win over the file, the file over defaults.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Show a PrlbenchError as one red line (no traceback) and exit 1; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from prlbench.errors import PrlbenchError
+        from prlbench.registry import UnknownNameError
+
+        try:
+            return fn(*args, **kwargs)
+        except (PrlbenchError, UnknownNameError) as e:
+            _console().print(f"[bold red]error:[/] {_esc(e)}")
+            code = 130 if type(e).__name__ == "Interrupted" else 1
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt:
+            _console().print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _esc(e: Exception) -> str:
+    from rich.markup import escape
+
+    return escape(str(e))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"prlbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """prlbench: benchmark PWiseR against BCE on multi-task recommenders."""
+
+
+# ------------------------------------------------------------------------------------ ls
+@app.command("ls")
+@friendly_errors
+def ls(what: str = typer.Argument(..., help="datasets, models or losses")) -> None:
+    """List the data sets, models or losses, a line each.
+
+    Example: prlbench ls models
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = _listing(what)
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in rows:
+        table.add_row(name, desc)
+    Console().print(table)
+
+
+def _listing(what: str) -> list[tuple[str, str]]:
+    from prlbench.errors import ConfigError
+
+    if what == "datasets":
+        from prlbench.data.datasets import DATASETS
+
+        return [(n, DATASETS.get(n).description) for n in DATASETS]
+    if what == "models":
+        from prlbench.models import MODELS
+
+        return [(n, getattr(MODELS.get(n), "summary", "")) for n in MODELS]
+    if what == "losses":
+        from prlbench.losses import LOSS_SUMMARIES, LOSSES
+
+        return [(n, LOSS_SUMMARIES.get(n, "")) for n in LOSSES]
+    raise ConfigError(f"prlbench ls {what}: expected one of datasets, models, losses")
+
+
+# ------------------------------------------------------------------------------ download
+@app.command()
+@friendly_errors
+def download(
+    name: str = typer.Argument(..., help="A data set name (prlbench ls datasets)."),
+    url: Optional[str] = typer.Option(None, "--url", help="A direct URL or mirror of the raw "
+                                      "archive (resumes a partial download)."),
+    from_path: Optional[Path] = typer.Option(None, "--from", help="Import a file or folder you "
+                                             "fetched by hand."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the file."),
+    data_dir: Path = DataDir,
+    quiet: bool = Quiet,
+) -> None:
+    """Fetch or import a data set's raw files into DATA_DIR/NAME/raw (checksummed).
+
+    Examples:
+      prlbench download aliexpress_nl --url https://mirror.example/aliexpress_NL_datasets.zip
+      prlbench download aliexpress_nl --from ~/Downloads/aliexpress_NL_datasets.zip
+      prlbench download aliccp          # says where to get it and what to run next
+    """
+    from prlbench.data.download import download as run_download
+
+    raw = run_download(name, data_dir, url=url, from_path=from_path, progress=not quiet,
+                       sha256=sha256)
+    _console().print(f"[green]raw files in[/] {raw}\nnext: prlbench preprocess {name}"
+                     f"{'' if data_dir == Path('datasets') else f' --data-dir {data_dir}'}")
+
+
+# ---------------------------------------------------------------------------- preprocess
+@app.command()
+@friendly_errors
+def preprocess(
+    name: str = typer.Argument(..., help="A data set name (prlbench ls datasets)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Raw archive or folder, or a "
+                                          "processed CSV folder (default: DATA_DIR/NAME/raw)."),
+    rows: Optional[int] = typer.Option(None, help="synthetic: training impressions."),
+    seed: Optional[int] = typer.Option(None, help="synthetic: generator seed."),
+    click_rate: Optional[float] = typer.Option(None, help="synthetic: P(click)."),
+    conversion_rate: Optional[float] = typer.Option(None, help="synthetic: P(conversion | click)."),
+    noise_rate: Optional[float] = typer.Option(None, help="synthetic: share of clicks that are "
+                                               "noise."),
+    data_dir: Path = DataDir,
+    quiet: bool = Quiet,
+) -> None:
+    """Turn raw files into DATA_DIR/NAME/{train,val,test}.parquet and manifest.json.
+
+    Examples:
+      prlbench preprocess synthetic --rows 1000000 --noise-rate 0.3
+      prlbench preprocess aliexpress_nl
+      prlbench preprocess aliexpress_nl --source ~/MTReclib/data/AliExpress_NL
+      prlbench preprocess aliccp --source ~/aliccp
+    """
+    from prlbench.data.preprocess import preprocess as run_preprocess
+
+    manifest = run_preprocess(name, data_dir, source=source, progress=not quiet, rows=rows,
+                              seed=seed, click_rate=click_rate, conversion_rate=conversion_rate,
+                              noise_rate=noise_rate)
+    _print_manifest(manifest, data_dir / name)
+
+
+def _print_manifest(manifest: dict, where: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{manifest['dataset']} -> {where}", header_style="bold")
+    for col in ("split", "rows", "click rate", "CTCVR rate", "CVR rate"):
+        table.add_column(col, justify="right")
+    for split, s in manifest["splits"].items():
+        table.add_row(split, f"{s['rows']:,}", f"{s['click_rate']:.4%}",
+                      f"{s['ctcvr_rate']:.4%}", f"{s['cvr_rate']:.3%}")
+    cols = manifest["columns"]
+    Console().print(table)
+    Console().print(f"{len(cols['categorical'])} categorical, {len(cols['numerical'])} numerical "
+                    "features")
+
+
+# --------------------------------------------------------------------------------- train
+@app.command()
+@friendly_errors
+def train(
+    dataset: Optional[str] = typer.Option(None, help="Data set (default synthetic)."),
+    model: Optional[str] = typer.Option(None, help="Model (prlbench ls models; default mmoe)."),
+    loss: Optional[str] = typer.Option(None, help="Loss: bce, pwiser or ranknet (default bce)."),
+    seed: Optional[int] = typer.Option(None, help="Seed (default 1)."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of the pairwise term."),
+    m1: Optional[float] = typer.Option(None, help="PWiseR margin, conversion vs click-only."),
+    m2: Optional[float] = typer.Option(None, help="PWiseR margin, conversion vs non-click."),
+    phi: Optional[str] = typer.Option(None, help="PWiseR phi: squared_hinge, hinge, logistic."),
+    score: Optional[str] = typer.Option(None, help="PWiseR score: prob or logit."),
+    head: Optional[str] = typer.Option(None, help="PWiseR head: ctr, ctcvr or both."),
+    preset: Optional[str] = typer.Option(None, help="Model sizes: paper or small (default small "
+                                         "on synthetic, paper otherwise)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 10)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 2048)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3)."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)."),
+    threads: Optional[int] = typer.Option(None, help="torch threads."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an interrupted run."),
+    config: Optional[Path] = ConfigFile,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+    quiet: bool = Quiet,
+) -> None:
+    """Train one model with one loss and seed; evaluate it on test at the end.
+
+    Examples:
+      prlbench train --dataset synthetic --model mmoe --loss pwiser --seed 1
+      prlbench train --dataset aliexpress_nl --model ple --loss pwiser --lambda 0.5 --m1 0.05 --m2 0.1 --preset paper
+    """
+    from prlbench.config import resolve
+    from prlbench.data.preprocess import ensure_synthetic
+    from prlbench.engine.train import train_run
+
+    loss_params = {"lam": lam, "m1": m1, "m2": m2, "phi": phi, "score": score, "head": head}
+    flags = {
+        "data": {"dataset": dataset},
+        "model": {"name": model, "preset": preset},
+        "loss": {"name": loss, "params": {k: v for k, v in loss_params.items() if v is not None}},
+        "train": {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "patience": patience, "device": device, "precision": precision,
+                  "threads": threads},
+    }
+    cfg = resolve(config, flags)
+    if cfg.data.dataset == "synthetic":
+        ensure_synthetic(data_dir, progress=not quiet)
+    run_dir = train_run(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
+                        progress=not quiet)
+    _print_metrics(run_dir)
+
+
+def _print_metrics(run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from prlbench.results import read_json
+
+    record = read_json(run_dir / "run.json")
+    metrics = read_json(run_dir / "metrics.json")
+    table = Table(title=f"test metrics of {run_dir.name}", header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.5f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if "best_epoch" in record:
+        Console().print(f"best epoch {record['best_epoch']} (validation score "
+                        f"{record['best_val_score']:.5f}), {record['samples_per_s']:,.0f} "
+                        f"samples/s; run folder: {run_dir}")
+
+
+# ------------------------------------------------------------------------------ evaluate
+@app.command()
+@friendly_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder, e.g. results/runs/<run-id>."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    data_dir: Path = DataDir,
+) -> None:
+    """Evaluate a run's best checkpoint on the test split: metrics and per-example predictions.
+
+    Example: prlbench evaluate results/runs/synthetic-mmoe-pwiser-s1-0123456789
+    """
+    from prlbench.engine.evaluate import evaluate_run
+
+    evaluate_run(run_dir, data_dir, device=device)
+    _print_metrics(run_dir)
+
+
+
+
+# ------------------------------------------------------------------------------- compare
+def _floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    from prlbench.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a number or a comma-separated list, got {text!r}"
+                          ) from None
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    from prlbench.errors import ConfigError
+
+    try:
+        if "," in text:
+            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+        else:
+            seeds = tuple(range(1, int(text) + 1))
+    except ValueError:
+        raise ConfigError(f"--seeds: expected a count (6) or a list (1,2,3), got {text!r}"
+                          ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: need at least one seed and no repeats, got {text!r}")
+    return seeds
+
+
+@app.command()
+@friendly_errors
+def compare(
+    datasets: str = typer.Option("synthetic", help="Comma-separated data sets."),
+    models: str = typer.Option("mmoe", help="Comma-separated models, or all."),
+    losses: str = typer.Option("bce,pwiser", help="Comma-separated losses; bce is the baseline."),
+    seeds: str = typer.Option("6", help="A count (6 = seeds 1..6) or a list (1,2,3)."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="Pairwise weight; a list is chosen "
+                                      "on validation (e.g. 0.1,0.5,1)."),
+    m1: Optional[str] = typer.Option(None, help="PWiseR margin m1 (or a list)."),
+    m2: Optional[str] = typer.Option(None, help="PWiseR margin m2 (or a list)."),
+    phi: Optional[str] = typer.Option(None, help="PWiseR phi: squared_hinge, hinge, logistic."),
+    score: Optional[str] = typer.Option(None, help="PWiseR score: prob or logit."),
+    head: Optional[str] = typer.Option(None, help="PWiseR head: ctr, ctcvr or both."),
+    preset: Optional[str] = typer.Option(None, help="paper or small (default small on "
+                                         "synthetic, paper otherwise)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per run."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    executor: str = typer.Option("local", help="local (process pool) or ray."),
+    jobs: Optional[int] = typer.Option(None, help="Runs at once (default: min(cores, 2))."),
+    threads: Optional[int] = typer.Option(None, help="torch threads per run (default: "
+                                          "cores // jobs)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (auto, "
+                                              "ray://host:port); default: a local instance."),
+    fmt: str = typer.Option("md,latex,csv", "--format", help="Tables to write: md, latex, csv."),
+    tables_only: bool = typer.Option(False, "--tables-only", help="Train nothing: tables from "
+                                     "the finished runs only."),
+    test: str = typer.Option("wilcoxon", help="Paired test over seeds: wilcoxon or ttest."),
+    correction: str = typer.Option("holm", help="Multiple-testing correction: holm or bh."),
+    config: Optional[Path] = ConfigFile,
+    data_dir: Path = DataDir,
+    out: Path = typer.Option(Path("results/compare"), "--out", help="The experiment folder."),
+    quiet: bool = Quiet,
+) -> None:
+    """Run the grid data sets x models x losses x seeds (resumably) and write significance-tested
+    AUC tables (Markdown, LaTeX, CSV) and plots.
+
+    Examples:
+      prlbench compare
+      prlbench compare --models mmoe,ple --losses bce,pwiser,ranknet --seeds 6
+      prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
+      prlbench compare --executor ray --ray-address auto
+      prlbench compare --format latex --out results/nl_fr --tables-only
+    """
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from prlbench.compare import compare as run_compare
+    from prlbench.runner import make_executor
+
+    grid = _grid(datasets, models, losses, seeds, config, dict(
+        lam=_floats(lam, "--lambda"), m1=_floats(m1, "--m1"), m2=_floats(m2, "--m2")),
+        {"phi": phi, "score": score, "head": head},
+        {"preset": preset}, {"epochs": epochs, "batch_size": batch_size, "patience": patience,
+                             "precision": precision, "device": device})
+    formats = _formats(fmt)
+    stats_options = _stats_options(test, correction)
+    _check_data(grid, data_dir, quiet)
+    if len(grid.seeds) == 1:
+        _console().print("[yellow]warning:[/] --seeds 1: with one seed no significance test is "
+                         "possible; use --seeds 6 or more")
+    ex = None if tables_only else make_executor(executor, jobs=jobs, ray_address=ray_address,
+                                                threads=threads)
+    res = run_compare(grid, executor=ex, data_dir=data_dir, out=out, formats=formats,
+                      train=not tables_only, progress=not quiet, stats_options=stats_options)
+    console = Console()
+    if res.markdown:
+        console.print(Markdown(res.markdown))
+    for w in res.warnings:
+        _console().print(f"[yellow]warning:[/] {_esc(w)}")
+    for o in res.failed:
+        _console().print(f"[red]failed:[/] {o.run_id}: {_esc(o.error)}")
+    if res.missing:
+        _console().print(f"[yellow]{len(res.missing)} runs not trained yet[/] (--tables-only); "
+                         "run without --tables-only to train them")
+    _console().print("wrote: " + ", ".join(str(p) for p in res.written))
+    if res.failed:
+        raise typer.Exit(1)
+
+
+def _grid(datasets, models, losses, seeds, config, lists, loss_fixed, model_flags, train_flags):
+    from prlbench.config import resolve
+    from prlbench.data.datasets import DATASETS
+    from prlbench.losses import LOSSES
+    from prlbench.models import MODELS
+    from prlbench.runner import Grid
+
+    base = resolve(config, {"model": model_flags, "train": train_flags}, finish=False)
+    loss_names = tuple(LOSSES.resolve(losses))
+    if "bce" not in loss_names:
+        from prlbench.errors import ConfigError
+
+        raise ConfigError("--losses must include bce, the baseline every loss is compared to")
+    # Each loss takes the parameters it knows from this grid (Grid.candidates filters).
+    loss_grid = {k: v for k, v in lists.items() if v}
+    loss_grid.update({k: [v] for k, v in loss_fixed.items() if v is not None})
+    return Grid(datasets=tuple(DATASETS.resolve(datasets)), models=tuple(MODELS.resolve(models)),
+                losses=("bce",) + tuple(n for n in loss_names if n != "bce"),
+                seeds=_seeds(seeds), loss_grid=loss_grid, base=base)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from prlbench.errors import ConfigError
+
+    aliases = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "csv"}
+    out = []
+    for f in (x.strip() for x in text.split(",") if x.strip()):
+        if f not in aliases:
+            raise ConfigError(f"--format: unknown format {f!r}; valid: md, latex, csv")
+        out.append(aliases[f])
+    return tuple(out)
+
+
+def _stats_options(test: str, correction: str) -> dict:
+    from prlbench.errors import ConfigError
+
+    if test not in ("wilcoxon", "ttest"):
+        raise ConfigError(f"--test must be wilcoxon or ttest, got {test!r}")
+    if correction not in ("holm", "bh"):
+        raise ConfigError(f"--correction must be holm or bh, got {correction!r}")
+    return {"test": test, "correction": correction}
+
+
+def _check_data(grid, data_dir: Path, quiet: bool) -> None:
+    """Fail before any training if a data set is not preprocessed (synthetic is generated)."""
+    from prlbench.data.cache import open_cache
+    from prlbench.data.preprocess import ensure_synthetic
+
+    for name in grid.datasets:
+        if name == "synthetic":
+            ensure_synthetic(data_dir, progress=not quiet)
+        open_cache(data_dir, name, verify=False)

@@ -1,0 +1,205 @@
+"""Run configuration: frozen dataclasses, resolved as defaults < YAML file < command-line flags.
+
+`None` always means "not given", so a flag left out never overrides the file, and a key left out
+of the file never overrides the default. A run's identity is the hash of the parts of its
+resolved config that can change its numbers (not the device, the thread count or the folders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from prlbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mmoe"
+    # None: "small" on the synthetic data set, "paper" on real data.
+    preset: str | None = None
+    # Architecture overrides passed to create_model (e.g. {"embed_dim": 32}).
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "bce"
+    # Loss parameters (lam, m1, m2, phi, score, head); missing ones take the loss's defaults.
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    epochs: int = 10
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    patience: int = 2
+    precision: str = "fp32"
+    eval_batch_size: int = 16384
+    # Neither changes the numbers on CPU, so neither is part of the run id.
+    device: str = "cpu"
+    threads: int | None = None
+    checkpoint_every_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        return _merge(cls(), d, "config")
+
+    def identity(self) -> dict:
+        """The parts that define the run's results (device, threads, folders excluded)."""
+        d = self.to_dict()
+        for key in ("device", "threads", "checkpoint_every_s", "eval_batch_size"):
+            d["train"].pop(key)
+        return d
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+PRECISIONS = ("fp32", "bf16")
+
+
+def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
+    """Return `base` (a dataclass) with `updates` applied, recursing into sections."""
+    if not isinstance(updates, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(updates).__name__}")
+    valid = {f.name: f for f in fields(base)}
+    changes = {}
+    for key, value in updates.items():
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        if value is None:
+            continue
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{where}.{key}")
+        elif isinstance(current, dict):
+            changes[key] = {**current, **{k: v for k, v in value.items() if v is not None}}
+        else:
+            changes[key] = value
+    return replace(base, **changes)
+
+
+def load_yaml(path: Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of sections "
+                          f"({', '.join(_SECTIONS)})")
+    return data
+
+
+def resolve(config_file: Path | None, flags: Mapping[str, Any], *,
+            finish: bool = True) -> RunConfig:
+    """defaults < YAML file < flags (a nested mapping whose None values mean 'not given').
+
+    `finish=False` leaves the preset and loss defaults open (a grid fills them per run)."""
+    cfg = RunConfig()
+    if config_file is not None:
+        cfg = _merge(cfg, load_yaml(config_file), str(config_file))
+    cfg = _merge(cfg, flags, "flags")
+    validate(cfg)
+    return complete(cfg) if finish else cfg
+
+
+def complete(cfg: RunConfig) -> RunConfig:
+    """Fill what depends on other choices: the preset and the loss's default parameters,
+    so that the stored config (and the run id) says exactly what ran."""
+    from prlbench.losses import loss_params
+
+    preset = cfg.model.preset or default_preset(cfg.data.dataset)
+    params = {**loss_params(cfg.loss.name), **cfg.loss.params}
+    return replace(cfg, model=replace(cfg.model, preset=preset),
+                   loss=replace(cfg.loss, params=params))
+
+
+def default_preset(dataset: str) -> str:
+    return "small" if dataset == "synthetic" else "paper"
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check names and ranges, so a bad value fails before any data is read."""
+    from prlbench.data.datasets import DATASETS
+    from prlbench.registry import UnknownNameError
+
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, f"--epochs must be >= 1, got {t.epochs}"),
+        (t.batch_size >= 2, f"--batch-size must be >= 2, got {t.batch_size}"),
+        (t.lr > 0, f"--lr must be > 0, got {t.lr}"),
+        (t.weight_decay >= 0, f"--weight-decay must be >= 0, got {t.weight_decay}"),
+        (t.patience >= 1, f"--patience must be >= 1, got {t.patience}"),
+        (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, "
+                                    f"got {t.precision!r}"),
+        (t.threads is None or t.threads >= 1, f"--threads must be >= 1, got {t.threads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    try:
+        DATASETS.get(cfg.data.dataset)
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from e
+    _validate_model_and_loss(cfg)
+
+
+def _validate_model_and_loss(cfg: RunConfig) -> None:
+    from prlbench.losses import LOSSES, loss_params
+    from prlbench.models import MODELS
+    from prlbench.registry import UnknownNameError
+
+    try:
+        MODELS.get(cfg.model.name)
+        LOSSES.get(cfg.loss.name)
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from e
+    known = loss_params(cfg.loss.name)
+    for key, value in cfg.loss.params.items():
+        if key not in known:
+            valid = ", ".join(known) or "none"
+            raise ConfigError(f"loss {cfg.loss.name!r} takes no parameter {key!r}; "
+                              f"its parameters: {valid}")
+        if key == "lam" and value < 0:
+            raise ConfigError(f"--lambda must be >= 0, got {value}")
+        if key in ("m1", "m2") and value < 0:
+            raise ConfigError(f"--{key} must be >= 0, got {value}")
+
+
+def config_hash(cfg: RunConfig, manifest_sha: str = "") -> str:
+    payload = json.dumps({"config": cfg.identity(), "data": manifest_sha}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def run_id(cfg: RunConfig, manifest_sha: str = "") -> str:
+    """Stable, readable id: dataset-model-loss-seed plus 10 hex digits of the config hash."""
+    c = cfg
+    return (f"{c.data.dataset}-{c.model.name}-{c.loss.name}-s{c.train.seed}-"
+            f"{config_hash(cfg, manifest_sha)[:10]}")

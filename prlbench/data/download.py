@@ -1,0 +1,498 @@
+"""Raw data: HTTP(S) downloads, imports of files fetched by hand, checksums, safe extraction.
+
+`download` fills `data_dir/<name>/raw/` from a URL (streamed to `<file>.part`, resumed with HTTP
+Range, retried with backoff on connection errors and 5xx, renamed only once complete), from a
+file or folder fetched by hand, or else says where to get the files (Tianchi needs a login).
+Every file's sha256 and size go into `raw/checksums.json` on first import; other content under
+the same name later, or a file changed on disk (`verify_raw`), is an error. An archive given on
+its own or named in the spec is extracted by `safe_extract` (no absolute paths, `..`, links or
+devices; a size cap; files move into place only once every entry was written). Archives inside
+archives (AliExpress's inner zips) or inside an imported folder stay as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import IO, Callable, Iterator, NamedTuple
+from urllib.parse import unquote, urlparse
+
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
+
+from prlbench import __version__
+from prlbench.data.cache import sha256_file
+from prlbench.data.datasets import DATASETS, DatasetSpec
+from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
+from prlbench.registry import UnknownNameError
+
+CHECKSUMS = "checksums.json"
+PART = ".part"
+CHUNK = 1 << 20
+TIMEOUT_S = 60.0
+MAX_BACKOFF_S = 300.0
+MAX_EXTRACT_BYTES = 200 * 2**30
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+DEFAULT_DATA_DIR = Path("datasets")  # the CLI's default; commands we print omit it
+Facts = dict[str, tuple[str, int]]  # relative path -> (sha256, bytes)
+
+
+class _Retryable(Exception):
+    """A transient failure (connection lost, 5xx): wait, then resume from the partial file."""
+
+
+def download(name: str, data_dir: Path, *, url: str | None = None,
+             from_path: Path | None = None, progress: bool = True, retries: int = 5,
+             backoff: float = 1.0, sha256: str | None = None) -> Path:
+    """Fetch or import the raw files of data set `name`; returns `data_dir/name/raw`."""
+    try:
+        spec = DATASETS.get(name)
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from e
+    if url is not None and from_path is not None:
+        raise ConfigError("give either --url or --from, not both")
+    if not spec.raw_files and spec.url is None:
+        raise ConfigError(f"{name} is generated locally: nothing to download; "
+                          f"run: prlbench preprocess {name}")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ConfigError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    raw = Path(data_dir) / name / "raw"
+    url = url if url is not None or from_path is not None else spec.url
+    if from_path is not None:
+        given, single = _import(Path(from_path), raw, sha256=sha256, progress=progress)
+    elif url is not None:
+        given, single = [_download_url(url, raw, sha256, progress, retries, backoff)], True
+    elif spec.raw_files and all((raw / f).is_file() for f in spec.raw_files):
+        verify_raw(raw)  # imported earlier: check it, extract what is still unextracted
+        given, single = [raw / f for f in spec.raw_files], True
+    else:
+        raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
+    for path in given:
+        if _is_archive(path) and (single or path.name in spec.raw_files):
+            _extract_recorded(path, raw, progress)
+    return raw
+
+
+def manual_instructions(spec: DatasetSpec, data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """What `prlbench download NAME` prints for a data set without a public direct URL."""
+    files = spec.raw_files
+    where = f"PATH/TO/{files[0]}" if len(files) == 1 else "PATH/TO/FOLDER"
+    dd = "" if Path(data_dir) == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
+    return "\n".join([
+        f"{spec.name} has no public direct download: fetch its raw files by hand.",
+        f"  Landing page: {spec.landing_page}",
+        f"  {spec.obtain}",
+        "  Expected file(s): " + ", ".join(files)
+        + ("" if len(files) == 1 else " (put them in one folder)"),
+        "Then run:",
+        f"  prlbench download {spec.name} --from {where}{dd}",
+        f"  prlbench preprocess {spec.name}{dd}",
+        f"(A direct mirror works too: prlbench download {spec.name} --url URL{dd})",
+    ])
+
+
+def verify_raw(raw_dir: Path) -> None:
+    """Check every file recorded in `raw_dir/checksums.json` (size first, then sha256)."""
+    raw = Path(raw_dir)
+    for rel, entry in _load_records(raw).items():
+        _verify_one(raw, rel, entry)
+
+
+def _verify_one(raw: Path, rel: str, entry: object) -> None:
+    path, name = raw / rel, raw.parent.name
+    fix = (f"delete it and its entry in {raw / CHECKSUMS}, then import it again: "
+           f"prlbench download {name} --from PATH (or --url URL)")
+    if not isinstance(entry, dict) or not {"sha256", "bytes"} <= entry.keys():
+        raise DownloadError(f"{raw / CHECKSUMS}: the entry for {rel!r} is malformed; {fix}")
+    if not path.is_file():
+        raise DownloadError(f"{path} is recorded in {CHECKSUMS} but missing; {fix}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise DownloadError(f"{path} has {size} bytes, {entry['bytes']} were recorded when it "
+                            f"was imported: the file changed; {fix}")
+    if sha256_file(path) != entry["sha256"]:
+        raise DownloadError(f"{path} does not match the sha256 recorded when it was imported "
+                            f"({entry['sha256']}): the file changed; {fix}")
+
+
+# ------------------------------------------------------------------------ checksum records
+def _load_records(raw: Path) -> dict:
+    path = raw / CHECKSUMS
+    if not path.exists():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        records = None
+    if not isinstance(records, dict):
+        raise DownloadError(f"{path} is not a JSON object of checksums; delete it and import "
+                            "the raw files again")
+    return records
+
+
+def _save_records(raw: Path, records: dict) -> None:
+    path = raw / CHECKSUMS
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _check(raw: Path, rel: str, digest: str, expected: str | None, old: dict | None) -> None:
+    """Refuse content that differs from the expected hash or from the one recorded earlier."""
+    if expected is not None and digest != expected.lower():
+        raise DownloadError(f"{rel}: sha256 {digest} does not match the expected {expected}; "
+                            "check the URL or file, or the expected checksum")
+    if old is not None and old.get("sha256") != digest:
+        raise DownloadError(
+            f"{rel}: sha256 {digest} differs from the one recorded on first import "
+            f"({old.get('sha256')}, from {old.get('source')}). If the new file is the right "
+            f"one, delete {raw / rel} and its entry in {raw / CHECKSUMS} and rerun; otherwise "
+            "pass the original file")
+
+
+def _accept(raw: Path, rel: str, staged: Path, source: str, expected: str | None) -> Path:
+    """Check a complete staged file, rename it to its final name and record it."""
+    records = _load_records(raw)
+    digest, size = sha256_file(staged), staged.stat().st_size
+    try:
+        _check(raw, rel, digest, expected, records.get(rel))
+    except DownloadError as e:
+        staged.unlink(missing_ok=True)
+        raise DownloadError(f"{e} (the new file was not kept)") from None
+    os.replace(staged, raw / rel)
+    records[rel] = {"sha256": digest, "bytes": size, "source": source}
+    _save_records(raw, records)
+    return raw / rel
+
+
+# ---------------------------------------------------------------------------------- import
+def _import(src: Path, raw: Path, *, sha256: str | None,
+            progress: bool) -> tuple[list[Path], bool]:
+    """Copy a file, or every file of a folder, into raw/; returns (files, given as one file)."""
+    if not src.exists():
+        raise DownloadError(f"--from {src}: no such file or folder")
+    raw.mkdir(parents=True, exist_ok=True)
+    if src.is_file():
+        return [_import_file(src, raw, src.name, sha256, progress)], True
+    if sha256 is not None:
+        raise ConfigError("--sha256 checks a single file; import the files one by one")
+    if raw.resolve().is_relative_to(src.resolve()):
+        raise ConfigError(f"--from {src} holds the raw folder {raw}; give the folder you "
+                          "fetched the files into")
+    files = sorted(p for p in src.rglob("*") if p.is_file()
+                   and not p.name.startswith(".") and not p.name.endswith(PART))
+    if not files:
+        raise DownloadError(f"--from {src}: the folder holds no files")
+    return [_import_file(p, raw, p.relative_to(src).as_posix(), None, progress)
+            for p in files], False
+
+
+def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: bool) -> Path:
+    target = raw / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + PART)
+    try:
+        with open(src, "rb") as fin, open(part, "wb") as fout, \
+                _bar(f"import {src.name}", src.stat().st_size, 0, progress) as advance:
+            while block := fin.read(CHUNK):
+                fout.write(block)
+                advance(len(block))
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"cannot copy {src} to {part}: {e}") from e
+    return _accept(raw, rel, part, str(src.resolve()), sha256)
+
+
+@contextlib.contextmanager
+def _bar(label: str, total: int | None, done: int,
+         enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (bytes, speed, ETA); yields `advance(n_bytes)`."""
+    if not enabled:
+        yield lambda n: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(label, total=total, completed=done)
+        yield lambda n: bar.advance(task, n)
+
+
+# ------------------------------------------------------------------------------------ HTTP
+def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retries: int,
+                  backoff: float) -> Path:
+    name = _url_filename(url)
+    raw.mkdir(parents=True, exist_ok=True)
+    target, records = raw / name, _load_records(raw)
+    if target.is_file() and name in records:  # fetched before: check it, do not fetch again
+        _verify_one(raw, name, records[name])
+        _check(raw, name, records[name]["sha256"], sha256, None)
+        return target
+    if target.is_file():  # put there by hand: check it like a fresh download
+        return _accept(raw, name, target, url, sha256)
+    part = raw / (name + PART)
+    try:
+        _fetch(url, part, retries, backoff, progress)
+    except OSError as e:  # network errors are retried inside; this is the local disk
+        raise DownloadError(f"cannot write {part}: {e}") from e
+    return _accept(raw, name, part, url, sha256)
+
+
+def _url_filename(url: str) -> str:
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"--url {url}: only http:// and https:// URLs are supported; "
+                          "for a local file use --from PATH")
+    name = PurePosixPath(unquote(parts.path)).name
+    if not name or name.startswith(".") or "\\" in name or name == CHECKSUMS:
+        raise ConfigError(f"--url {url}: the URL path does not end in a usable file name; "
+                          "download by hand and use --from PATH")
+    return name
+
+
+def _fetch(url: str, part: Path, retries: int, backoff: float, progress: bool) -> None:
+    last: _Retryable | None = None
+    for attempt in range(retries + 1):
+        try:
+            return _fetch_once(url, part, progress)
+        except _Retryable as e:
+            last = e
+            if attempt < retries:
+                time.sleep(min(backoff * 2**attempt, MAX_BACKOFF_S))
+    kept = part.stat().st_size if part.exists() else 0
+    raise DownloadError(f"download of {url} failed after {retries + 1} attempts ({last}); the "
+                        f"partial file {part} ({kept} bytes) is kept: rerun the same command "
+                        "to resume")
+
+
+def _fetch_once(url: str, part: Path, progress: bool) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": f"prlbench/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                      timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        e.close()
+        return _http_error(e, url, part, offset, progress)
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
+        raise _Retryable(f"connection error: {e}") from e
+    with resp:
+        if resp.status == 206:
+            first, last, total = _content_range(resp.headers.get("Content-Range"))
+            if first != offset:
+                part.unlink(missing_ok=True)
+                raise _Retryable(f"the server resumed at byte {first}, not {offset}")
+            end = total if total is not None else last + 1
+        else:  # 200: the server ignored the Range header (or none was sent): start again
+            offset, length = 0, resp.headers.get("Content-Length")
+            end = int(length) if length and length.isdigit() else None
+        done = _stream(resp, part, offset, end, progress)
+    if end is not None and done != end:
+        raise _Retryable(f"connection cut at byte {done} of {end}")
+
+
+def _http_error(e: urllib.error.HTTPError, url: str, part: Path, offset: int,
+                progress: bool) -> None:
+    if e.code == 416 and offset:
+        total = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
+        if total and int(total.group(1)) == offset:
+            return  # the partial file already holds every byte
+        part.unlink(missing_ok=True)  # a partial file the server cannot continue: restart
+        return _fetch_once(url, part, progress)
+    if e.code >= 500:
+        raise _Retryable(f"HTTP {e.code} {e.reason}")
+    hint = ("the site wants a login: download the file in a browser and use --from PATH"
+            if e.code in (401, 403) else
+            "check the URL (or download the file by hand and use --from PATH)")
+    raise DownloadError(f"HTTP {e.code} {e.reason} for {url}: {hint}")
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None]:
+    """'bytes 100-199/1000' -> (100, 199, 1000); 'bytes */1000' -> (-1, -1, 1000)."""
+    m = re.fullmatch(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", (value or "").strip())
+    if not m:
+        raise _Retryable(f"unreadable Content-Range header {value!r}")
+    first, last, total = m.groups()
+    return (int(first) if first else -1, int(last) if last else -1,
+            int(total) if total != "*" else None)
+
+
+def _stream(resp: IO[bytes], part: Path, offset: int, end: int | None, progress: bool) -> int:
+    """Append the body to `part` (from byte `offset`); returns the size of `part` after."""
+    done = offset
+    with open(part, "ab" if offset else "wb") as out, \
+            _bar(part.name[:-len(PART)], end, offset, progress) as advance:
+        while True:
+            try:
+                block = resp.read(CHUNK)
+            except (OSError, http.client.HTTPException) as e:
+                raise _Retryable(f"connection lost at byte {done}: {e}") from e
+            if not block:
+                return done
+            out.write(block)
+            done += len(block)
+            advance(len(block))
+
+
+# ------------------------------------------------------------------------------ extraction
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _extract_recorded(archive: Path, raw: Path, progress: bool) -> None:
+    """Extract `archive` into raw/ once, checking and recording every extracted file."""
+    source = f"extracted from {archive.name}"
+    records = _load_records(raw)
+    mine = [rel for rel, entry in records.items()
+            if isinstance(entry, dict) and entry.get("source") == source]
+    if mine and all((raw / rel).is_file() for rel in mine):
+        return  # done on an earlier run (verify_raw checks the contents)
+    for stale in raw.glob(".extract-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    with _staged_extract(archive, raw, MAX_EXTRACT_BYTES, progress) as (stage, facts):
+        for rel, (digest, _) in facts.items():
+            _check(raw, rel, digest, None, records.get(rel))
+        _move_into_place(stage, raw, list(facts))
+    for rel, (digest, size) in facts.items():
+        records[rel] = {"sha256": digest, "bytes": size, "source": source}
+    _save_records(raw, records)
+
+
+def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES,
+                 progress: bool = False) -> list[Path]:
+    """Extract a zip or tar archive into `dest`; every entry or none. Returns the files."""
+    archive, dest = Path(archive), Path(dest)
+    with _staged_extract(archive, dest, max_bytes, progress) as (stage, facts):
+        return _move_into_place(stage, dest, list(facts))
+
+
+@contextlib.contextmanager
+def _staged_extract(archive: Path, dest: Path, max_bytes: int,
+                    progress: bool) -> Iterator[tuple[Path, Facts]]:
+    """Write every entry into a hidden folder inside `dest`, removed on leaving, come what may."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
+    try:
+        yield stage, _extract_all(archive, stage, max_bytes, progress)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+class _Entry(NamedTuple):
+    name: str
+    kind: str  # "file", "dir", or why the entry is refused
+    size: int
+    open: Callable[[], IO[bytes]]
+
+
+@contextlib.contextmanager
+def _entries(archive: Path) -> Iterator[list[_Entry]]:
+    """The entries of a zip or tar archive, in one form."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            yield [_Entry(i.filename, _zip_kind(i), i.file_size, functools.partial(zf.open, i))
+                   for i in zf.infolist()]
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive, "r:*") as tf:
+            yield [_Entry(m.name, "dir" if m.isdir() else "file" if m.isreg() else
+                          "a link or special file", m.size, functools.partial(tf.extractfile, m))
+                   for m in tf.getmembers()]
+    else:
+        raise DownloadError(f"{archive} is neither a zip nor a tar archive")
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    if info.flag_bits & 0x1:
+        return "encrypted"
+    if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "a link or special file"  # Unix mode bits in the high word: S_IFLNK etc.
+    return "dir" if info.is_dir() else "file"
+
+
+def _extract_all(archive: Path, stage: Path, max_bytes: int, progress: bool) -> Facts:
+    """Check every entry first (nothing is written if one is refused), then write the files."""
+    try:
+        with _entries(archive) as entries:
+            for e in entries:
+                _check_entry(archive, e)
+            files = [e for e in entries if e.kind == "file"]
+            declared = sum(e.size for e in files)
+            if declared > max_bytes:
+                raise DownloadError(f"{archive.name} declares {declared} uncompressed bytes, "
+                                    f"over the limit of {max_bytes}; refused as a possible "
+                                    "archive bomb")
+            budget = [max_bytes]
+            with _bar(f"extract {archive.name}", declared, 0, progress) as advance:
+                return {_rel(e.name): _write_member(e.open, stage / _rel(e.name), budget,
+                                                    advance) for e in files}
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error,
+            NotImplementedError) as e:
+        raise DownloadError(f"{archive} is damaged or unreadable ({e}); delete it and fetch "
+                            "it again") from e
+    except OSError as e:
+        raise DownloadError(f"cannot extract {archive}: {e}") from e
+
+
+def _rel(name: str) -> str:
+    return PurePosixPath(name.replace("\\", "/")).as_posix()
+
+
+def _check_entry(archive: Path, e: _Entry) -> None:
+    norm = e.name.replace("\\", "/")
+    why = ("an absolute path" if norm.startswith("/") or re.match(r"[A-Za-z]:", norm) else
+           "a '..' component" if ".." in PurePosixPath(norm).parts else
+           e.kind if e.kind not in ("file", "dir") else
+           "a reserved or empty name" if e.kind == "file" and _rel(norm) in ("", ".", CHECKSUMS)
+           else None)
+    if why:
+        raise DownloadError(f"{archive.name}: refusing entry {e.name!r} ({why}); nothing was "
+                            "extracted. The archive is unsafe or damaged: fetch it again")
+
+
+def _write_member(opener: Callable[[], IO[bytes]], target: Path, budget: list[int],
+                  advance: Callable[[int], None] = lambda n: None) -> tuple[str, int]:
+    """Write one entry; `budget` = [bytes still allowed], counted on the bytes really written
+    so that a header that lies about sizes is caught too."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    h, n = hashlib.sha256(), 0
+    with opener() as src, open(target, "wb") as out:
+        while block := src.read(CHUNK):
+            budget[0] -= len(block)
+            if budget[0] < 0:
+                raise DownloadError(f"{target.name} expands beyond the limit (more than the "
+                                    "headers declare); refused as a possible archive bomb, "
+                                    "nothing was extracted")
+            h.update(block)
+            out.write(block)
+            n += len(block)
+            advance(len(block))
+    return h.hexdigest(), n
+
+
+def _move_into_place(stage: Path, dest: Path, rels: list[str]) -> list[Path]:
+    """Rename the staged files into `dest`, after checking that none is blocked."""
+    for rel in rels:
+        target = dest / rel
+        between = [p for p in target.parents if dest in p.parents]  # folders under dest
+        if target.is_dir() or any(p.exists() and not p.is_dir() for p in between):
+            raise DownloadError(f"cannot extract {rel} into {dest}: a file or folder of that "
+                                "name is in the way; move it and rerun")
+    for rel in rels:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, dest / rel)
+    return [dest / rel for rel in rels]

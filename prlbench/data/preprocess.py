@@ -1,0 +1,34 @@
+"""One entry point for every data set: look up its spec, call its preprocessor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prlbench.data.datasets import DATASETS
+from prlbench.errors import ConfigError
+
+SYNTHETIC_OPTIONS = ("rows", "seed", "click_rate", "conversion_rate", "noise_rate")
+
+
+def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progress: bool = True,
+               **options) -> dict:
+    """Build `data_dir/name/` from `source` (default: `data_dir/name/raw`); returns the manifest."""
+    spec = DATASETS.get(name)
+    given = {k: v for k, v in options.items() if v is not None}
+    if name == "synthetic":
+        if source is not None:
+            raise ConfigError("--source: the synthetic data set is generated, it has no source")
+    else:
+        wrong = [k for k in given if k in SYNTHETIC_OPTIONS]
+        if wrong:
+            flag = "--" + wrong[0].replace("_", "-")
+            raise ConfigError(f"{flag} applies only to the synthetic data set, not to {name}")
+        if source is not None:
+            given["source"] = Path(source).expanduser()
+    return spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **given)
+
+
+def ensure_synthetic(data_dir: Path, *, progress: bool = True) -> None:
+    """The default data set is generated on first use, so everything runs out of the box."""
+    if not (Path(data_dir) / "synthetic" / "manifest.json").exists():
+        preprocess("synthetic", data_dir, progress=progress)

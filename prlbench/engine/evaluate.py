@@ -1,0 +1,116 @@
+"""Predictions and metrics: the model's three probabilities per impression, then AUCs and loglosses.
+
+On test: CTR AUC and CTCVR AUC over all impressions, CVR AUC over clicked impressions, logloss for
+each, group AUC (CTR) over `search_id`; on the synthetic data set also the CTR AUC against the
+noise-free (genuine) clicks that the generator recorded in its side file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prlbench import stats
+from prlbench.data.loader import TensorData
+
+_EPS = 1e-7
+
+
+def autocast(device: str, precision: str):
+    """bf16 autocast when asked for, on CPU and GPU alike; a no-op context for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: TensorData, *, batch_size: int = 16384,
+            precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Probabilities p_ctr, p_ctcvr, p_cvr for every row of `data`, in row order."""
+    model.eval()
+    device = data.click.device
+    parts: dict[str, list[torch.Tensor]] = {"p_ctr": [], "p_ctcvr": [], "p_cvr": []}
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)), device=device)
+        batch = data.slice(idx)
+        with autocast(str(device), precision):
+            out = model(batch.categorical, batch.numerical)
+        ctr = torch.sigmoid(out["ctr"].float())
+        ctcvr = torch.sigmoid(out["ctcvr"].float())
+        cvr = (torch.sigmoid(out["cvr"].float()) if "cvr" in out
+               else (ctcvr / ctr.clamp_min(_EPS)).clamp(0.0, 1.0))
+        for key, value in (("p_ctr", ctr), ("p_ctcvr", ctcvr), ("p_cvr", cvr)):
+            parts[key].append(value.cpu())
+    return {k: torch.cat(v).numpy().astype(np.float32) if v else np.empty(0, np.float32)
+            for k, v in parts.items()}
+
+
+def logloss(y: np.ndarray, p: np.ndarray) -> float:
+    if len(y) == 0:
+        return float("nan")
+    p = np.clip(p.astype(np.float64), _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def validation_score(preds: dict[str, np.ndarray], data: TensorData) -> dict[str, float]:
+    """What early stopping watches: the mean of CTR and CTCVR AUC on the validation split."""
+    click = data.click.cpu().numpy()
+    conversion = data.conversion.cpu().numpy()
+    ctr_auc = stats.auc(click, preds["p_ctr"])
+    ctcvr_auc = stats.auc(conversion, preds["p_ctcvr"])
+    return {"ctr_auc": ctr_auc, "ctcvr_auc": ctcvr_auc, "score": (ctr_auc + ctcvr_auc) / 2}
+
+
+def test_metrics(preds: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
+                 groups: np.ndarray | None, genuine: np.ndarray | None = None) -> dict:
+    clicked = click == 1
+    m = {
+        "ctr_auc": stats.auc(click, preds["p_ctr"]),
+        "ctcvr_auc": stats.auc(conversion, preds["p_ctcvr"]),
+        "cvr_auc": stats.auc(conversion[clicked], preds["p_cvr"][clicked]),
+        "ctr_logloss": logloss(click, preds["p_ctr"]),
+        "ctcvr_logloss": logloss(conversion, preds["p_ctcvr"]),
+        "cvr_logloss": logloss(conversion[clicked], preds["p_cvr"][clicked]),
+        "rows": int(len(click)),
+        "clicks": int(click.sum()),
+        "conversions": int(conversion.sum()),
+    }
+    if groups is not None:
+        m["ctr_gauc"] = stats.group_auc(click, preds["p_ctr"], groups)
+    if genuine is not None:
+        m["ctr_auc_noise_free"] = stats.auc(genuine, preds["p_ctr"])
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in m.items()}
+
+
+def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *,
+                     side: dict | None, precision: str, batch_size: int) -> tuple[dict, "object"]:
+    """Test metrics and the per-example predictions table (a pyarrow Table)."""
+    import pyarrow as pa
+
+    t0 = time.perf_counter()
+    preds = predict(model, data, batch_size=batch_size, precision=precision)
+    click = data.click.cpu().numpy().astype(np.int8)
+    conversion = data.conversion.cpu().numpy().astype(np.int8)
+    groups = data.group.cpu().numpy() if manifest.get("has_groups", True) else None
+    genuine = None
+    if side is not None and "genuine" in side:
+        genuine = (np.asarray(side["genuine"]) == 1).astype(np.int8)
+    metrics = test_metrics(preds, click, conversion, groups, genuine)
+    metrics["seconds"] = time.perf_counter() - t0
+    columns = {"row": np.arange(len(click), dtype=np.int64), "search_id": data.group.cpu().numpy(),
+               "click": click, "conversion": conversion, **preds}
+    if genuine is not None:
+        columns["genuine_click"] = genuine
+    return metrics, pa.table(columns)
+
+
+def evaluate_run(run_dir: Path, data_dir: Path, *, device: str | None = None) -> dict:
+    """Re-evaluate a finished (or partial) run's best checkpoint on the test split."""
+    from prlbench.engine.train import RunContext
+
+    ctx = RunContext.open(Path(run_dir), Path(data_dir), device=device)
+    return ctx.evaluate_and_write()

@@ -1,0 +1,156 @@
+"""The BCE part every loss shares, and the loss registry with its parameter checking.
+
+`bce` is MTReclib's multi-task loss: the mean of the per-task BCE-with-logits of the two heads
+every model has, (BCE(ctr, click) + BCE(ctcvr, conversion)) / 2. The pairwise losses
+(pwiser.py, ranknet.py) add a weighted term to it.
+
+A registered loss is `fn(outputs, click, conversion, **params) -> (total, parts)`: `outputs`
+holds the model's "ctr" and "ctcvr" logits [B] (and optionally "cvr", ignored, and a scalar
+"aux_loss", added to every loss); `parts` are the detached, unweighted pieces of the total.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prlbench.errors import ConfigError
+from prlbench.registry import Registry
+
+LossFn = Callable[..., "tuple[Tensor, dict[str, Tensor]]"]
+LOSSES: Registry[LossFn] = Registry("loss")
+LOSS_SUMMARIES: dict[str, str] = {}  # name -> one line for `prlbench ls losses`
+_SPECS: dict[str, dict[str, "Param"]] = {}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One loss parameter: its default, the command-line flag that sets it, its valid values."""
+
+    default: Any
+    flag: str
+    choices: tuple[str, ...] = ()  # empty: a finite real number >= 0
+
+
+def loss_params(name: str) -> dict[str, Any]:
+    """The default parameters of loss `name` (an empty dict for `bce`)."""
+    LOSSES.get(name)  # unknown name -> error listing the valid ones
+    return {key: p.default for key, p in _SPECS[name].items()}
+
+
+def loss_param_specs(name: str) -> dict[str, Param]:
+    """Defaults, flags and valid values of loss `name`'s parameters (for the CLI and config)."""
+    LOSSES.get(name)
+    return dict(_SPECS[name])
+
+
+def register_loss(name: str, summary: str, params: dict[str, Param]) -> Callable[[LossFn], LossFn]:
+    """Register `fn(outputs, click, conversion, **all_params)` under `name`.
+
+    The registered callable checks the given params (unknown -> ConfigError, None -> default),
+    calls `fn` with every parameter filled in, and adds the model's "aux_loss" if any.
+    """
+
+    def add(fn: LossFn) -> LossFn:
+        def loss(outputs: dict, click: Tensor, conversion: Tensor, **given: Any):
+            total, parts = fn(outputs, click, conversion, **resolve_params(name, given))
+            return _add_aux(total, parts, outputs)
+
+        loss.__name__, loss.__qualname__, loss.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        LOSSES.register(name)(loss)
+        LOSS_SUMMARIES[name] = summary
+        _SPECS[name] = dict(params)
+        return loss
+
+    return add
+
+
+def resolve_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of loss `name`: given values checked, None or missing -> the default."""
+    specs = _SPECS[name]
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        valid = ", ".join(specs) or "none"
+        raise ConfigError(
+            f"loss {name!r} has no parameter {unknown[0]!r}; its parameters: {valid}"
+            " (drop the option or choose another --loss)"
+        )
+    out = {}
+    for key, spec in specs.items():
+        value = given.get(key)
+        out[key] = spec.default if value is None else _check_value(name, spec, value)
+    return out
+
+
+def _check_value(name: str, spec: Param, value: Any) -> Any:
+    if spec.choices:
+        if value not in spec.choices:
+            raise ConfigError(
+                f"loss {name!r}: {spec.flag} must be one of {', '.join(spec.choices)};"
+                f" got {value!r}"
+            )
+        return value
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"loss {name!r}: {spec.flag} must be a finite number >= 0; got {value!r}"
+            f" (the default is {spec.default})"
+        )
+    return float(value)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half / bfloat16 (autocast) logits, so sums stay accurate; float64 stays."""
+    if not x.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got {x.dtype}")
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def head_logit(outputs: dict, head: str) -> Tensor:
+    """The logits [B] of one head ("ctr" or "ctcvr"), in the compute dtype."""
+    if head not in outputs:
+        raise ValueError(f"model outputs lack {head!r} (have: {', '.join(outputs)})")
+    x = outputs[head]
+    return x.to(compute_dtype(x))
+
+
+def bce_loss(ctr_logit: Tensor, ctcvr_logit: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+    """(BCE(ctr, click) + BCE(ctcvr, conversion)) / 2, each a mean over the batch; a scalar.
+
+    Inputs [B]; labels {0, 1} of any dtype. Computed in float32 (float64 for float64 logits).
+    """
+    ctr, ctcvr = ctr_logit.to(compute_dtype(ctr_logit)), ctcvr_logit.to(compute_dtype(ctcvr_logit))
+    bce_ctr = F.binary_cross_entropy_with_logits(ctr, click.to(ctr.dtype))
+    bce_ctcvr = F.binary_cross_entropy_with_logits(ctcvr, conversion.to(ctcvr.dtype))
+    return (bce_ctr + bce_ctcvr) / 2
+
+
+def outputs_bce(outputs: dict, click: Tensor, conversion: Tensor) -> Tensor:
+    """`bce_loss` of a model's outputs dict (its "cvr", if any, is not trained directly)."""
+    return bce_loss(head_logit(outputs, "ctr"), head_logit(outputs, "ctcvr"), click, conversion)
+
+
+def _add_aux(total: Tensor, parts: dict[str, Tensor], outputs: dict):
+    # AITM's calibrator loss arrives already weighted; every loss adds it so arms stay comparable.
+    aux = outputs.get("aux_loss")
+    if aux is not None:
+        total = total + aux
+        parts["aux"] = aux.detach()
+    return total, parts
+
+
+@register_loss(
+    "bce",
+    "mean of the per-task BCE of the ctr and ctcvr heads (MTReclib's choice); the baseline",
+    params={},
+)
+def bce_objective(outputs: dict, click: Tensor, conversion: Tensor):
+    """(BCE(ctr, click) + BCE(ctcvr, conversion)) / 2."""
+    total = outputs_bce(outputs, click, conversion)
+    return total, {"bce": total.detach()}

@@ -1,0 +1,87 @@
+"""The command line, in-process (CliRunner) except where import costs are measured."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from prlbench.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_imports_neither_torch_nor_pandas():
+    code = ("import sys; from typer.testing import CliRunner; from prlbench.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'pandas', 'pyarrow', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["download", "preprocess", "train", "evaluate", "compare",
+                                     "ls"])
+def test_every_command_has_help_with_an_example(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0
+    assert "Example" in r.output or command == "ls" and "prlbench ls" in r.output
+
+
+def test_ls_lists_every_registered_name():
+    r = invoke("ls", "datasets")
+    for name in ("aliexpress_nl", "aliexpress_es", "aliexpress_fr", "aliexpress_us", "aliccp",
+                 "synthetic"):
+        assert name in r.output
+    r = invoke("ls", "models")
+    for name in ("single_task", "shared_bottom", "esmm", "omoe", "mmoe", "ple", "aitm",
+                 "metaheac"):
+        assert name in r.output
+    r = invoke("ls", "losses")
+    for name in ("bce", "pwiser", "ranknet"):
+        assert name in r.output
+    r = invoke("ls", "widgets")
+    assert r.exit_code == 1 and "datasets, models, losses" in r.output
+
+
+def test_download_without_url_says_where_to_get_the_files(tmp_path: Path):
+    r = invoke("download", "aliexpress_nl", "--data-dir", str(tmp_path))
+    assert r.exit_code != 0
+    assert "tianchi.aliyun.com/dataset/74690" in r.output
+    assert "aliexpress_NL_datasets.zip" in r.output
+    assert "prlbench preprocess aliexpress_nl" in r.output
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "transformer"], "valid models"),
+    (["--loss", "focal"], "valid loss"),
+    (["--loss", "pwiser", "--lambda", "-0.5"], "--lambda must be >= 0"),
+    (["--dataset", "aliexpress_nl"], "prlbench preprocess aliexpress_nl"),
+])
+def test_train_rejects_bad_flags_with_the_fix(tmp_path: Path, args, fragment):
+    r = invoke("train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), *args)
+    assert r.exit_code == 1
+    assert fragment in " ".join(r.output.split())
+
+
+def test_preprocess_rejects_options_that_do_not_apply(tmp_path: Path):
+    r = invoke("preprocess", "aliccp", "--rows", "10", "--data-dir", str(tmp_path))
+    assert r.exit_code == 1 and "--rows applies only to the synthetic" in r.output
+
+
+def test_preprocess_and_train_synthetic_from_the_command_line(tmp_path: Path):
+    d, out = str(tmp_path / "d"), str(tmp_path / "r")
+    r = invoke("preprocess", "synthetic", "--rows", "4000", "--data-dir", d, "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d" / "synthetic" / "manifest.json").exists()
+    r = invoke("train", "--model", "shared_bottom", "--loss", "pwiser", "--epochs", "1",
+               "--threads", "1", "--data-dir", d, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert "ctr_auc" in r.output
+    run = next((tmp_path / "r" / "runs").iterdir())
+    r = invoke("evaluate", str(run), "--data-dir", d)
+    assert r.exit_code == 0 and "ctcvr_auc" in r.output

@@ -1,0 +1,77 @@
+"""Configuration: defaults < YAML < flags, validation messages, run ids."""
+
+from pathlib import Path
+
+import pytest
+
+from prlbench.config import RunConfig, resolve, run_id
+from prlbench.errors import ConfigError
+from prlbench.registry import Registry, UnknownNameError
+
+
+def test_flags_win_over_file_and_file_over_defaults(tmp_path: Path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {epochs: 3, lr: 0.01}\nmodel: {name: ple}\n")
+    cfg = resolve(f, {"train": {"epochs": 5, "lr": None}, "model": {"name": None}})
+    assert cfg.train.epochs == 5  # flag
+    assert cfg.train.lr == 0.01  # file
+    assert cfg.model.name == "ple"  # file
+    assert cfg.train.batch_size == RunConfig().train.batch_size  # default
+    assert cfg.model.preset == "small"  # synthetic's default preset, filled in
+
+
+def test_loss_defaults_are_filled_so_the_config_says_what_ran():
+    cfg = resolve(None, {"loss": {"name": "pwiser", "params": {"lam": 0.25}}})
+    assert cfg.loss.params["lam"] == 0.25
+    assert {"m1", "m2", "phi", "score", "head"} <= set(cfg.loss.params)
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "--lambda must be >= 0"),
+    ({"loss": {"name": "bce", "params": {"lam": 1.0}}}, "takes no parameter 'lam'"),
+    ({"model": {"name": "nope"}}, "valid models"),
+    ({"loss": {"name": "focal"}}, "valid losss"),
+    ({"data": {"dataset": "movielens"}}, "aliexpress_nl"),
+    ({"train": {"epochs": 0}}, "--epochs"),
+    ({"train": {"precision": "fp8"}}, "--precision"),
+])
+def test_bad_values_name_the_option(flags, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        resolve(None, flags)
+
+
+def test_yaml_errors_name_the_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        resolve(bad, {})
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        resolve(unknown, {})
+
+
+def test_run_id_is_stable_and_ignores_device_and_threads():
+    a = resolve(None, {"train": {"seed": 3}})
+    b = resolve(None, {"train": {"seed": 3, "threads": 2, "device": "cpu"}})
+    c = resolve(None, {"train": {"seed": 4}})
+    assert run_id(a, "m") == run_id(b, "m")
+    assert run_id(a, "m") != run_id(c, "m")
+    assert run_id(a, "m") != run_id(a, "other-data")
+    assert run_id(a, "m").startswith("synthetic-mmoe-bce-s3-")
+
+
+def test_round_trip_through_dict():
+    cfg = resolve(None, {"loss": {"name": "pwiser"}, "train": {"seed": 7}})
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_registry_lists_valid_names():
+    r: Registry[int] = Registry("widget")
+    r.register("a")(1)
+    r.register("b")(2)
+    assert r.resolve("all") == ["a", "b"]
+    with pytest.raises(UnknownNameError, match="valid widgets: a, b"):
+        r.resolve("a,c")
+    with pytest.raises(ValueError):
+        r.register("a")(3)

@@ -1,0 +1,126 @@
+"""The engine end to end on a small synthetic data set: learning, determinism, resume, NaN."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prlbench import results
+from prlbench.config import resolve
+from prlbench.data.synthetic import preprocess_synthetic
+from prlbench.engine import train as train_mod
+from prlbench.engine.evaluate import evaluate_run
+from prlbench.errors import TrainingError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    preprocess_synthetic(d, rows=12_000, seed=0, progress=False)
+    return d
+
+
+def _cfg(**train):
+    t = {"epochs": 2, "batch_size": 512, "threads": 1, **train}
+    return resolve(None, {"model": {"name": "mmoe"}, "loss": {"name": "pwiser"}, "train": t})
+
+
+def _metrics(run_dir: Path) -> dict:
+    m = results.read_json(run_dir / "metrics.json")
+    m.pop("seconds")
+    return m
+
+
+def test_training_learns_and_writes_a_complete_run_folder(data_dir, tmp_path):
+    run = train_mod.train_run(_cfg(epochs=3), data_dir=data_dir, out=tmp_path, progress=False)
+    for name in ("config.json", "run.json", "history.json", "best.pt", "metrics.json",
+                 "predictions.parquet"):
+        assert (run / name).exists(), name
+    assert not (run / "state.pt").exists()
+    history = results.read_json(run / "history.json")
+    assert max(h["val_ctr_auc"] for h in history) > 0.6
+    assert _metrics(run)["ctr_auc"] > 0.6
+    record = results.read_json(run / "run.json")
+    assert record["status"] == "done" and record["manifest_sha256"]
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert isinstance(state, dict) and state
+
+
+def test_same_command_twice_gives_identical_metrics(data_dir, tmp_path):
+    a = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path / "a", progress=False)
+    b = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path / "b", progress=False)
+    assert _metrics(a) == _metrics(b)
+    c = train_mod.train_run(_cfg(seed=2), data_dir=data_dir, out=tmp_path / "a", progress=False)
+    assert _metrics(a) != _metrics(c)
+
+
+def test_a_finished_run_is_reused(data_dir, tmp_path):
+    a = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
+    stamp = (a / "metrics.json").stat().st_mtime_ns
+    again = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
+    assert again == a and (a / "metrics.json").stat().st_mtime_ns == stamp
+
+
+class _StopAfter:
+    """A stop flag that asks for a stop after `n` training steps (like Ctrl-C mid-epoch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+    cfg = _cfg(epochs=3)
+    whole = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "whole", progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "_StopFlag", lambda: _StopAfter(30))  # mid-epoch 2 (~21 steps/epoch)
+        with pytest.raises(train_mod.Interrupted, match="--resume"):
+            train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
+    part = next((tmp_path / "cut" / "runs").glob("*.partial"))
+    assert (part / "state.pt").exists()
+    with pytest.raises(Exception, match="--resume"):
+        train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
+    resumed = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", resume=True,
+                                  progress=False)
+    assert _metrics(resumed) == _metrics(whole)
+    h1 = results.read_json(whole / "history.json")
+    h2 = results.read_json(resumed / "history.json")
+    assert [h["val_score"] for h in h1] == [h["val_score"] for h in h2]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tmp_path,
+                                                                    monkeypatch):
+    from prlbench.losses import LOSSES
+
+    real = LOSSES.get("pwiser")
+    calls = {"n": 0}
+
+    def poisoned(outputs, click, conversion, **params):
+        calls["n"] += 1
+        total, parts = real(outputs, click, conversion, **params)
+        return (total * float("nan") if calls["n"] > 25 else total), parts
+
+    monkeypatch.setitem(LOSSES._items, "pwiser", poisoned)
+    with pytest.raises(TrainingError, match="became nan"):
+        train_mod.train_run(_cfg(epochs=3), data_dir=data_dir, out=tmp_path, progress=False)
+    part = next((tmp_path / "runs").glob("*.partial"))
+    assert (part / "best.pt").exists()  # epoch 1 finished before the NaN
+    assert json.loads((part / "run.json").read_text())["status"] == "failed"
+
+
+def test_evaluate_reproduces_the_test_metrics(data_dir, tmp_path):
+    run = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
+    before = _metrics(run)
+    evaluate_run(run, data_dir)
+    assert _metrics(run) == before
