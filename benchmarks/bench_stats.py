@@ -1,0 +1,64 @@
+"""Timing of prlbench.stats on large inputs (not a test; takes about a minute).
+
+    python benchmarks/bench_stats.py [--rows 10000000] [--groups 1000000] [--pos-rate 0.1]
+
+Prints wall and CPU seconds (CPU is the fairer figure on a busy machine) for auc, fast_delong and group_auc on ``--rows`` rows (float32 scores, as
+models write them, plus a heavily tied variant for auc) and the paired bootstrap (200
+replicates) on ``--boot-rows`` rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from prlbench.stats import auc, fast_delong, group_auc, paired_bootstrap_auc_diff
+
+
+def timed(label: str, fn, *args, **kwargs):
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"{label:<56} {wall:6.2f} s wall {cpu:6.2f} s cpu  -> {out}", flush=True)
+    return out
+
+
+def make(rows: int, pos_rate: float, seed: int = 0):
+    """Labels [rows] int8 and two correlated float32 scores [rows]."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(rows) < pos_rate).astype(np.int8)
+    base = y + rng.normal(size=rows)
+    s1 = (base + 0.5 * rng.normal(size=rows)).astype(np.float32)
+    s2 = (base + 0.6 * rng.normal(size=rows)).astype(np.float32)
+    return y, s1, s2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--groups", type=int, default=1_000_000)
+    ap.add_argument("--pos-rate", type=float, default=0.1)
+    ap.add_argument("--boot-rows", type=int, default=1_000_000)
+    ap.add_argument("--n-boot", type=int, default=200)
+    args = ap.parse_args()
+    y, s1, s2 = make(args.rows, args.pos_rate)
+    r = f"{args.rows / 1e6:g} M rows"
+    timed(f"auc, {r}", auc, y, s1)
+    timed(f"auc, {r}, 1000 distinct scores (ties)", auc, y, np.round(s1 * 100) / 100)
+    y_half, s_half, _ = make(args.rows, 0.5, seed=3)
+    timed(f"auc, {r}, pos rate 0.5", auc, y_half, s_half)
+    del y_half, s_half
+    timed(f"fast_delong, {r}", fast_delong, y, s1, s2)
+    timed(f"fast_delong, {r}, float64 scores (np.argsort path)", fast_delong, y,
+          s1 + 1e-9 * s2, s2 + 1e-9 * s1)
+    groups = np.random.default_rng(1).integers(0, args.groups, args.rows) * 7919 + 10**9
+    timed(f"group_auc, {r}, {args.groups / 1e6:g} M groups", group_auc, y, s1, groups)
+    yb, b1, b2 = make(args.boot_rows, args.pos_rate, seed=2)
+    timed(f"paired bootstrap, {args.boot_rows / 1e6:g} M rows, n_boot={args.n_boot}",
+          paired_bootstrap_auc_diff, yb, b1, b2, n_boot=args.n_boot)
+
+
+if __name__ == "__main__":
+    main()
