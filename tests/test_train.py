@@ -17,12 +17,12 @@ from prlbench.errors import TrainingError
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    preprocess_synthetic(d, rows=12_000, seed=0, progress=False)
+    preprocess_synthetic(d, rows=40_000, seed=0, progress=False)
     return d
 
 
 def _cfg(**train):
-    t = {"epochs": 2, "batch_size": 512, "threads": 1, **train}
+    t = {"epochs": 2, "batch_size": 1024, "threads": 1, **train}
     return resolve(None, {"model": {"name": "mmoe"}, "loss": {"name": "pwiser"}, "train": t})
 
 
@@ -84,7 +84,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
     cfg = _cfg(epochs=3)
     whole = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "whole", progress=False)
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "_StopFlag", lambda: _StopAfter(30))  # mid-epoch 2 (~21 steps/epoch)
+        m.setattr(train_mod, "_StopFlag", lambda: _StopAfter(50))  # mid-epoch 2 (~35 steps/epoch)
         with pytest.raises(train_mod.Interrupted, match="--resume"):
             train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
     part = next((tmp_path / "cut" / "runs").glob("*.partial"))
@@ -109,7 +109,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tm
     def poisoned(outputs, click, conversion, **params):
         calls["n"] += 1
         total, parts = real(outputs, click, conversion, **params)
-        return (total * float("nan") if calls["n"] > 25 else total), parts
+        return (total * float("nan") if calls["n"] > 40 else total), parts
 
     monkeypatch.setitem(LOSSES._items, "pwiser", poisoned)
     with pytest.raises(TrainingError, match="became nan"):

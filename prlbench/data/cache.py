@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from prlbench import __version__
@@ -207,12 +208,13 @@ class CacheBuilder:
         if split == "train":
             for c in self.schema.categorical:
                 self._counters[c].add(table.column(c).to_numpy())
-        path = self._stage / f"{split}-{len(self._chunks[split]):06d}.parquet"
-        pq.write_table(table, path, compression="none")
+        # Staged as uncompressed Arrow IPC: ~10x cheaper to write and read back than Parquet.
+        path = self._stage / f"{split}-{len(self._chunks[split]):06d}.arrow"
+        feather.write_feather(table, path, compression="uncompressed")
         self._chunks[split].append(path)
         if side is not None:
-            side_path = path.with_suffix(".side.parquet")
-            pq.write_table(side, side_path, compression="none")
+            side_path = path.with_suffix(".side.arrow")
+            feather.write_feather(side, side_path, compression="uncompressed")
             self._side_chunks[split].append(side_path)
 
     def finish(self, *, dataset: str, inputs: list[dict] | None = None,
@@ -263,7 +265,7 @@ class CacheBuilder:
         writer = None
         try:
             for chunk in self._chunks[split]:
-                table = pq.read_table(chunk)
+                table = feather.read_table(chunk, memory_map=True)
                 for c in self.schema.categorical:
                     idx = table.schema.get_field_index(c)
                     codes = encode(table.column(c).to_numpy(), vocab[c])
@@ -292,7 +294,8 @@ class CacheBuilder:
 
     def _concat_side(self, split: str, final: Path) -> dict:
         path = final / f"{split}.side.parquet"
-        table = pa.concat_tables([pq.read_table(p) for p in self._side_chunks[split]])
+        table = pa.concat_tables([feather.read_table(p, memory_map=True)
+                                  for p in self._side_chunks[split]])
         pq.write_table(table, path, compression="zstd")
         return {"file": path.name, "columns": table.column_names, **_file_facts(path)}
 

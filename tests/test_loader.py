@@ -1,0 +1,157 @@
+"""The tensor loader: values equal the Parquet files, batches cover every row once, no per-sample
+Python is needed, column roles come from the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from prlbench.data.cache import CacheBuilder, Schema, open_cache
+from prlbench.data.loader import TensorData, batches, load_side, load_split
+from prlbench.data.synthetic import preprocess_synthetic
+from prlbench.errors import CacheError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loader")
+    preprocess_synthetic(root, rows=3000, seed=5, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A cache with odd column names and no numericals, written through CacheBuilder."""
+    root = tmp_path_factory.mktemp("tiny")
+    schema = Schema(categorical=("user", "item"), numerical=(), group="sid", click="clk",
+                    conversion="buy")
+    rng = np.random.default_rng(0)
+    n = 400
+    clk = (rng.random(n) < 0.3).astype(np.int8)
+    cols = {"sid": np.arange(n) // 4, "user": rng.integers(100, 110, n),
+            "item": rng.integers(7, 30, n), "clk": clk,
+            "buy": (clk & (rng.random(n) < 0.5)).astype(np.int8)}
+    with CacheBuilder(root / "tiny", schema) as builder:
+        builder.add("train", cols, source="tiny train")
+        builder.add("test", {k: v[:80] for k, v in cols.items()}, source="tiny test")
+        builder.finish(dataset="tiny")
+    return root
+
+
+def _toy(n: int) -> TensorData:
+    """In-memory data whose group is the row number, so coverage is easy to check."""
+    return TensorData(categorical=torch.arange(2 * n).reshape(n, 2),
+                      numerical=torch.arange(3 * n, dtype=torch.float32).reshape(n, 3),
+                      click=torch.zeros(n), conversion=torch.zeros(n),
+                      group=torch.arange(n))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_tensors_equal_the_parquet_values(synth, split):
+    data = load_split(synth, "synthetic", split)
+    table = pq.read_table(synth / "synthetic" / f"{split}.parquet").to_pandas()
+    cats = [f"categorical_{i}" for i in range(1, 17)]
+    nums = [f"numerical_{i}" for i in range(1, 64)]
+    assert len(data) == len(table) > 0
+    assert data.categorical.dtype == torch.int64 and data.categorical.shape == (len(table), 16)
+    assert data.numerical.dtype == torch.float32 and data.numerical.shape == (len(table), 63)
+    assert data.click.dtype == data.conversion.dtype == torch.float32
+    assert data.group.dtype == torch.int64
+    np.testing.assert_array_equal(data.categorical.numpy(), table[cats].to_numpy())
+    np.testing.assert_array_equal(data.numerical.numpy(), table[nums].to_numpy())
+    np.testing.assert_array_equal(data.click.numpy(), table["click"].to_numpy())
+    np.testing.assert_array_equal(data.conversion.numpy(), table["conversion"].to_numpy())
+    np.testing.assert_array_equal(data.group.numpy(), table["search_id"].to_numpy())
+
+
+def test_roles_come_from_the_manifest_and_no_numericals_work(tiny):
+    manifest = open_cache(tiny, "tiny")
+    data = load_split(tiny, "tiny", "train", manifest=manifest)
+    table = pq.read_table(tiny / "tiny" / "train.parquet").to_pandas()
+    assert data.numerical.shape == (len(table), 0) and data.numerical.dtype == torch.float32
+    np.testing.assert_array_equal(data.categorical.numpy(), table[["user", "item"]].to_numpy())
+    np.testing.assert_array_equal(data.click.numpy(), table["clk"].to_numpy())
+    np.testing.assert_array_equal(data.group.numpy(), table["sid"].to_numpy())
+    sizes = [len(b) for b in batches(data, 64, shuffle=True, generator=torch.Generator())]
+    assert sum(sizes) == len(data)
+    assert all(b.numerical.shape == (len(b), 0) for b in batches(data, 64, shuffle=False))
+    assert load_side(tiny, "tiny", "train") is None
+
+
+def test_shuffled_batches_cover_every_row_exactly_once(synth):
+    data = load_split(synth, "synthetic", "train")
+    seen = []
+    for batch in batches(data, 256, shuffle=True, generator=torch.Generator().manual_seed(1)):
+        assert batch.categorical.shape[1] == 16 and batch.numerical.shape[1] == 63
+        seen.append(batch)
+    got = torch.cat([b.numerical for b in seen])
+    order = torch.cat([b.group for b in seen])
+    assert len(got) == len(data)
+    # Every row appears once: the multiset of rows equals the data's (rows sorted to compare).
+    key = lambda x: np.lexsort(x.numpy().T[::-1])  # noqa: E731
+    every = data.numerical
+    np.testing.assert_array_equal(got.numpy()[key(got)], every.numpy()[key(every)])
+    assert not torch.equal(order, data.group)      # actually shuffled
+
+
+def test_coverage_order_and_last_partial_batch():
+    data = _toy(1000)
+    shuffled = list(batches(data, 300, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert [len(b) for b in shuffled] == [300, 300, 300, 100]
+    ids = torch.cat([b.group for b in shuffled])
+    assert torch.equal(ids.sort().values, torch.arange(1000))
+    for b in shuffled:   # the columns of a batch stay row-aligned
+        assert torch.equal(b.categorical[:, 0], 2 * b.group)
+        assert torch.equal(b.numerical[:, 2], (3 * b.group + 2).float())
+    plain = list(batches(data, 300, shuffle=False))
+    assert [len(b) for b in plain] == [300, 300, 300, 100]
+    assert torch.equal(torch.cat([b.group for b in plain]), torch.arange(1000))
+    assert [len(b) for b in batches(data, 1000, shuffle=True)] == [1000]
+    assert list(batches(_toy(0), 10, shuffle=True)) == []
+
+
+def test_seeded_generator_makes_epochs_reproducible():
+    data = _toy(500)
+    order = lambda seed: torch.cat([b.group for b in batches(  # noqa: E731
+        data, 64, shuffle=True, generator=torch.Generator().manual_seed(seed))])
+    assert torch.equal(order(7), order(7))
+    assert not torch.equal(order(7), order(8))
+    gen = torch.Generator().manual_seed(7)   # one generator: each epoch a new order
+    first = torch.cat([b.group for b in batches(data, 64, shuffle=True, generator=gen)])
+    second = torch.cat([b.group for b in batches(data, 64, shuffle=True, generator=gen)])
+    assert not torch.equal(first, second)
+
+
+def test_slice_and_to():
+    data = _toy(10)
+    part = data.slice(torch.tensor([9, 0, 3]))
+    assert part.group.tolist() == [9, 0, 3] and part.categorical[0].tolist() == [18, 19]
+    moved = part.to("cpu")
+    assert torch.equal(moved.numerical, part.numerical)
+
+
+def test_side_file_rows_align_with_the_split(synth):
+    for split in ("train", "val", "test"):
+        side = load_side(synth, "synthetic", split)
+        data = load_split(synth, "synthetic", split)
+        assert set(side) == {"p_click", "p_click_genuine", "p_ctcvr", "genuine"}
+        assert all(len(v) == len(data) for v in side.values())
+        genuine = torch.from_numpy(side["genuine"].astype(np.float32))
+        assert torch.all(genuine <= data.click)   # the same rows: a genuine click is a click
+
+
+def test_errors_name_the_problem(synth, tmp_path):
+    with pytest.raises(ConfigError, match="split"):
+        load_split(synth, "synthetic", "dev")
+    with pytest.raises(CacheError, match="preprocess"):
+        load_split(tmp_path, "synthetic", "train")
+    manifest = open_cache(synth, "synthetic")
+    manifest["columns"] = {**manifest["columns"], "click": "clicked"}
+    with pytest.raises(CacheError, match=r"lacks the columns \['clicked'\]"):
+        load_split(synth, "synthetic", "test", manifest=manifest)
+    with pytest.raises(ConfigError, match="batch-size"):
+        next(batches(_toy(5), 0, shuffle=False))

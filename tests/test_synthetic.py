@@ -1,0 +1,184 @@
+"""The synthetic data set: schema, determinism, calibrated rates, label logic, truth side file."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from prlbench.data.cache import SPLITS, aliexpress_schema, open_cache
+from prlbench.data.synthetic import preprocess_synthetic
+from prlbench.errors import ConfigError
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / \
+    "aliexpress_mtreclib_format" / "train.csv"
+ROWS = 5000
+
+
+def _make(root: Path, **kw) -> dict:
+    return preprocess_synthetic(root, progress=False, **{"rows": ROWS, **kw})
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """A 5,000-row synthetic cache (seed 0); returns its folder."""
+    root = tmp_path_factory.mktemp("syn0")
+    _make(root, seed=0)
+    return root / "synthetic"
+
+
+def _read(cache: Path, split: str, side: bool = False) -> pa.Table:
+    return pq.read_table(cache / f"{split}{'.side' if side else ''}.parquet")
+
+
+def _all(cache: Path, side: bool = False) -> pa.Table:
+    return pa.concat_tables([_read(cache, s, side) for s in SPLITS])
+
+
+def _contents(cache: Path) -> dict[str, pa.Table]:
+    return {p.name: pq.read_table(p) for p in sorted(cache.glob("*.parquet"))}
+
+
+def test_same_seed_same_data_other_seed_other_data(synth, tmp_path):
+    again = _make(tmp_path / "again", seed=0)
+    other = _make(tmp_path / "other", seed=1)
+    first, second = _contents(synth), _contents(tmp_path / "again" / "synthetic")
+    assert first.keys() == second.keys() and len(first) == 6
+    assert all(first[k].equals(second[k]) for k in first)
+    assert open_cache(synth.parent, "synthetic")["splits"] == again["splits"]   # same sha256
+    third = _contents(tmp_path / "other" / "synthetic")
+    assert not first["train.parquet"].equals(third["train.parquet"])
+    assert other["splits"]["train"]["sha256"] != again["splits"]["train"]["sha256"]
+
+
+def test_schema_is_processed_aliexpress(synth):
+    schema = aliexpress_schema()
+    for split in SPLITS:
+        fields = _read(synth, split).schema
+        assert fields.names == schema.columns()
+        assert fields.field("search_id").type == pa.int64()
+        assert {fields.field(c).type for c in schema.categorical} == {pa.int32()}
+        assert {fields.field(c).type for c in schema.numerical} == {pa.float32()}
+        assert fields.field("click").type == fields.field("conversion").type == pa.int8()
+    if SAMPLE.exists():   # the real processed files' header, read from the shared sample
+        with open(SAMPLE, newline="") as f:
+            assert next(csv.reader(f)) == schema.columns()
+
+
+def test_numericals_in_unit_interval_and_user_side_constant_per_search(synth):
+    table = _read(synth, "train").to_pandas()
+    nums = table[[f"numerical_{i}" for i in range(1, 64)]].to_numpy()
+    assert nums.min() >= 0 and nums.max() <= 1 and (nums == 0).mean() > 0.05
+    user = [f"categorical_{i}" for i in range(1, 10)] + [f"numerical_{i}" for i in range(1, 24)]
+    assert (table.groupby("search_id")[user].nunique() == 1).all().all()
+    item = table.groupby("search_id")["categorical_10"].nunique()
+    assert item.mean() > 3   # item fields vary inside a search
+    sizes = table.groupby("search_id").size()
+    assert sizes.max() <= 20
+
+
+def test_splits_have_disjoint_searches_and_the_documented_sizes(synth):
+    manifest = open_cache(synth.parent, "synthetic")
+    ids = {s: set(_read(synth, s).column("search_id").to_numpy().tolist()) for s in SPLITS}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
+    assert not ids["val"] & ids["test"]
+    splits = manifest["splits"]
+    assert splits["train"]["rows"] + splits["val"]["rows"] == ROWS
+    assert splits["test"]["rows"] == ROWS // 4
+    assert manifest["params"]["seed"] == 0 and manifest["params"]["noise_rate"] == 0.3
+
+
+def test_realised_rates_match_the_flags(tmp_path):
+    _make(tmp_path, rows=20_000, seed=3, click_rate=0.2, conversion_rate=0.3, noise_rate=0.4)
+    cache = tmp_path / "synthetic"
+    table, side = _all(cache), _all(cache, side=True)
+    click = table.column("click").to_numpy().astype(bool)
+    conv = table.column("conversion").to_numpy().astype(bool)
+    genuine = side.column("genuine").to_numpy().astype(bool)
+    assert click.mean() == pytest.approx(0.2, rel=0.06)
+    assert conv.sum() / click.sum() == pytest.approx(0.3, rel=0.1)
+    assert (click & ~genuine).sum() / click.sum() == pytest.approx(0.4, rel=0.1)
+    # The expected rates (means of the true probabilities) are calibrated much more tightly.
+    p_click = side.column("p_click").to_numpy()
+    assert p_click.mean() == pytest.approx(0.2, rel=0.02)
+
+
+def test_label_logic_conversions_only_on_genuine_clicks(synth):
+    table, side = _all(synth), _all(synth, side=True)
+    click = table.column("click").to_numpy().astype(bool)
+    conv = table.column("conversion").to_numpy().astype(bool)
+    genuine = side.column("genuine").to_numpy().astype(bool)
+    assert not (conv & ~click).any()
+    assert not (conv & ~genuine).any()           # noise clicks never convert
+    assert not (genuine & ~click).any()          # a genuine click is a click
+    assert (click & ~genuine).any() and conv.any()
+
+
+def test_no_noise_rate_means_every_click_is_genuine(tmp_path):
+    _make(tmp_path, seed=2, noise_rate=0.0, click_rate=0.2)
+    cache = tmp_path / "synthetic"
+    click = _all(cache).column("click").to_numpy()
+    assert np.array_equal(click, _all(cache, side=True).column("genuine").to_numpy())
+
+
+def test_side_file_is_aligned_and_explains_the_clicks(synth):
+    manifest = open_cache(synth.parent, "synthetic")
+    for split in SPLITS:
+        side = _read(synth, split, side=True)
+        assert side.num_rows == manifest["splits"][split]["rows"] == _read(synth, split).num_rows
+        assert manifest["side_files"][split]["columns"] == side.column_names
+    side = _all(synth, side=True)
+    p_click, p_gen, p_ctcvr = (side.column(c).to_numpy() for c in
+                               ("p_click", "p_click_genuine", "p_ctcvr"))
+    assert np.all(p_ctcvr <= p_gen + 1e-7) and np.all(p_gen <= p_click + 1e-7)
+    genuine = side.column("genuine").to_numpy()
+    assert roc_auc_score(genuine, p_gen) > 0.6
+    click = _all(synth).column("click").to_numpy()
+    assert roc_auc_score(click, p_click) > 0.6
+
+
+def test_truth_is_not_in_the_feature_columns(synth):
+    table, side = _read(synth, "train"), _read(synth, "train", side=True)
+    assert not set(side.column_names) & set(table.column_names)
+    p_click = side.column("p_click").to_numpy().astype(np.float64)
+    for name in aliexpress_schema().numerical + aliexpress_schema().categorical:
+        col = table.column(name).to_numpy().astype(np.float64)
+        if col.std() > 0:
+            assert abs(np.corrcoef(col, p_click)[0, 1]) < 0.5, name
+
+
+@pytest.mark.parametrize("flags, named", [
+    ({"rows": 999}, "--rows"),
+    ({"rows": 5000.0}, "--rows"),
+    ({"seed": -1}, "--seed"),
+    ({"click_rate": 0.0}, "--click-rate"),
+    ({"click_rate": 1.0}, "--click-rate"),
+    ({"conversion_rate": float("nan")}, "--conversion-rate"),
+    ({"conversion_rate": 1.2}, "--conversion-rate"),
+    ({"noise_rate": 1.5}, "--noise-rate"),
+    ({"noise_rate": -0.1}, "--noise-rate"),
+    ({"noise_rate": 0.5, "conversion_rate": 0.6}, "--conversion-rate"),
+])
+def test_bad_flags_raise_config_error_naming_the_flag(tmp_path, flags, named):
+    with pytest.raises(ConfigError, match=named):
+        preprocess_synthetic(tmp_path, progress=False, **flags)
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_chunked_generation_keeps_searches_whole_and_ids_unique(tmp_path, monkeypatch):
+    monkeypatch.setattr("prlbench.data.synthetic.CHUNK_ROWS", 1500)
+    manifest = _make(tmp_path, rows=4000, seed=4)
+    cache = tmp_path / "synthetic"
+    assert manifest["splits"]["train"]["rows"] + manifest["splits"]["val"]["rows"] == 4000
+    assert manifest["splits"]["test"]["rows"] == 1000
+    table = _all(cache).to_pandas()
+    user = [f"categorical_{i}" for i in range(1, 10)] + [f"numerical_{i}" for i in range(1, 24)]
+    assert (table.groupby("search_id")[user].nunique() == 1).all().all()
+    realised = manifest["params"]["realised_train"]
+    assert realised["click_rate"] == pytest.approx(
+        (manifest["splits"]["train"]["clicks"] + manifest["splits"]["val"]["clicks"]) / 4000)
