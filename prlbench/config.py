@@ -48,6 +48,8 @@ class TrainConfig:
     patience: int = 2
     precision: str = "fp32"
     eval_batch_size: int = 16384
+    # Start each output head at the logit of its training base rate (see README).
+    init_bias: bool = True
     # Neither changes the numbers on CPU, so neither is part of the run id.
     device: str = "cpu"
     threads: int | None = None

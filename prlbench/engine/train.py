@@ -111,6 +111,10 @@ class RunContext:
             vocab_sizes=[manifest["vocab_sizes"][c] for c in cols["categorical"]],
             num_numerical=len(cols["numerical"]), preset=cfg.model.preset,
             **cfg.model.overrides).to(self.device)
+        if cfg.train.init_bias:
+            rates = manifest["splits"]["train"]
+            self.model.init_output_bias({"ctr": rates["click_rate"], "ctcvr": rates["ctcvr_rate"],
+                                         "cvr": rates["cvr_rate"]})
 
     @classmethod
     def open(cls, run_dir: Path, data_dir: Path, *, device: str | None = None) -> "RunContext":

@@ -1,0 +1,176 @@
+"""The blocks every model is built from: embedding -> MLP / experts / gates -> towers.
+
+Shapes: B = batch, F = fields (categorical + one numerical field), d = embedding width,
+E = experts, T = tasks. Every MLP block is Linear -> BatchNorm1d -> ReLU -> Dropout, as in
+MTReclib, so the `paper` preset reproduces its networks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiTaskModel(nn.Module):
+    """Base class: a model returns {"ctr", "ctcvr", ...} logits of shape [B]."""
+
+    summary: str = ""
+    # True where ctcvr <= ctr holds by construction (ESMM: ctcvr = ctr * cvr).
+    guarantees_ctcvr_le_ctr: bool = False
+    # Output logit -> the Tower that produces it (dotted submodule path), for init_output_bias.
+    output_towers: dict = {}
+
+    def init_output_bias(self, rates: dict) -> list:
+        """Start each head at the logit of its base rate instead of at p = 0.5 ("init well").
+
+        With Adam a bias moves ~lr per step, so from 0 it needs thousands of steps to reach a
+        0.5 % base rate; this removes that warm-up without changing what the model can learn.
+        Returns the heads that were set (models without a single output Tower per head skip).
+        """
+        done = []
+        for key, path in self.output_towers.items():
+            rate = rates.get(key)
+            if rate is not None and 0.0 < rate < 1.0:
+                bias = self.get_submodule(path).out.bias
+                with torch.no_grad():
+                    bias.fill_(math.log(rate / (1.0 - rate)))
+                done.append(key)
+        return done
+
+
+class FeatureEmbedding(nn.Module):
+    """Categorical fields through one offset table, numericals through one Linear as a field.
+
+    forward: categorical [B, F_cat] int64, numerical [B, F_num] -> fields [B, F, d] where
+    F = F_cat + 1 (F = F_cat when there are no numericals, as on Ali-CCP).
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], num_numerical: int, embed_dim: int) -> None:
+        super().__init__()
+        sizes = [int(v) for v in vocab_sizes]
+        # One table with per-field offsets (MTReclib's layout and xavier init): one lookup per batch.
+        self.table = nn.Embedding(max(sum(sizes), 1), embed_dim)
+        nn.init.xavier_uniform_(self.table.weight)
+        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)[: len(sizes)]
+        # Derived from vocab_sizes, so not saved: a checkpoint stays plain tensors of weights.
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.numerical = nn.Linear(num_numerical, embed_dim) if num_numerical > 0 else None
+        self.num_categorical = len(sizes)
+        self.num_fields = len(sizes) + (1 if num_numerical > 0 else 0)
+        self.embed_dim = embed_dim
+        self.output_dim = self.num_fields * embed_dim
+
+    def forward(self, categorical: Tensor, numerical: Tensor) -> Tensor:
+        fields = []
+        if self.num_categorical:
+            fields.append(self.table(categorical + self.offsets))  # [B, F_cat, d]
+        if self.numerical is not None:
+            fields.append(self.numerical(numerical).unsqueeze(1))  # [B, 1, d]
+        return torch.cat(fields, dim=1)  # [B, F, d]
+
+
+class MLP(nn.Sequential):
+    """(Linear -> BatchNorm1d -> ReLU -> Dropout) per width in `dims`: [B, in] -> [B, dims[-1]]."""
+
+    def __init__(self, in_dim: int, dims: Sequence[int], dropout: float) -> None:
+        layers: list[nn.Module] = []
+        for width in dims:
+            layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(dropout)]
+            in_dim = width
+        super().__init__(*layers)
+        self.output_dim = in_dim
+
+
+class Tower(nn.Module):
+    """A task head: MLP(dims) then Linear(., 1): [B, in] -> logit [B]."""
+
+    def __init__(self, in_dim: int, dims: Sequence[int], dropout: float) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, dims, dropout)
+        self.out = nn.Linear(self.mlp.output_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.mlp(x)).squeeze(-1)
+
+
+class Gate(nn.Module):
+    """Linear + softmax over experts, no BatchNorm (torch-rechub's fault): [B, in] -> [B, E]."""
+
+    def __init__(self, in_dim: int, num_experts: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, num_experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.linear(x), dim=-1)
+
+    @staticmethod
+    def mix(weights: Tensor, experts: Tensor) -> Tensor:
+        """weights [B, E], expert outputs [B, E, d] -> weighted sum [B, d]."""
+        return torch.bmm(weights.unsqueeze(1), experts).squeeze(1)
+
+
+class ExpertBank(nn.Module):
+    """E MLPs with the same shape, computed together: one batched matmul per layer.
+
+    Weights are stacked as [E, in, out]; the BatchNorm of all experts is one BatchNorm1d(E * out)
+    on the [B, E * out] view, which has per-(expert, unit) statistics exactly like E separate
+    BatchNorm1d(out). With `out_dim`, a plain batched Linear(., out_dim) ends each expert (used for
+    MetaHeac's critics). Input [B, in] (all experts see the same input) or [B, E, in] (one input
+    per expert, PLE's upper levels) -> [B, E, dims[-1]] (or [B, E, out_dim]).
+    """
+
+    def __init__(
+        self, in_dim: int, dims: Sequence[int], num_experts: int, dropout: float,
+        out_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        widths = [in_dim, *dims] + ([out_dim] if out_dim else [])
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(num_experts, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_experts, fan_out).uniform_(-bound, bound)))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(num_experts * w) for w in dims)
+        self.dropout = nn.Dropout(dropout)
+        self.output_dim = widths[-1]
+
+    def _linear(self, x: Tensor, i: int) -> Tensor:
+        weight, bias = self.weights[i], self.biases[i]  # [E, in, out], [E, out]
+        if x.dim() == 2:  # shared input: one GEMM [B, in] @ [in, E * out]
+            E, fan_in, fan_out = weight.shape
+            h = x @ weight.permute(1, 0, 2).reshape(fan_in, E * fan_out)
+            return h.view(-1, E, fan_out) + bias  # [B, E, out]
+        return torch.einsum("bei,eio->beo", x, weight) + bias  # [B, E, out]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, norm in enumerate(self.norms):
+            h = self._linear(x, i)  # [B, E, w]
+            h = norm(h.reshape(h.shape[0], -1)).view_as(h)
+            x = self.dropout(F.relu(h))
+        if len(self.weights) > len(self.norms):  # the plain output layer
+            x = self._linear(x, len(self.norms))
+        return x
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def logit_from_logprob(log_p: Tensor) -> Tensor:
+    """logit(p) = log p - log(1 - p) from log p; log p is capped just below 0 so that p = 1
+    (which float32 reaches for logits above ~17) gives a large finite logit, never inf."""
+    log_p = log_p.clamp(max=-1e-12)
+    return log_p - log1mexp(log_p)
+
+
+def logit_of_product(a: Tensor, b: Tensor) -> Tensor:
+    """logit(sigmoid(a) * sigmoid(b)), computed in log space (ESMM's ctcvr = ctr * cvr)."""
+    return logit_from_logprob(F.logsigmoid(a) + F.logsigmoid(b))

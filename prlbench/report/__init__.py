@@ -1,0 +1,56 @@
+"""Statistics, tables and plots of finished runs (the reporting layer of `prlbench compare`).
+
+    runs = analysis.load_runs(run_dirs)            # one row per run
+    summary = analysis.summarise(runs)             # every cell's statistics + how computed
+    table = build_table(summary)                   # the one table model
+    to_markdown(table), to_latex(table), to_csv(summary)
+    write_report(summary, out)                     # out/tables/{auc,logloss}.{md,tex}, *.csv
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prlbench.report.analysis import Summary, load_runs, summarise
+from prlbench.report.csvout import delong_csv, runs_csv, to_csv
+from prlbench.report.latex import to_latex
+from prlbench.report.markdown import to_markdown
+from prlbench.report.table import Table, build_table
+
+FORMATS = ("md", "tex", "csv")
+
+__all__ = ["FORMATS", "Summary", "Table", "build_table", "load_runs", "summarise", "to_csv",
+           "to_latex", "to_markdown", "write_report"]
+
+
+def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FORMATS
+                 ) -> list[Path]:
+    """Write out_dir/tables/: auc.{md,tex} and logloss.{md,tex} (where the summary has those
+    metrics), cells.csv, runs.csv and delong.csv; each file atomically. Returns the paths."""
+    from prlbench.errors import ConfigError
+    from prlbench.results import atomic_write_bytes
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ConfigError(f"unknown table format(s) {', '.join(sorted(unknown))}; valid: "
+                          f"{', '.join(FORMATS)}")
+    files: dict[str, str] = {}
+    for kind in ("auc", "logloss"):
+        table = build_table(summary, kind=kind)
+        if not table.metrics:
+            continue
+        if "md" in formats:
+            files[f"{kind}.md"] = to_markdown(table)
+        if "tex" in formats:
+            files[f"{kind}.tex"] = to_latex(table)
+    if "csv" in formats:
+        files["cells.csv"] = to_csv(summary)
+        files["runs.csv"] = runs_csv(summary)
+        if not summary.delong.empty:
+            files["delong.csv"] = delong_csv(summary)
+    written = []
+    for name, text in files.items():
+        path = Path(out_dir) / "tables" / name
+        atomic_write_bytes(path, text.encode("utf-8"))
+        written.append(path)
+    return written

@@ -1,0 +1,342 @@
+"""From finished run folders to the statistics of every table cell.
+
+`load_runs` reads one row per run; `summarise` pairs every loss with the baseline (`bce`) by seed
+and computes, per (data set, model, metric, arm): mean and std over seeds, the mean paired delta
+with a bootstrap CI over the per-seed deltas, RelaImpr, the paired t-test and Wilcoxon signed-rank
+test over seeds, DeLong's test on each seed's test predictions, and the chosen test's p value
+adjusted over every comparison of the summary (Holm or Benjamini-Hochberg). A cell is a win / tie /
+loss when it is significant and better / not significant / significant and worse.
+
+Why seeds and not DeLong decide significance: DeLong's test treats the trained model as fixed, so
+with millions of test rows it calls a 0.0001 AUC difference significant while a second seed of the
+same arm moves the AUC by more. The seed-level test includes training randomness.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prlbench import results, stats
+from prlbench.errors import DataError
+from prlbench.report import _delong
+
+AUC_METRICS = ("ctr_auc", "ctcvr_auc", "cvr_auc")
+LOGLOSS_METRICS = ("ctr_logloss", "ctcvr_logloss", "cvr_logloss")
+METRICS = AUC_METRICS + LOGLOSS_METRICS
+TESTS = ("wilcoxon", "ttest")
+CORRECTIONS = {"holm": stats.holm, "bh": stats.benjamini_hochberg}
+BOOT_SEED = 0  # the bootstrap's RNG seed: fixed, so a cell's CI never depends on the others
+KEYS = ["dataset", "model", "metric", "arm"]
+
+
+def lower_is_better(metric: str) -> bool:
+    return "logloss" in metric
+
+
+def is_auc(metric: str) -> bool:
+    return "auc" in metric
+
+
+# ------------------------------------------------------------------------------- load
+def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per finished run: dataset, model, loss, params (JSON), arm, seed, run_id,
+    run_dir, best_epoch and every number in metrics.json.
+
+    `arm` is the loss name, plus the parameters that differ between runs of that loss within
+    one (data set, model), e.g. "pwiser(lam=1)" next to "pwiser(lam=0.5)"; parameters chosen on
+    validation (one setting per data set and model) keep the plain loss name.
+    """
+    if not run_dirs:
+        raise DataError("no finished run folders to report on; train some first "
+                        "(prlbench compare) or check --out")
+    df = pd.DataFrame([_read_run(Path(d)) for d in run_dirs])
+    df["arm"] = _arm_labels(df)
+    _check_unique(df)
+    # Data sets and models keep the order of `run_dirs` (the grid's order); arms and seeds sort.
+    order = {c: {v: i for i, v in enumerate(dict.fromkeys(df[c]))} for c in ("dataset", "model")}
+    return df.sort_values(["dataset", "model", "arm", "seed"], kind="stable",
+                          key=lambda s: s.map(order[s.name]) if s.name in order else s
+                          ).reset_index(drop=True)
+
+
+def _read_run(d: Path) -> dict:
+    def need(name: str):
+        if not (d / name).exists():
+            raise DataError(f"{d / name} is missing: the run folder is incomplete; re-run it "
+                            f"(prlbench train / prlbench evaluate {d}) or leave it out")
+        return results.read_json(d / name)
+
+    run, cfg = need("run.json"), need("config.json")
+    if run.get("status") != "done":
+        raise DataError(f"{d / 'run.json'}: status is {run.get('status')!r}, not 'done'; "
+                        "finish the run or leave it out")
+    metrics = need("metrics.json")
+    row = {"dataset": cfg["data"]["dataset"], "model": cfg["model"]["name"],
+           "loss": cfg["loss"]["name"],
+           "params": json.dumps(cfg["loss"].get("params") or {}, sort_keys=True),
+           "seed": int(cfg["train"]["seed"]), "run_id": run.get("run_id", d.name),
+           "run_dir": str(d), "best_epoch": run.get("best_epoch")}
+    row.update({k: float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return row
+
+
+def _arm_labels(df: pd.DataFrame) -> pd.Series:
+    labels = pd.Series(df["loss"], index=df.index, dtype=object)
+    for _, group in df.groupby(["dataset", "model", "loss"], sort=False):
+        settings = {p: json.loads(p) for p in group["params"].unique()}
+        if len(settings) < 2:
+            continue
+        keys = sorted({k for s in settings.values() for k in s})
+        varying = [k for k in keys if len({repr(s.get(k)) for s in settings.values()}) > 1]
+        for idx, p in group["params"].items():
+            inner = ",".join(f"{k}={_fmt_value(settings[p].get(k))}" for k in varying)
+            labels[idx] = f"{df.at[idx, 'loss']}({inner})"
+    return labels
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _check_unique(df: pd.DataFrame) -> None:
+    dup = df[df.duplicated(["dataset", "model", "arm", "seed"], keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        same = dup[(dup[["dataset", "model", "arm", "seed"]] == first[
+            ["dataset", "model", "arm", "seed"]]).all(axis=1)]
+        raise DataError(f"two runs of {first.dataset}/{first.model}/{first.arm} seed {first.seed}: "
+                        f"{' and '.join(same.run_dir)} (they differ in preset, overrides or "
+                        "training settings); report on one of them")
+
+
+# -------------------------------------------------------------------------- summarise
+@dataclass
+class Summary:
+    """Every cell's statistics (`cells`, one row per data set, model, metric and arm, the
+    baseline's rows holding mean / std only) and how they were computed."""
+
+    cells: pd.DataFrame
+    runs: pd.DataFrame
+    delong: pd.DataFrame  # one row per data set, model, metric, arm and seed (may be empty)
+    baseline: str
+    metrics: tuple[str, ...]
+    seeds: list[int]
+    test: str
+    correction: str
+    alpha: float
+    n_boot: int
+    settings: dict[str, dict[str, list]]  # arm -> parameter -> the values used (sorted)
+    losses: dict[str, str]  # arm -> loss name
+    warnings: list[str] = field(default_factory=list)
+    boot_seed: int = BOOT_SEED
+    split: str = "test"
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def n_comparisons(self) -> int:
+        """Comparisons in the correction's family: the non-baseline cells with a p value."""
+        return int(self.cells["p"].notna().sum())
+
+    @property
+    def wtl(self) -> pd.DataFrame:
+        """Wins / ties / losses (and untested cells) per arm and metric."""
+        c = self.cells[~self.cells["is_baseline"]]
+        counts = pd.crosstab([c["arm"], c["metric"]], c["outcome"])
+        for col in ("win", "tie", "loss", "untested"):
+            if col not in counts:
+                counts[col] = 0
+        counts = counts[["win", "tie", "loss", "untested"]].reset_index()
+        counts["_order"] = counts["metric"].map({m: i for i, m in enumerate(self.metrics)})
+        counts = counts.sort_values(["arm", "_order"], kind="stable").drop(columns="_order")
+        counts.columns.name = None
+        return counts.rename(columns={"win": "wins", "tie": "ties", "loss": "losses"}
+                             ).reset_index(drop=True)
+
+
+def summarise(runs: pd.DataFrame, *, baseline: str = "bce", metrics: tuple[str, ...] = METRICS,
+              test: str = "wilcoxon", correction: str = "holm", alpha: float = 0.05,
+              n_boot: int = 10000, delong: bool = True) -> Summary:
+    """Pair every arm with `baseline` by seed and compute each cell's statistics (see module doc).
+
+    The bootstrap uses the fixed seed BOOT_SEED. `delong=False` skips reading the predictions.
+    """
+    _check_options(test, correction, alpha)
+    warnings: list[str] = []
+    metrics = _available(runs, tuple(metrics), warnings)
+    rows, delong_rows = [], []
+    for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
+        base = group[group["arm"] == baseline]
+        if base.empty:
+            warnings.append(f"{dataset}/{model}: no {baseline} runs, so no deltas or tests there")
+        for metric in metrics:
+            rows.append(_cell(base, dataset, model, metric, baseline, None, n_boot))
+            for arm, sub in group[group["arm"] != baseline].groupby("arm", sort=False):
+                rows.append(_cell(sub, dataset, model, metric, arm, base, n_boot))
+        if delong and not base.empty:
+            delong_rows += _delong.per_seed(group, baseline, metrics, warnings)
+    cells = pd.DataFrame(rows)
+    dl = pd.DataFrame(delong_rows, columns=_delong.COLUMNS)
+    cells = _add_delong(cells, dl, alpha)
+    cells = _decide(cells, test, correction, alpha)
+    for col in ("n", "n_pairs", "delong_n", "delong_sig"):  # counts: integers, NA where none
+        cells[col] = cells[col].astype("Int64")
+    seeds = sorted(int(s) for s in runs["seed"].unique())
+    warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, seeds, test, correction,
+                                                                  alpha)
+    return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
+                   metrics=metrics, seeds=seeds, test=test, correction=correction, alpha=alpha,
+                   n_boot=n_boot, settings=_settings(runs), losses=_arm_losses(runs),
+                   warnings=warnings)
+
+
+def _check_options(test: str, correction: str, alpha: float) -> None:
+    if test not in TESTS:
+        raise DataError(f"test must be one of {', '.join(TESTS)}, not {test!r}")
+    if correction not in CORRECTIONS:
+        raise DataError(f"correction must be one of {', '.join(CORRECTIONS)}, not {correction!r}")
+    if not 0 < alpha < 1:
+        raise DataError(f"alpha must lie in (0, 1), e.g. 0.05; got {alpha}")
+
+
+def _available(runs: pd.DataFrame, metrics: tuple[str, ...], warnings: list[str]) -> tuple:
+    missing = [m for m in metrics if m not in runs.columns]
+    if missing:
+        warnings.append(f"metrics not in any run's metrics.json, left out: {', '.join(missing)}")
+    kept = tuple(m for m in metrics if m in runs.columns)
+    if not kept:
+        raise DataError(f"none of the metrics {', '.join(metrics)} is in the runs' metrics.json")
+    return kept
+
+
+def _cell(sub: pd.DataFrame, dataset: str, model: str, metric: str, arm: str,
+          base: pd.DataFrame | None, n_boot: int) -> dict:
+    """One row of the cells frame; `base` None marks the baseline's own row."""
+    values = sub.set_index("seed")[metric].dropna()
+    row = {"dataset": dataset, "model": model, "metric": metric, "arm": arm,
+           "loss": sub["loss"].iloc[0] if len(sub) else arm, "is_baseline": base is None,
+           "params": ";".join(sub["params"].unique()), "n": len(values),
+           "mean": values.mean() if len(values) else np.nan,
+           "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+           "seeds": ";".join(str(s) for s in values.index)}
+    if base is not None:
+        row.update(_paired(values, base.set_index("seed")[metric].dropna(), metric, n_boot))
+    return row
+
+
+def _paired(arm: pd.Series, base: pd.Series, metric: str, n_boot: int) -> dict:
+    """Statistics of arm - baseline over the seeds both have (pairing by seed)."""
+    common = sorted(set(arm.index) & set(base.index))
+    a, b = arm.loc[common].to_numpy(float), base.loc[common].to_numpy(float)
+    d = a - b
+    out = {"n_pairs": len(common), "paired_seeds": ";".join(str(s) for s in common),
+           "mean_paired": a.mean() if len(d) else np.nan,
+           "base_mean_paired": b.mean() if len(d) else np.nan,
+           "delta_mean": d.mean() if len(d) else np.nan, "delta_lo": np.nan, "delta_hi": np.nan,
+           "relaimpr": np.nan, "ttest_t": np.nan, "ttest_p": np.nan, "wilcoxon_w": np.nan,
+           "wilcoxon_p": np.nan}
+    if is_auc(metric) and len(d):
+        out["relaimpr"] = stats.relaimpr(a.mean(), b.mean())
+    if len(d) >= 2:  # one pair has no spread: no CI and no test
+        ci = stats.bootstrap_mean_ci(d, n_boot=n_boot, seed=BOOT_SEED)
+        t, w = stats.paired_ttest(a, b), stats.wilcoxon_signed_rank(a, b)
+        out.update(delta_lo=ci.lo, delta_hi=ci.hi, ttest_t=t.statistic, ttest_p=t.p,
+                   wilcoxon_w=w.statistic, wilcoxon_p=w.p)
+    return out
+
+
+def _add_delong(cells: pd.DataFrame, dl: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per cell: seeds tested by DeLong, how many had p < alpha, the median p, each seed's p."""
+    if dl.empty:
+        for col in ("delong_n", "delong_sig", "delong_median_p", "delong_p"):
+            cells[col] = np.nan if col != "delong_p" else ""
+        return cells
+    tested = dl.dropna(subset=["p"]).groupby(KEYS, sort=False)
+    agg = pd.DataFrame({
+        "delong_n": tested["p"].size(),
+        "delong_sig": tested["p"].apply(lambda p: int((p < alpha).sum())),
+        "delong_median_p": tested["p"].median(),
+        "delong_p": tested["p"].apply(lambda p: ";".join(repr(float(x)) for x in p)),
+    }).reset_index()
+    return cells.merge(agg, on=KEYS, how="left")
+
+
+def _decide(cells: pd.DataFrame, test: str, correction: str, alpha: float) -> pd.DataFrame:
+    cells = cells.copy()
+    cells["p"] = cells[f"{test}_p"]
+    cells.loc[cells["is_baseline"], "p"] = np.nan
+    cells["p_adj"] = CORRECTIONS[correction](cells["p"].to_numpy(float))
+    cells["significant"] = cells["p_adj"] < alpha  # NaN compares False
+    sign = np.where(cells["metric"].map(lower_is_better), -1.0, 1.0)
+    cells["better"] = (sign * cells["delta_mean"]) > 0
+    cells["outcome"] = np.select(
+        [cells["is_baseline"], cells["p_adj"].isna(), cells["significant"] & cells["better"],
+         cells["significant"]], ["", "untested", "win", "loss"], default="tie")
+    for col in ("significant", "better"):  # not applicable to the baseline's own rows
+        cells[col] = cells[col].astype("boolean").mask(cells["is_baseline"])
+    return cells
+
+
+def _pairing_warnings(cells: pd.DataFrame, seeds: list[int]) -> list[str]:
+    out = []
+    if len(seeds) == 1:
+        out.append("only 1 seed: no significance test is possible (use 6 seeds or more)")
+    arms = cells[~cells["is_baseline"]].drop_duplicates(["dataset", "model", "arm"])
+    for r in arms.itertuples():
+        if 0 < r.n_pairs < len(seeds) or r.n_pairs == 0:
+            missing = sorted(set(seeds) - {int(s) for s in str(r.paired_seeds).split(";") if s})
+            out.append(f"{r.dataset}/{r.model}/{r.arm}: paired with the baseline on "
+                       f"{r.n_pairs} of {len(seeds)} seeds (unpaired: "
+                       f"{', '.join(map(str, missing))})")
+    return out
+
+
+def _power_warnings(cells: pd.DataFrame, seeds: list[int], test: str, correction: str,
+                    alpha: float) -> list[str]:
+    """Say when the design cannot reach significance at all, whatever the data."""
+    tested = cells.dropna(subset=["p"])
+    if test != "wilcoxon" or tested.empty:
+        return []
+    n = int(tested["n_pairs"].max())
+    p_min = stats.min_wilcoxon_p(n)
+    if p_min >= alpha:
+        return [f"Wilcoxon with n={n} seeds cannot reach p < {alpha:g}: the smallest possible "
+                f"p is {p_min:.4g}; use more seeds (6 or more) or --test ttest"]
+    k = len(tested)
+    if correction == "holm" and k * p_min >= alpha:
+        need = int(np.floor(np.log2(2 * k / alpha))) + 1
+        return [f"Wilcoxon with n={n} seeds and Holm over {k} comparisons cannot reach "
+                f"significance: the smallest possible adjusted p is min(1, {k} x {p_min:.4g}) = "
+                f"{min(1.0, k * p_min):.4g}; use {need} seeds or more, fewer metrics or arms, "
+                "--test ttest, or --correction bh (which needs many small p values)"]
+    return []
+
+
+def _settings(runs: pd.DataFrame) -> dict[str, dict[str, list]]:
+    out: dict[str, dict[str, list]] = {}
+    for arm, group in runs.groupby("arm", sort=True):
+        values: dict[str, set] = {}
+        for p in group["params"].unique():
+            for k, v in json.loads(p).items():
+                values.setdefault(k, set()).add(json.dumps(v))
+        out[arm] = {k: sorted((json.loads(v) for v in vs), key=_value_order)
+                    for k, vs in sorted(values.items())}
+    return out
+
+
+def _value_order(v) -> tuple:
+    # Numbers numerically (0.5 < 1 < 10), then everything else by its text.
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (0, float(v), "") if number else (1, 0.0, str(v))
+
+
+def _arm_losses(runs: pd.DataFrame) -> dict[str, str]:
+    return dict(runs.drop_duplicates("arm")[["arm", "loss"]].itertuples(index=False))

@@ -1,0 +1,244 @@
+"""Plots (matplotlib, Agg backend), each written as PNG and PDF:
+
+- `forest_plot`: the delta AUC of every arm against the baseline, one row per (data set, model),
+  one panel per AUC metric, 95 % bootstrap CI bars, a zero line; significant deltas filled.
+- `validation_curves`: validation CTR and CTCVR AUC per epoch, mean over seeds with a +-1 std
+  band, one line per arm, one panel pair per (data set, model), in a grid of up to 4 columns.
+
+Figure sizes grow with the number of rows; constrained layout keeps labels apart
+(`overlapping_texts` checks it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prlbench import results
+from prlbench.report import table as tm
+from prlbench.report.analysis import AUC_METRICS, Summary
+
+VAL_METRICS = (("val_ctr_auc", "val. CTR AUC"), ("val_ctcvr_auc", "val. CTCVR AUC"))
+MAX_COLS = 4
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window (and safe in worker processes)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _styles(arms: list[str], baseline: str) -> dict[str, dict]:
+    """One colour and marker per arm, the same in every plot: the baseline dark grey, the
+    others in name order (so an arm keeps its colour whether or not the baseline is drawn)."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+              "#e377c2", "#bcbd22"]
+    markers = ["s", "^", "D", "v", "P", "X", "<", ">", "*"]
+    others = [a for a in sorted(arms) if a != baseline]
+    out = {a: {"color": c, "marker": m} for a, c, m in zip(others, itertools.cycle(colors),
+                                                           itertools.cycle(markers))}
+    out[baseline] = {"color": "0.25", "marker": "o"}
+    return out
+
+
+def save(fig, path_stem: Path) -> list[Path]:
+    """PNG (150 dpi) and PDF next to each other, atomically; closes the figure."""
+    import io
+
+    plt = _plt()
+    fig.canvas.draw()  # lay out once, then freeze: the PNG and the PDF share one layout
+    fig.set_layout_engine("none")
+    paths = []
+    for ext, kw in (("png", {"dpi": 150}), ("pdf", {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, **kw)
+        path = Path(path_stem).with_suffix(f".{ext}")
+        results.atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------------------ forest
+def forest_plot(summary: Summary, path_stem: Path) -> list[Path]:
+    return save(forest_figure(summary), path_stem)
+
+
+def forest_figure(summary: Summary):
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    cells = summary.cells[~summary.cells["is_baseline"]]
+    metrics = [m for m in AUC_METRICS if m in set(cells["metric"])] or list(summary.metrics[:1])
+    groups = list(dict.fromkeys(zip(cells["dataset"], cells["model"])))
+    arms = sorted(cells["arm"].unique())
+    styles = _styles(arms, summary.baseline)
+    height = 1.5 + 0.28 * len(groups) * max(1, len(arms))
+    fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False, layout="constrained",
+                             figsize=(2.2 + 3.2 * len(metrics), height))
+    step = 0.7 / max(1, len(arms))  # arms spread over 70 % of a row's height
+    for ax, metric in zip(axes[0], metrics):
+        sub = cells[cells["metric"] == metric]
+        for j, arm in enumerate(arms):
+            _forest_points(ax, sub[sub["arm"] == arm], groups, styles[arm],
+                           (j - (len(arms) - 1) / 2) * step)
+        ax.axvline(0.0, color="0.3", lw=0.8, ls="--", zorder=0)
+        _dataset_separators(ax, groups)
+        ax.set_title(f"Δ {tm.METRIC_NAMES.get(metric, metric)}")
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few, level labels: no overlap
+    ax0 = axes[0][0]
+    ax0.set_yticks(range(len(groups)),
+                   [f"{tm.dataset_name(d)} · {tm.model_name(m)}" for d, m in groups])
+    ax0.set_ylim(len(groups) - 0.5, -0.5)  # first group on top
+    fig.supxlabel(_forest_xlabel(summary), fontsize="medium")
+    fig.legend(handles=_forest_legend(arms, styles), loc="outside upper center",
+               ncols=min(len(arms) + 2, 5), frameon=False)
+    return fig
+
+
+def _forest_points(ax, sub: pd.DataFrame, groups: list, style: dict, offset: float) -> None:
+    color = style["color"]
+    index = {g: i for i, g in enumerate(groups)}
+    y = np.array([index[g] for g in zip(sub["dataset"], sub["model"])], dtype=float) + offset
+    d, lo, hi = (sub[c].to_numpy(float) for c in ("delta_mean", "delta_lo", "delta_hi"))
+    has_ci = ~np.isnan(lo)
+    ax.errorbar(d[has_ci], y[has_ci], xerr=[d[has_ci] - lo[has_ci], hi[has_ci] - d[has_ci]],
+                fmt="none", ecolor=color, elinewidth=1.2, capsize=2.5)
+    sig = sub["significant"].to_numpy(bool)
+    ax.scatter(d[sig], y[sig], color=color, marker=style["marker"], s=30, zorder=3)
+    ax.scatter(d[~sig], y[~sig], facecolor="white", edgecolor=color, marker=style["marker"],
+               s=30, zorder=3)
+
+
+def _dataset_separators(ax, groups: list) -> None:
+    for i in range(1, len(groups)):
+        if groups[i][0] != groups[i - 1][0]:
+            ax.axhline(i - 0.5, color="0.6", lw=0.8)
+
+
+def _forest_xlabel(summary: Summary) -> str:
+    base = tm.loss_name(summary.baseline)
+    conf = f"{(1 - summary.alpha) * 100:g} %"
+    if summary.n_comparisons == 0:
+        return (f"AUC difference to {base}, {tm.seed_list(summary.seeds)}: one seed, "
+                "no CI and no test")
+    test = tm.TEST_NAMES[summary.test]
+    return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {conf} bootstrap CI); "
+            f"filled: {test} significant after {tm.CORRECTION_NAMES[summary.correction]}")
+
+
+def _forest_legend(arms: list[str], styles: dict) -> list:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], label=tm.arm_name(a), **styles[a]) for a in arms]
+    handles += [Line2D([], [], ls="none", marker="o", color="0.3", label="significant"),
+                Line2D([], [], ls="none", marker="o", markerfacecolor="white", color="0.3",
+                       label="not significant")]
+    return handles
+
+
+# ------------------------------------------------------------------- validation curves
+def validation_curves(runs: pd.DataFrame, path_stem: Path, *, baseline: str = "bce"
+                      ) -> list[Path]:
+    return save(validation_figure(runs, baseline=baseline), path_stem)
+
+
+def validation_figure(runs: pd.DataFrame, *, baseline: str = "bce"):
+    plt = _plt()
+    hist = _histories(runs)
+    groups = list(dict.fromkeys(zip(runs["dataset"], runs["model"])))
+    arms = sorted(runs["arm"].unique(), key=lambda a: (a != baseline, a))
+    styles = _styles(arms, baseline)
+    ncols = min(MAX_COLS, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig = plt.figure(layout="constrained", figsize=(0.6 + 3.4 * ncols, 0.8 + 4.0 * nrows))
+    subfigs = fig.subfigures(nrows, ncols, squeeze=False)
+    for sf, (dataset, model) in zip(subfigs.flat, groups):
+        sf.suptitle(f"{tm.dataset_name(dataset)} · {tm.model_name(model)}", fontsize="medium")
+        axes = sf.subplots(len(VAL_METRICS), 1, sharex=True)
+        mine = hist[(hist["dataset"] == dataset) & (hist["model"] == model)]
+        for ax, (col, label) in zip(np.atleast_1d(axes), VAL_METRICS):
+            for arm in arms:
+                _curve(ax, mine[mine["arm"] == arm], col, styles[arm])
+            ax.set_ylabel(label)
+            ax.grid(color="0.92", lw=0.6)
+        np.atleast_1d(axes)[-1].set_xlabel("epoch")
+        np.atleast_1d(axes)[-1].xaxis.get_major_locator().set_params(integer=True)
+    handles = [plt.Line2D([], [], label=tm.arm_name(a), **styles[a]) for a in arms]
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(arms), 6),
+               frameon=False, title="mean over seeds, band ±1 std")
+    return fig
+
+
+def _histories(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, epoch) with the validation AUCs (runs without history.json skipped)."""
+    frames = []
+    for r in runs.itertuples():
+        path = Path(r.run_dir) / "history.json"
+        if path.exists():
+            h = pd.DataFrame(results.read_json(path))
+            frames.append(h.assign(dataset=r.dataset, model=r.model, arm=r.arm, seed=r.seed))
+    cols = ["dataset", "model", "arm", "seed", "epoch"] + [c for c, _ in VAL_METRICS]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True).reindex(columns=cols)
+
+
+def _curve(ax, h: pd.DataFrame, col: str, style: dict) -> None:
+    if h.empty or h[col].isna().all():
+        return
+    # Early stopping ends seeds at different epochs: each epoch averages the seeds that got there.
+    g = h.groupby("epoch")[col].agg(["mean", "std"]).sort_index()
+    x = g.index.to_numpy(float)
+    ax.plot(x, g["mean"], lw=1.5, ms=4, **style)
+    std = g["std"].fillna(0.0).to_numpy()
+    ax.fill_between(x, g["mean"] - std, g["mean"] + std, color=style["color"], alpha=0.15, lw=0)
+
+
+# ------------------------------------------------------------------------------ checks
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn texts of `fig` (titles, axis and tick labels, legends) whose boxes
+    overlap by more than a pixel each way, after layout."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in _drawn_texts(fig) if t.get_visible() and t.get_text().strip()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    out = []
+    for (a, ba), (b, bb) in itertools.combinations(boxes, 2):
+        w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+        h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+        if w > 1 and h > 1:
+            out.append((a, b))
+    return out
+
+
+def _drawn_texts(fig) -> list:
+    out = []
+    for f in _figures(fig):  # suptitles and legends of the figure and its subfigures
+        out += list(f.texts)
+        for leg in f.legends:
+            out += [*leg.get_texts(), leg.get_title()]
+    for ax in fig.get_axes():
+        out += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend() is not None:
+            out += [*ax.get_legend().get_texts(), ax.get_legend().get_title()]
+        for axis in (ax.xaxis, ax.yaxis):
+            # Tick labels outside the view are not drawn: leave them out.
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            locs = axis.get_majorticklocs()
+            out += [t.label1 for t, loc in zip(axis.get_major_ticks(len(locs)), locs)
+                    if lo - tol <= loc <= hi + tol]
+    return list({id(t): t for t in out}.values())
+
+
+def _figures(fig) -> list:
+    return [fig] + [g for sf in fig.subfigs for g in _figures(sf)]

@@ -1,0 +1,303 @@
+"""The one table model that every renderer draws: rows (data set, model, arm), columns (metrics),
+cells with their numbers and flags, a caption generated from the summary, and the wins / ties /
+losses summary. Renderers only format; every decision (what is best, what is significant) is here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from prlbench.report.analysis import AUC_METRICS, LOGLOSS_METRICS, Summary, lower_is_better
+
+DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown ties are both bold
+METRIC_NAMES = {"ctr_auc": "CTR AUC", "ctcvr_auc": "CTCVR AUC", "cvr_auc": "CVR AUC",
+                "ctr_logloss": "CTR logloss", "ctcvr_logloss": "CTCVR logloss",
+                "cvr_logloss": "CVR logloss", "ctr_gauc": "CTR GAUC",
+                "ctr_auc_noise_free": "CTR AUC (noise-free)"}
+MODEL_NAMES = {"single_task": "Single-task", "shared_bottom": "Shared-Bottom", "esmm": "ESMM",
+               "omoe": "OMoE", "mmoe": "MMoE", "ple": "PLE", "aitm": "AITM",
+               "metaheac": "MetaHeac"}
+DATASET_NAMES = {"aliexpress_nl": "AliExpress-NL", "aliexpress_es": "AliExpress-ES",
+                 "aliexpress_fr": "AliExpress-FR", "aliexpress_us": "AliExpress-US",
+                 "aliccp": "Ali-CCP", "synthetic": "Synthetic"}
+LOSS_NAMES = {"bce": "BCE", "pwiser": "PWiseR", "ranknet": "RankNet"}
+PARAM_ORDER = ("lam", "m1", "m2", "phi", "score", "head")
+PARAM_NAMES = {"lam": "λ", "phi": "φ", "score": "s"}
+VALUE_NAMES = {"squared_hinge": "squared hinge", "prob": "probability"}
+TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
+CORRECTION_NAMES = {"holm": "Holm correction", "bh": "Benjamini-Hochberg correction"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float  # nan with one seed
+    n: int
+    best: bool = False
+    # Non-baseline arms only (None / nan otherwise):
+    delta: float = np.nan
+    lo: float = np.nan  # bootstrap CI of the mean paired delta; nan with < 2 pairs
+    hi: float = np.nan
+    relaimpr: float = np.nan  # percent; AUC metrics only
+    n_pairs: int = 0
+    p_adj: float = np.nan  # nan: untested
+    outcome: str = ""  # "win", "tie", "loss", "untested" ("" for the baseline)
+
+    @property
+    def significant(self) -> bool:
+        return self.outcome in ("win", "loss")
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    model: str
+    arm: str
+    is_baseline: bool
+    cells: tuple[Cell | None, ...]  # one per metric; None where the arm has no value
+
+
+@dataclass(frozen=True)
+class Table:
+    kind: str
+    metrics: tuple[str, ...]
+    rows: tuple[Row, ...]
+    caption: str
+    label: str
+    baseline: str
+    wtl: tuple[tuple, ...]  # (arm, metric, wins, ties, losses, untested)
+    notes: tuple[str, ...]  # the summary's warnings
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(METRIC_NAMES.get(m, m) for m in self.metrics)
+
+
+def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
+                kind: str = "auc") -> Table:
+    """The table of `kind` ("auc" or "logloss": its metrics present in the summary), or of the
+    given `metrics`."""
+    if metrics is None:
+        wanted = AUC_METRICS if kind == "auc" else LOGLOSS_METRICS
+        metrics = tuple(m for m in wanted if m in summary.metrics)
+    cells = summary.cells[summary.cells["metric"].isin(metrics)]
+    best = _best_flags(cells)
+    rows = []
+    for (dataset, model, arm), g in cells.groupby(["dataset", "model", "arm"], sort=False):
+        by_metric = {r.metric: r for r in g.itertuples()}
+        rows.append(Row(dataset, model, arm, bool(g["is_baseline"].iloc[0]),
+                        tuple(_cell(by_metric.get(m), best) for m in metrics)))
+    rows.sort(key=lambda r: _row_order(r, summary))
+    wtl = summary.wtl
+    wtl = wtl[wtl["metric"].isin(metrics)]
+    return Table(kind=kind, metrics=tuple(metrics), rows=tuple(rows),
+                 caption=caption(summary, metrics, kind), label=f"tab:prlbench-{kind}",
+                 baseline=summary.baseline, wtl=tuple(wtl.itertuples(index=False, name=None)),
+                 notes=tuple(summary.warnings))
+
+
+def _best_flags(cells) -> set:
+    """Index labels of the best cells: per data set and metric, among models x arms, by the
+    shown mean (higher for AUC, lower for logloss)."""
+    best = set()
+    for (_, metric), g in cells.groupby(["dataset", "metric"], sort=False):
+        shown = g["mean"].round(DISPLAY).dropna()
+        if shown.empty:
+            continue
+        target = shown.min() if lower_is_better(metric) else shown.max()
+        best |= set(shown.index[shown == target])
+    return best
+
+
+def _cell(r, best: set) -> Cell | None:
+    if r is None or r.n == 0:
+        return None
+    common = dict(mean=r.mean, std=r.std, n=int(r.n), best=r.Index in best)
+    if r.is_baseline:
+        return Cell(**common)
+    return Cell(**common, delta=r.delta_mean, lo=r.delta_lo, hi=r.delta_hi,
+                relaimpr=r.relaimpr, n_pairs=int(r.n_pairs), p_adj=r.p_adj, outcome=r.outcome)
+
+
+def _row_order(row: Row, summary: Summary) -> tuple:
+    # Data sets and models in the order first seen; the baseline first, then the arms by name.
+    datasets = list(dict.fromkeys(summary.cells["dataset"]))
+    models = list(dict.fromkeys(summary.cells["model"]))
+    return (datasets.index(row.dataset), models.index(row.model), not row.is_baseline, row.arm)
+
+
+# ---------------------------------------------------------------------------- caption
+def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
+    """Plain-text (Unicode) caption; every number is computed from the summary."""
+    base = loss_name(summary.baseline)
+    what = "AUC" if kind == "auc" else "logloss (lower is better)"
+    relaimpr = f"; RelaImpr relative to {base}." if kind == "auc" else "."
+    if summary.cells["n"].max() <= 1:
+        parts = [f"Test-split {what} of one run per cell (seed {seed_list(summary.seeds)}): no "
+                 "std, CI or test with one seed.", f"Δ: difference to {base}{relaimpr}"]
+    else:
+        conf = f"{(1 - summary.alpha) * 100:g} %"
+        parts = [f"Test-split {what}, mean ± std over {_seed_text(summary)}.",
+                 f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
+                 f"({summary.n_boot:,} resamples of the per-seed differences){relaimpr}"]
+    parts.append(_test_text(summary, base))
+    parts.append("Bold: best mean per data set and column.")
+    if not summary.delong.empty:
+        parts.append("DeLong's test on each seed's test predictions is in cells.csv; it does not "
+                     "set the marker, because it ignores training randomness.")
+    parts += [_settings_text(summary, arm) for arm in sorted(summary.settings)
+              if arm != summary.baseline and summary.settings[arm]]
+    return " ".join(p for p in parts if p)
+
+
+def _seed_text(summary: Summary) -> str:
+    ns = summary.cells["n"]
+    ns = ns[ns > 0]
+    n_text = (f"{ns.iloc[0]} seed{'s' if ns.iloc[0] != 1 else ''}" if ns.nunique() == 1
+              else f"{ns.min()}–{ns.max()} seeds per cell (each cell's n in cells.csv)")
+    return f"{n_text} (seed{'s' if summary.n_seeds != 1 else ''}: {seed_list(summary.seeds)})"
+
+
+def seed_list(seeds: list[int]) -> str:
+    """1, 2, 3, 4 -> "1–4"; 1, 3, 5 -> "1, 3, 5"."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _test_text(summary: Summary, base: str) -> str:
+    k = summary.n_comparisons
+    if k == 0:
+        return ("No significance test: a paired test over seeds needs 2 seeds or more "
+                "(use 6 or more).")
+    c = summary.cells[~summary.cells["is_baseline"]]
+    family = " × ".join(_count(c[col].nunique(), word) for col, word in (
+        ("dataset", "data set"), ("model", "model"), ("metric", "metric"), ("arm", "loss")))
+    full = np.prod([c[x].nunique() for x in ("dataset", "model", "metric", "arm")]) == k
+    return (f"↑* / ↓*: better / worse than {base} with {TEST_NAMES[summary.test]} p < "
+            f"{summary.alpha:g} over seeds after {CORRECTION_NAMES[summary.correction]} over all "
+            f"{k} comparisons" + (f" ({family})." if full else " of this summary."))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def _settings_text(summary: Summary, arm: str) -> str:
+    loss = summary.losses.get(arm, arm)
+    items = []
+    varied = False
+    settings = summary.settings[arm]
+    for key in sorted(settings, key=lambda k: (PARAM_ORDER.index(k) if k in PARAM_ORDER
+                                               else len(PARAM_ORDER), k)):
+        values = settings[key]
+        name = PARAM_NAMES.get(key, key)
+        shown = [VALUE_NAMES.get(v, str(v)) if isinstance(v, str) else f"{v:g}" for v in values]
+        if len(shown) == 1:
+            items.append(f"{name}={shown[0]}")
+        else:
+            varied = True
+            items.append(f"{name} ∈ {{{', '.join(shown)}}}")
+    text = f"{arm_name(arm)} settings: {', '.join(items)}"
+    if varied:
+        text += " (chosen on validation per data set and model; each cell's in cells.csv)"
+    if loss == "pwiser":
+        text += " (this project's reconstruction; the paper does not publish them)"
+    return text + "."
+
+
+def loss_name(loss: str) -> str:
+    return LOSS_NAMES.get(loss, loss)
+
+
+def arm_name(arm: str) -> str:
+    """"pwiser(lam=1,m1=0.1)" -> "PWiseR (λ=1, m1=0.1)"."""
+    if "(" not in arm:
+        return loss_name(arm)
+    loss, inner = arm[:-1].split("(", 1)
+    items = [kv.split("=", 1) for kv in inner.split(",")]
+    return f"{loss_name(loss)} ({', '.join(f'{PARAM_NAMES.get(k, k)}={v}' for k, v in items)})"
+
+
+def dataset_name(name: str) -> str:
+    return DATASET_NAMES.get(name, name)
+
+
+def model_name(name: str) -> str:
+    return MODEL_NAMES.get(name, name)
+
+
+# ------------------------------------------------------------- cell text (all renderers)
+def mean_text(c: Cell) -> str:
+    """"0.7234 ± 0.0012" (just the mean with one seed)."""
+    if np.isnan(c.std):
+        return f"{c.mean:.{DISPLAY}f}"
+    return f"{c.mean:.{DISPLAY}f} ± {c.std:.{DISPLAY}f}"
+
+
+def delta_text(c: Cell) -> str:
+    """"+0.0011 [+0.0003, +0.0019] (+0.5 %)": the CI only with 2+ pairs, RelaImpr for AUCs."""
+    point, ci = delta_parts(c)
+    if not ci:
+        return point
+    head, _, rel = point.partition(" (")
+    return f"{head} {ci}" + (f" ({rel}" if rel else "")
+
+
+def delta_parts(c: Cell) -> tuple[str, str]:
+    """("+0.0011 (+0.5 %)", "[+0.0003, +0.0019]"): the delta with RelaImpr, and the CI ("" with
+    fewer than 2 pairs); two lines in LaTeX, where one would make the table too wide."""
+    if c.n_pairs == 0:
+        return "no paired seeds", ""
+    point = signed(c.delta, DISPLAY)
+    if not np.isnan(c.relaimpr):
+        point += f" ({signed(c.relaimpr, 1)} %)"
+    ci = "" if np.isnan(c.lo) else f"[{signed(c.lo, DISPLAY)}, {signed(c.hi, DISPLAY)}]"
+    return point, ci
+
+
+def signed(x: float, decimals: int) -> str:
+    """"+0.0011", "-0.0003"; a value that rounds to zero has no sign ("0.0000"), since its
+    sign is below the shown precision."""
+    if round(x, decimals) == 0:
+        return f"{0:.{decimals}f}"
+    return f"{x:+.{decimals}f}"
+
+
+def marker(c: Cell) -> str:
+    """"↑*" significantly better, "↓*" significantly worse, "" a tie, or why there is no test."""
+    if c.outcome == "win":
+        return "↑*"
+    if c.outcome == "loss":
+        return "↓*"
+    if c.outcome == "untested":
+        return f"no test ({c.n_pairs} seed{'s' if c.n_pairs != 1 else ''})"
+    return ""
+
+
+def wtl_text(wins: int, ties: int, losses: int, untested: int) -> str:
+    text = f"{wins} / {ties} / {losses}"
+    return text + (f" ({untested} untested)" if untested else "")
+
+
+def wtl_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    """The wins / ties / losses summary as header + rows of text: one row per arm, one column
+    per metric and a total."""
+    arms = list(dict.fromkeys(r[0] for r in table.wtl))
+    headers = ["Loss"] + list(table.columns) + ["Total"]
+    rows = []
+    for arm in arms:
+        mine = {r[1]: r[2:] for r in table.wtl if r[0] == arm}
+        total = np.sum([mine[m] for m in table.metrics if m in mine], axis=0).astype(int)
+        rows.append([arm_name(arm)] + [wtl_text(*mine[m]) if m in mine else "" for m in
+                                       table.metrics] + [wtl_text(*total)])
+    return headers, rows
+
+
+def wtl_caption(table: Table) -> str:
+    base = loss_name(table.baseline)
+    return (f"Wins / ties / losses against {base} over data sets and models: significantly "
+            f"better / not significant / significantly worse (the test and correction of the "
+            f"table above).")

@@ -1,0 +1,447 @@
+"""The reporting layer: run folders -> statistics -> tables (Markdown, LaTeX, CSV) and plots.
+
+The statistics are checked against an independent recomputation (numpy / scipy directly, Holm
+by a hand loop, DeLong by the textbook O(m n) form); the renderers against golden files that were
+generated once and reviewed by hand (PRLBENCH_UPDATE_GOLDEN=1 regenerates them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats as sps
+
+from prlbench import stats
+from prlbench.errors import DataError
+from prlbench.report import analysis, build_table, to_csv, to_latex, to_markdown, write_report
+from prlbench.report import plots
+
+GOLDEN = Path(__file__).parent / "golden"
+DATASETS, MODELS, LOSSES, SEEDS = ("synthetic", "aliexpress_nl"), ("mmoe", "ple"), \
+    ("bce", "pwiser", "ranknet"), tuple(range(1, 7))
+PARAMS = {"bce": {}, "pwiser": {"lam": 0.5, "m1": 0.05, "m2": 0.1, "phi": "squared_hinge",
+                               "score": "prob", "head": "ctr"},
+          "ranknet": {"lam": 0.5, "score": "logit"}}
+EFFECT = 0.004  # pwiser on mmoe: +0.004 on every AUC, -0.004 on every logloss; zero elsewhere
+ROWS = 2000
+
+
+# ------------------------------------------------------------------ a fake results tree
+def _labels(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's labels: one per data set, shared by all its runs (row-aligned)."""
+    rng = np.random.default_rng(len(dataset))
+    click = (rng.random(ROWS) < 0.25).astype(np.int8)
+    conversion = (click & (rng.random(ROWS) < 0.3)).astype(np.int8)
+    return click, conversion
+
+
+def _write_run(root: Path, dataset: str, model: str, loss: str, seed: int, rng,
+               params: dict | None = None, epochs: int = 3) -> Path:
+    params = PARAMS[loss] if params is None else params
+    tag = "-".join(f"{k}{v}" for k, v in sorted(params.items()) if k == "lam")
+    d = root / "runs" / f"{dataset}-{model}-{loss}{tag}-s{seed}"
+    d.mkdir(parents=True)
+    seed_shift = 0.003 * np.sin(seed + len(model))  # shared by the arms of one seed: pairing
+    gain = EFFECT if (loss == "pwiser" and model == "mmoe") else 0.0
+    base = 0.72 + (0.01 if model == "ple" else 0.0) + seed_shift
+    metrics = {}
+    for i, task in enumerate(("ctr", "ctcvr", "cvr")):
+        metrics[f"{task}_auc"] = base + 0.05 * i + gain + rng.normal(0, 0.0005)
+        metrics[f"{task}_logloss"] = 0.4 - 0.1 * i - gain + rng.normal(0, 0.0005)
+    metrics.update(rows=ROWS, seconds=1.5)
+    cfg = {"data": {"dataset": dataset}, "model": {"name": model, "preset": "small",
+                                                   "overrides": {}},
+           "loss": {"name": loss, "params": params}, "train": {"seed": seed, "epochs": epochs}}
+    wobble = rng.normal(0, 0.001, size=(epochs, 2))
+    history = [{"epoch": e + 1, "train_loss": 0.5 / (e + 1),
+                "val_ctr_auc": base - 0.02 / (e + 1) + gain + wobble[e, 0],
+                "val_ctcvr_auc": base + 0.05 - 0.03 / (e + 1) + gain + wobble[e, 1],
+                "val_score": base} for e in range(epochs)]
+    for name, obj in (("config.json", cfg), ("metrics.json", metrics), ("history.json", history),
+                      ("run.json", {"status": "done", "run_id": d.name, "best_epoch": epochs})):
+        (d / name).write_text(json.dumps(obj))
+    click, conversion = _labels(dataset)
+    strength = 1.0 + (0.6 if gain else 0.0)  # the gain shows in the predictions, too
+    noise = rng.normal(size=(3, ROWS))
+    p = {f"p_{t}": 1 / (1 + np.exp(-(strength * y + noise[i] - 1.5)))
+         for i, (t, y) in enumerate((("ctr", click), ("ctcvr", conversion), ("cvr", conversion)))}
+    pq.write_table(pa.table({"row": np.arange(ROWS), "search_id": np.arange(ROWS) // 10,
+                             "click": click, "conversion": conversion, **p}),
+                   d / "predictions.parquet")
+    return d
+
+
+def make_tree(root: Path, seeds=SEEDS, datasets=DATASETS, models=MODELS, losses=LOSSES
+              ) -> list[Path]:
+    rng = np.random.default_rng(0)
+    # Runs of different seeds stop at different epochs (early stopping), as real runs do.
+    return [_write_run(root, ds, m, l, s, rng, epochs=3 + s % 3) for ds in datasets
+            for m in models for l in losses for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> list[Path]:
+    return make_tree(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def runs(tree) -> pd.DataFrame:
+    return analysis.load_runs(tree)
+
+
+@pytest.fixture(scope="module")
+def summary_t(runs) -> analysis.Summary:
+    return analysis.summarise(runs, test="ttest", n_boot=2000)
+
+
+@pytest.fixture(scope="module")
+def summary_w(runs) -> analysis.Summary:
+    return analysis.summarise(runs, n_boot=2000)  # the defaults: Wilcoxon, Holm
+
+
+# --------------------------------------------------------------------------- load_runs
+def test_load_runs_reads_one_row_per_run_in_the_grid_order(tree, runs):
+    assert len(runs) == len(tree) == 2 * 2 * 3 * 6
+    assert list(dict.fromkeys(runs["dataset"])) == list(DATASETS)  # not alphabetical
+    assert set(runs["arm"]) == set(LOSSES)  # one setting per loss: the plain loss name
+    row = runs[(runs["dataset"] == "synthetic") & (runs["model"] == "ple")
+               & (runs["arm"] == "pwiser") & (runs["seed"] == 3)].iloc[0]
+    metrics = json.loads((Path(row.run_dir) / "metrics.json").read_text())
+    assert row.ctr_auc == metrics["ctr_auc"] and row.cvr_logloss == metrics["cvr_logloss"]
+    assert json.loads(row.params) == PARAMS["pwiser"]
+
+
+def test_arm_labels_name_only_the_settings_that_differ(tmp_path):
+    rng = np.random.default_rng(1)
+    dirs = [_write_run(tmp_path, "synthetic", "mmoe", l, s, rng, p) for s in (1, 2)
+            for l, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 0.1}),
+                         ("pwiser", {**PARAMS["pwiser"], "lam": 1.0}))]
+    # On another model validation chose one setting: that arm keeps the plain name.
+    dirs += [_write_run(tmp_path, "synthetic", "ple", l, s, rng, p) for s in (1, 2)
+             for l, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 2.0}))]
+    runs = analysis.load_runs(dirs)
+    assert sorted(runs["arm"].unique()) == ["bce", "pwiser", "pwiser(lam=0.1)", "pwiser(lam=1)"]
+    summary = analysis.summarise(runs, n_boot=200, delong=False)
+    assert summary.settings["pwiser"]["lam"] == [2.0]
+    assert summary.settings["pwiser(lam=0.1)"]["lam"] == [0.1]
+    assert "PWiseR (λ=0.1) settings: λ=0.1, m1=0.05" in build_table(summary).caption
+
+
+def test_load_runs_errors_name_the_file_and_the_fix(tmp_path):
+    rng = np.random.default_rng(2)
+    d = _write_run(tmp_path, "synthetic", "mmoe", "bce", 1, rng)
+    (d / "metrics.json").unlink()
+    with pytest.raises(DataError, match=r"metrics\.json is missing.*evaluate"):
+        analysis.load_runs([d])
+    twin = [_write_run(tmp_path / x, "synthetic", "mmoe", "bce", 1, rng) for x in "ab"]
+    with pytest.raises(DataError, match="two runs of synthetic/mmoe/bce seed 1"):
+        analysis.load_runs(twin)
+    with pytest.raises(DataError, match="no finished run folders"):
+        analysis.load_runs([])
+
+
+# --------------------------------------------------------------------------- summarise
+def _holm_by_hand(p: np.ndarray) -> np.ndarray:
+    """Holm step-down, written out: the i-th smallest p times (k - i), running max, cap 1."""
+    out = np.full(len(p), np.nan)
+    ok = [i for i in np.argsort(p) if not np.isnan(p[i])]
+    running = 0.0
+    for rank, i in enumerate(ok):
+        running = max(running, min(1.0, (len(ok) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_summarise_matches_an_independent_recomputation(runs, summary_t):
+    cells = summary_t.cells
+    assert len(cells) == 2 * 2 * 6 * 3  # data sets x models x metrics x (baseline + 2 arms)
+    p_test = []
+    for r in cells.itertuples():
+        mine = runs[(runs.dataset == r.dataset) & (runs.model == r.model) & (runs.arm == r.arm)]
+        base = runs[(runs.dataset == r.dataset) & (runs.model == r.model) & (runs.arm == "bce")]
+        a = mine.sort_values("seed")[r.metric].to_numpy()
+        b = base.sort_values("seed")[r.metric].to_numpy()
+        assert r.n == 6 and r.mean == pytest.approx(a.mean(), abs=1e-15)
+        assert r.std == pytest.approx(np.std(a, ddof=1), rel=1e-12)
+        if r.is_baseline:
+            assert np.isnan(r.p) and r.outcome == ""
+            continue
+        d = a - b
+        assert r.n_pairs == 6 and r.delta_mean == pytest.approx(d.mean(), abs=1e-15)
+        assert r.ttest_p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+        assert r.wilcoxon_p == pytest.approx(sps.wilcoxon(d).pvalue, rel=1e-9)
+        assert r.delta_lo <= r.delta_mean <= r.delta_hi
+        assert d.min() <= r.delta_lo and r.delta_hi <= d.max()  # a CI of the mean of these d
+        if "auc" in r.metric:
+            assert r.relaimpr == pytest.approx(((a.mean() - .5) / (b.mean() - .5) - 1) * 100)
+        else:
+            assert np.isnan(r.relaimpr)
+        p_test.append((r.Index, sps.ttest_rel(a, b).pvalue))
+    idx, p = zip(*p_test)
+    assert summary_t.n_comparisons == len(p) == 48
+    np.testing.assert_allclose(cells.loc[list(idx), "p_adj"], _holm_by_hand(np.array(p)),
+                               rtol=1e-9)
+
+
+def test_the_known_effect_is_found_and_nothing_else_is_a_loss(summary_t):
+    c = summary_t.cells[~summary_t.cells["is_baseline"]]
+    effect = (c["arm"] == "pwiser") & (c["model"] == "mmoe")
+    assert (c.loc[effect, "outcome"] == "win").all()  # +0.004 AUC, -0.004 logloss on 6 seeds
+    assert (c.loc[effect & c["metric"].str.contains("logloss"), "delta_mean"] < 0).all()
+    assert (c.loc[~effect, "outcome"] != "loss").all()
+    # Wins / ties / losses per arm and metric: recounted from the adjusted p values by hand.
+    wtl = summary_t.wtl.set_index(["arm", "metric"])
+    for (arm, metric), g in c.groupby(["arm", "metric"]):
+        sign = -1 if "logloss" in metric else 1
+        sig = g["p_adj"] < 0.05
+        wins = int((sig & (sign * g["delta_mean"] > 0)).sum())
+        losses = int((sig & (sign * g["delta_mean"] < 0)).sum())
+        assert tuple(wtl.loc[(arm, metric), ["wins", "ties", "losses", "untested"]]) == (
+            wins, len(g) - wins - losses, losses, 0)
+    assert tuple(wtl.loc[("pwiser", "ctr_auc"), ["wins", "ties", "losses"]]) == (2, 2, 0)
+
+
+def test_delong_per_seed_matches_the_textbook_form(runs, summary_t):
+    dl = summary_t.delong
+    assert len(dl) == 2 * 2 * 2 * 6 * 3  # data sets x models x arms x seeds x AUC metrics
+    row = dl[(dl.dataset == "synthetic") & (dl.model == "mmoe") & (dl.arm == "pwiser")
+             & (dl.seed == 2) & (dl.metric == "cvr_auc")].iloc[0]
+    pick = runs[(runs.dataset == "synthetic") & (runs.model == "mmoe") & (runs.seed == 2)]
+    arm, base = (pq.read_table(Path(pick[pick.arm == a].run_dir.iloc[0]) / "predictions.parquet"
+                               ).to_pandas() for a in ("pwiser", "bce"))
+    clicked = arm["click"] == 1  # CVR AUC: over clicked impressions
+    ref = stats.delong_slow(arm.conversion[clicked], arm.p_cvr[clicked], base.p_cvr[clicked])
+    assert row.p == pytest.approx(ref.p, rel=1e-9) and row["diff"] == pytest.approx(ref.diff)
+    cell = summary_t.cells.set_index(analysis.KEYS).loc[("synthetic", "mmoe", "cvr_auc",
+                                                         "pwiser")]
+    mine = dl[(dl.dataset == "synthetic") & (dl.model == "mmoe") & (dl.arm == "pwiser")
+              & (dl.metric == "cvr_auc")]
+    assert cell.delong_n == 6 and cell.delong_sig == int((mine.p < 0.05).sum())
+    assert cell.delong_median_p == pytest.approx(np.median(mine.p))
+
+
+def test_wilcoxon_and_holm_say_when_significance_is_out_of_reach(summary_w, runs):
+    # 6 seeds: smallest Wilcoxon p 2/2**6; Holm multiplies it by 48 comparisons -> > 0.05.
+    assert any("Holm over 48 comparisons cannot reach significance" in w
+               for w in summary_w.warnings)
+    assert not summary_w.cells["significant"].any()
+    five = analysis.summarise(runs[runs.seed <= 5], n_boot=200, delong=False)
+    assert any("smallest possible p is 0.0625" in w for w in five.warnings)
+    # Benjamini-Hochberg has no such floor (48 p values of 2/2**6 would all pass).
+    bh = analysis.summarise(runs, correction="bh", n_boot=200, delong=False)
+    assert not any("cannot reach" in w for w in bh.warnings)
+
+
+def test_pairing_uses_only_seeds_both_arms_have(runs):
+    drop = (runs.dataset == "synthetic") & (runs.model == "ple") & (runs.arm == "ranknet") & (
+        runs.seed == 4)
+    s = analysis.summarise(runs[~drop], test="ttest", n_boot=200, delong=False)
+    cell = s.cells.set_index(analysis.KEYS).loc[("synthetic", "ple", "ctr_auc", "ranknet")]
+    assert cell.n == 5 and cell.n_pairs == 5 and cell.paired_seeds == "1;2;3;5;6"
+    assert any("synthetic/ple/ranknet: paired with the baseline on 5 of 6 seeds (unpaired: 4)"
+               in w for w in s.warnings)
+
+
+def test_one_seed_warns_and_tests_nothing(runs):
+    s = analysis.summarise(runs[runs.seed == 1], n_boot=200)
+    assert any("only 1 seed: no significance test is possible" in w for w in s.warnings)
+    other = s.cells[~s.cells["is_baseline"]]
+    assert other[["p", "p_adj", "ttest_p", "wilcoxon_p", "delta_lo", "std"]].isna().all().all()
+    assert (other["outcome"] == "untested").all() and s.n_comparisons == 0
+    md, tex = to_markdown(build_table(s)), to_latex(build_table(s))
+    assert "no test (1 seed)" in md and "no test (1 seed)" in tex
+    assert "No significance test" in md and "±" not in md.split("\n\n")[0]
+
+
+def test_bad_options_are_data_errors(runs):
+    with pytest.raises(DataError, match="test must be one of wilcoxon, ttest"):
+        analysis.summarise(runs, test="ztest")
+    with pytest.raises(DataError, match="correction must be one of holm, bh"):
+        analysis.summarise(runs, correction="bonferroni")
+
+
+# ------------------------------------------------------------------- renderers: golden
+def small_summary(test: str = "ttest") -> analysis.Summary:
+    """A fixed, hand-typed table: one data set, two models, BCE and PWiseR, six seeds.
+    PWiseR gains on MMoE (every AUC up, every logloss down), and on PLE it is level on AUC and
+    worse on logloss, so the table shows a win, ties and a loss."""
+    seed_wobble = np.array([0.0, 1.3, -1.2, 0.7, -0.5, 1.0]) * 1e-3
+    deltas = {"mmoe": np.array([12, 9, 15, 11, 8, 13]) * 1e-4,
+              "ple": np.array([4, -2, 6, -1, 5, 2]) * 1e-4}
+    rows = []
+    for model, offset in (("mmoe", 0.0), ("ple", 0.004)):
+        for loss in ("bce", "pwiser"):
+            for i, seed in enumerate(SEEDS):
+                gain = deltas[model][i] if loss == "pwiser" else 0.0
+                worse = (20 + i % 3) * 1e-4 if (loss == "pwiser" and model == "ple") else 0.0
+                row = {"dataset": "aliexpress_nl", "model": model, "loss": loss, "arm": loss,
+                       "params": json.dumps(PARAMS[loss], sort_keys=True), "seed": seed,
+                       "run_id": f"{model}-{loss}-s{seed}", "run_dir": ""}
+                for j, task in enumerate(("ctr", "ctcvr", "cvr")):
+                    row[f"{task}_auc"] = round(0.72 + 0.05 * j + offset + seed_wobble[i] + gain, 6)
+                    row[f"{task}_logloss"] = round(0.40 - 0.1 * j + seed_wobble[i] / 2 - gain
+                                                   + worse, 6)
+                rows.append(row)
+    return analysis.summarise(pd.DataFrame(rows), test=test, n_boot=2000, delong=False)
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("PRLBENCH_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} missing: run with PRLBENCH_UPDATE_GOLDEN=1, then review it"
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{name} differs from the golden file; if the change is intended, regenerate with "
+        "PRLBENCH_UPDATE_GOLDEN=1 and review the diff")
+
+
+def test_markdown_matches_the_golden_file():
+    _golden("auc.md", to_markdown(build_table(small_summary())))
+
+
+def test_latex_matches_the_golden_file():
+    _golden("auc.tex", to_latex(build_table(small_summary())))
+
+
+def test_csv_matches_the_golden_file():
+    text = to_csv(small_summary())
+    path = GOLDEN / "cells.csv"
+    if os.environ.get("PRLBENCH_UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    # Compared as data: library versions may differ in the last bits of a p value.
+    got, want = pd.read_csv(pd.io.common.StringIO(text)), pd.read_csv(path)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9)
+
+
+def test_csv_holds_every_number_at_full_precision():
+    s = small_summary()
+    back = pd.read_csv(pd.io.common.StringIO(to_csv(s)))
+    assert list(back.columns[:4]) == ["dataset", "model", "metric", "arm"]
+    for col in ("mean", "std", "delta_mean", "delta_lo", "delta_hi", "relaimpr", "ttest_p",
+                "wilcoxon_p", "p_adj"):
+        np.testing.assert_array_equal(back[col].to_numpy(float), s.cells[col].to_numpy(float))
+
+
+def test_markdown_shows_the_win_the_tie_the_loss_and_the_best():
+    md = to_markdown(build_table(small_summary()))
+    ll = to_markdown(build_table(small_summary(), kind="logloss"))
+    assert md.count("↑\\*") == 3 and "↓\\*" not in md  # MMoE x 3 AUC metrics
+    assert ll.count("↓\\*") == 3 and ll.count("↑\\*") == 3  # PLE worse, MMoE better
+    assert re.search(r"\| PWiseR +\| +1 / 1 / 0 \|.*\| +3 / 3 / 0 \|", md)
+    assert re.search(r"\| PWiseR +\| +1 / 0 / 1 \|.*\| +3 / 0 / 3 \|", ll)
+    best = re.findall(r"\*\*([0-9.]+) ± [0-9.]+\*\*", md)
+    assert len(best) == 3  # one best per column (one data set)
+
+
+# ---------------------------------------------------------------------- LaTeX structure
+def _check_latex_structure(tex: str) -> None:
+    body = re.sub(r"\\[{}%$&#_]", "", tex)  # escaped characters are not grouping
+    body = "\n".join(line.split("%")[0] for line in body.splitlines())  # comments
+    depth = 0
+    for ch in body:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0, "a } closes nothing"
+    assert depth == 0, "unbalanced braces"
+    assert body.count(r"\begin{tabular}") == body.count(r"\end{tabular}") >= 1
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in body
+    assert tex.isascii(), "non-ASCII characters would need inputenc; escape them"
+    # Every row of the main tabular has as many cells as the column spec has columns.
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
+    table = tex.split(r"\begin{tabular}{" + spec + "}")[1].split(r"\bottomrule")[0]
+    rows = [line for line in table.splitlines() if line.endswith(r"\\")]
+    assert len(rows) >= 2
+    for line in rows:  # one row per line; the cells' nested tabulars hold no &
+        assert len(re.split(r"(?<!\\)&", line)) == len(spec), line
+
+
+def test_latex_structure_and_caption():
+    s = small_summary()
+    tex = to_latex(build_table(s))
+    _check_latex_structure(tex)
+    caption = re.search(r"\\caption\{(.*)\}\n\\label\{tab:prlbench-auc\}", tex).group(1)
+    for needed in ("over 6 seeds", "seeds: 1--6", "paired t-test", "Holm correction",
+                   "all 12 comparisons", "Test-split", r"$\lambda$=0.5", "m1=0.05", "m2=0.1",
+                   r"$\phi$=squared hinge", "s=probability", "head=ctr", "reconstruction",
+                   r"95 \% bootstrap CI"):
+        assert needed in caption, needed
+    assert tex.count(r"\textbf{") == 3 and tex.count(r"$\uparrow^{*}$") >= 3
+    _check_latex_structure(to_latex(build_table(s), standalone=True))
+
+
+def test_latex_escapes_specials_and_symbols():
+    from prlbench.report.latex import escape
+
+    assert escape("a_b 50 % & $x# ±0.1 Δ λ φ") == (
+        r"a\_b 50 \% \& \$x\# $\pm$0.1 $\Delta$ $\lambda$ $\phi$")
+    assert escape("seeds 1–6, -0.0011 and Shared-Bottom") == (
+        r"seeds 1--6, $-$0.0011 and Shared-Bottom")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here")
+def test_standalone_latex_compiles(tmp_path):
+    for kind in ("auc", "logloss"):
+        doc = tmp_path / f"{kind}.tex"
+        doc.write_text(to_latex(build_table(small_summary(), kind=kind), standalone=True))
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-3000:]
+        assert (tmp_path / f"{kind}.pdf").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------ write_report
+def test_write_report_writes_every_table(summary_t, tmp_path):
+    paths = write_report(summary_t, tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == ["auc.md", "auc.tex", "cells.csv", "delong.csv", "logloss.md",
+                     "logloss.tex", "runs.csv"]
+    assert all(p.parent == tmp_path / "tables" and p.stat().st_size > 100 for p in paths)
+    assert not list((tmp_path / "tables").glob(".*"))  # no temporary files left
+    assert pd.read_csv(tmp_path / "tables" / "runs.csv").shape[0] == 72
+    only_md = write_report(summary_t, tmp_path / "md", formats=("md",))
+    assert sorted(p.name for p in only_md) == ["auc.md", "logloss.md"]
+
+
+# ------------------------------------------------------------------------------- plots
+def _check_image(paths: list[Path]) -> None:
+    png, pdf = sorted(paths, key=lambda p: p.suffix, reverse=True)
+    assert png.suffix == ".png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pdf.suffix == ".pdf" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert png.stat().st_size > 10_000
+
+
+def test_forest_plot_is_written_and_nothing_overlaps(summary_t, tmp_path):
+    fig = plots.forest_figure(summary_t)
+    assert plots.overlapping_texts(fig) == []
+    assert len(fig.axes) == 3 and fig.axes[0].get_title() == "Δ CTR AUC"
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0] == "Synthetic · MMoE" and len(labels) == 4
+    _check_image(plots.save(fig, tmp_path / "forest"))
+
+
+def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
+    fig = plots.validation_figure(runs)
+    assert plots.overlapping_texts(fig) == []
+    assert len(fig.axes) == 4 * 2  # (data set, model) panels x (CTR, CTCVR)
+    _check_image(plots.save(fig, tmp_path / "validation"))
+
+
+def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):
+    models = ("single_task", "shared_bottom", "esmm", "omoe", "mmoe", "ple", "aitm", "metaheac")
+    runs = analysis.load_runs(make_tree(tmp_path, seeds=(1,), models=models,
+                                        datasets=("aliccp",)))
+    s = analysis.summarise(runs, n_boot=100, delong=False)
+    for fig in (plots.forest_figure(s), plots.validation_figure(runs)):
+        assert plots.overlapping_texts(fig) == []
+        plots._plt().close(fig)
