@@ -34,6 +34,11 @@ BOOT_SEED = 0  # the bootstrap's RNG seed: fixed, so a cell's CI never depends o
 KEYS = ["dataset", "model", "metric", "arm"]
 
 
+def family(metric: str) -> str:
+    """The correction family of a metric: one per table (AUCs, loglosses)."""
+    return "logloss" if metric.endswith("logloss") else "auc"
+
+
 def lower_is_better(metric: str) -> bool:
     return "logloss" in metric
 
@@ -143,8 +148,15 @@ class Summary:
 
     @property
     def n_comparisons(self) -> int:
-        """Comparisons in the correction's family: the non-baseline cells with a p value."""
-        return int(self.cells["p"].notna().sum())
+        """Comparisons in the largest correction family (a family = the cells of one table)."""
+        counts = self.cells[self.cells["p"].notna()].groupby("family").size()
+        return int(counts.max()) if len(counts) else 0
+
+    def n_comparisons_in(self, metrics: tuple[str, ...]) -> int:
+        """Comparisons in the family of the table showing `metrics`."""
+        fams = {family(m) for m in metrics}
+        c = self.cells
+        return int((c["p"].notna() & c["family"].isin(fams)).sum())
 
     @property
     def wtl(self) -> pd.DataFrame:
@@ -273,7 +285,11 @@ def _decide(cells: pd.DataFrame, test: str, correction: str, alpha: float) -> pd
     cells = cells.copy()
     cells["p"] = cells[f"{test}_p"]
     cells.loc[cells["is_baseline"], "p"] = np.nan
-    cells["p_adj"] = CORRECTIONS[correction](cells["p"].to_numpy(float))
+    # Corrected within each table: all data sets x models x arms x metrics of that table.
+    cells["family"] = cells["metric"].map(family)
+    cells["p_adj"] = np.nan
+    for _, idx in cells.groupby("family").groups.items():
+        cells.loc[idx, "p_adj"] = CORRECTIONS[correction](cells.loc[idx, "p"].to_numpy(float))
     cells["significant"] = cells["p_adj"] < alpha  # NaN compares False
     sign = np.where(cells["metric"].map(lower_is_better), -1.0, 1.0)
     cells["better"] = (sign * cells["delta_mean"]) > 0
@@ -310,7 +326,7 @@ def _power_warnings(cells: pd.DataFrame, seeds: list[int], test: str, correction
     if p_min >= alpha:
         return [f"Wilcoxon with n={n} seeds cannot reach p < {alpha:g}: the smallest possible "
                 f"p is {p_min:.4g}; use more seeds (6 or more) or --test ttest"]
-    k = len(tested)
+    k = int(tested.groupby(tested["metric"].map(family)).size().max())
     if correction == "holm" and k * p_min >= alpha:
         need = int(np.floor(np.log2(2 * k / alpha))) + 1
         return [f"Wilcoxon with n={n} seeds and Holm over {k} comparisons cannot reach "

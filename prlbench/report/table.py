@@ -142,7 +142,7 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
         parts = [f"Test-split {what}, mean ± std over {_seed_text(summary)}.",
                  f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
                  f"({summary.n_boot:,} resamples of the per-seed differences){relaimpr}"]
-    parts.append(_test_text(summary, base))
+    parts.append(_test_text(summary, base, metrics))
     parts.append("Bold: best mean per data set and column.")
     if not summary.delong.empty:
         parts.append("DeLong's test on each seed's test predictions is in cells.csv; it does not "
@@ -167,18 +167,18 @@ def seed_list(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-def _test_text(summary: Summary, base: str) -> str:
-    k = summary.n_comparisons
+def _test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
+    k = summary.n_comparisons_in(metrics)
     if k == 0:
         return ("No significance test: a paired test over seeds needs 2 seeds or more "
                 "(use 6 or more).")
-    c = summary.cells[~summary.cells["is_baseline"]]
+    c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
     family = " × ".join(_count(c[col].nunique(), word) for col, word in (
         ("dataset", "data set"), ("model", "model"), ("metric", "metric"), ("arm", "loss")))
     full = np.prod([c[x].nunique() for x in ("dataset", "model", "metric", "arm")]) == k
     return (f"↑* / ↓*: better / worse than {base} with {TEST_NAMES[summary.test]} p < "
             f"{summary.alpha:g} over seeds after {CORRECTION_NAMES[summary.correction]} over all "
-            f"{k} comparisons" + (f" ({family})." if full else " of this summary."))
+            f"{k} comparisons of this table" + (f" ({family})." if full else "."))
 
 
 def _count(n: int, word: str) -> str:
