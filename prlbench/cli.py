@@ -388,8 +388,9 @@ def compare(
     console = Console()
     if res.markdown:
         console.print(Markdown(res.markdown))
-    for w in res.warnings:
-        _console().print(f"[yellow]warning:[/] {_esc(w)}")
+    if not res.markdown:  # the Markdown ends with the warnings already
+        for w in res.warnings:
+            _console().print(f"[yellow]warning:[/] {_esc(w)}")
     for o in res.failed:
         _console().print(f"[red]failed:[/] {o.run_id}: {_esc(o.error)}")
     if res.missing:

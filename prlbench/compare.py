@@ -1,7 +1,8 @@
 """`prlbench compare`: run the grid (or reuse it), then write the statistics, tables and plots.
 
 results/<experiment>/runs/<run-id>/   one folder per run (see prlbench.results)
-results/<experiment>/tables/          auc.md, auc.tex, cells.csv
+results/<experiment>/tables/          auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv,
+                                      delong.csv
 results/<experiment>/plots/           forest.{png,pdf}, validation.{png,pdf}
 results/<experiment>/compare.json     the grid, each run's status and error, the settings
 """

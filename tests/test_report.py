@@ -375,7 +375,8 @@ def test_latex_structure_and_caption():
     _check_latex_structure(tex)
     caption = re.search(r"\\caption\{(.*)\}\n\\label\{tab:prlbench-auc\}", tex).group(1)
     for needed in ("over 6 seeds", "seeds: 1--6", "paired t-test", "Holm correction",
-                   "all 6 comparisons of this table", "Test-split", r"$\lambda$=0.5", "m1=0.05", "m2=0.1",
+                   "all 6 comparisons of this table", "Test-split", r"$\lambda$=0.5", "m1=0.05",
+                   "m2=0.1",
                    r"$\phi$=squared hinge", "s=probability", "head=ctr", "reconstruction",
                    r"95 \% bootstrap CI"):
         assert needed in caption, needed

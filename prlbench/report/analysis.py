@@ -4,7 +4,8 @@
 and computes, per (data set, model, metric, arm): mean and std over seeds, the mean paired delta
 with a bootstrap CI over the per-seed deltas, RelaImpr, the paired t-test and Wilcoxon signed-rank
 test over seeds, DeLong's test on each seed's test predictions, and the chosen test's p value
-adjusted over every comparison of the summary (Holm or Benjamini-Hochberg). A cell is a win / tie /
+adjusted (Holm or Benjamini-Hochberg) over every comparison of its table: the AUC metrics form one
+family, the loglosses another, each over all data sets x models x arms. A cell is a win / tie /
 loss when it is significant and better / not significant / significant and worse.
 
 Why seeds and not DeLong decide significance: DeLong's test treats the trained model as fixed, so

@@ -17,7 +17,8 @@ _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "^": r"\textasciicircum{}"}
 _UNICODE = {"↑*": r"$\uparrow^{*}$", "↓*": r"$\downarrow^{*}$", "±": r"$\pm$",
             "Δ": r"$\Delta$", "λ": r"$\lambda$", "φ": r"$\phi$", "∈": r"$\in$",
-            "×": r"$\times$", "–": "--", "—": "---", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
+            "×": r"$\times$", "–": "--", "—": "---", "↑": r"$\uparrow$",
+            "↓": r"$\downarrow$",
             "≥": r"$\geq$", "≤": r"$\leq$", "−": r"$-$", "’": "'"}
 _TOKENS = {**_UNICODE, **_SPECIAL}
 # Longest first, so "↑*" wins over "↑"; one pass, so nothing is escaped twice.
@@ -105,7 +106,8 @@ def _wtl_float(table: tm.Table) -> list[str]:
     headers, rows = tm.wtl_rows(table)
     if not rows:
         return []
-    lines = ["", "\\begin{table}[t]", "\\centering", f"\\caption{{{escape(tm.wtl_caption(table))}}}",
+    caption = escape(tm.wtl_caption(table))
+    lines = ["", "\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}",
              f"\\label{{{table.label}-wtl}}", f"\\begin{{tabular}}{{l{'c' * (len(headers) - 1)}}}",
              "\\toprule", " & ".join(escape(h) for h in headers) + " \\\\", "\\midrule"]
     lines += [" & ".join(escape(x) for x in r) + " \\\\" for r in rows]

@@ -267,7 +267,7 @@ def signed(x: float, decimals: int) -> str:
 
 
 def marker(c: Cell) -> str:
-    """"↑*" significantly better, "↓*" significantly worse, "" a tie, or why there is no test."""
+    """"↑*" significantly better, "↓*" significantly worse, "" a tie, or why no test ran."""
     if c.outcome == "win":
         return "↑*"
     if c.outcome == "loss":
