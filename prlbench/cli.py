@@ -377,7 +377,7 @@ def compare(
                              "precision": precision, "device": device})
     formats = _formats(fmt)
     stats_options = _stats_options(test, correction)
-    _check_data(grid, data_dir, quiet)
+    _check_data(grid, data_dir, quiet, generate=not tables_only)
     if len(grid.seeds) == 1:
         _console().print("[yellow]warning:[/] --seeds 1: with one seed no significance test is "
                          "possible; use --seeds 6 or more")
@@ -444,12 +444,13 @@ def _stats_options(test: str, correction: str) -> dict:
     return {"test": test, "correction": correction}
 
 
-def _check_data(grid, data_dir: Path, quiet: bool) -> None:
-    """Fail before any training if a data set is not preprocessed (synthetic is generated)."""
+def _check_data(grid, data_dir: Path, quiet: bool, *, generate: bool) -> None:
+    """Fail before any training if a data set is not preprocessed (synthetic is generated,
+    except for --tables-only, which never creates anything)."""
     from prlbench.data.cache import open_cache
     from prlbench.data.preprocess import ensure_synthetic
 
     for name in grid.datasets:
-        if name == "synthetic":
+        if name == "synthetic" and generate:
             ensure_synthetic(data_dir, progress=not quiet)
         open_cache(data_dir, name, verify=False)

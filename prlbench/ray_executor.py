@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from prlbench import results
-from prlbench.config import RunConfig
+from prlbench.config import RunConfig, run_id
 from prlbench.errors import ConfigError
 
 
@@ -51,12 +51,16 @@ class RayExecutor:
 
     def map(self, cfgs: list[RunConfig], data_dir: Path, out: Path,
             on_event: Callable[[str, RunConfig, dict | None], None]) -> list[dict]:
-        task = self._task.options(num_cpus=self.threads, num_gpus=self.gpus)
-        refs = {}
+        refs, found = {}, {}
         for i, cfg in enumerate(cfgs):
             on_event("start", cfg, None)
+            reused = _finished(cfg, Path(data_dir), Path(out))
+            if reused:  # decided here: a worker, training into scratch, would train it again
+                found[i] = reused
+                on_event("end", cfg, reused)
+                continue
+            task = self._task.options(num_cpus=self.threads, num_gpus=self.gpus)
             refs[task.remote(cfg.to_dict(), str(Path(data_dir).resolve()), self.threads)] = i
-        found: dict[int, dict] = {}
         pending = list(refs)
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
@@ -68,19 +72,36 @@ class RayExecutor:
     @staticmethod
     def _store(r: dict, out: Path) -> dict:
         """Write a returned run into the driver's store: partial folder, then rename."""
+        from prlbench.engine.train import _publish
+        from prlbench.runner import run_lock
+
         files = r.pop("files", None)
         if r["status"] == "failed" or not files:
             return r
-        final = results.finished_dir(out, r["run_id"])
-        if results.is_finished(final):
-            r.update(status="reused", run_dir=str(final))
-            return r
-        part = results.partial_dir(out, r["run_id"])
-        shutil.rmtree(part, ignore_errors=True)
-        for name, data in files.items():
-            results.atomic_write_bytes(part / name, data)
-        results.write_json(part / "ray.json", {"stored": time.time()})
-        from prlbench.engine.train import _publish
-
-        r["run_dir"] = str(_publish(part, final))
+        # The lock keeps another compare (local or Ray) out of this run's partial folder.
+        with run_lock(out, r["run_id"]):
+            final = results.finished_dir(out, r["run_id"])
+            if results.is_finished(final):
+                r.update(status="reused", run_dir=str(final))
+                return r
+            part = results.partial_dir(out, r["run_id"])
+            shutil.rmtree(part, ignore_errors=True)
+            for name, data in files.items():
+                results.atomic_write_bytes(part / name, data)
+            results.write_json(part / "ray.json", {"stored": time.time()})
+            r["run_dir"] = str(_publish(part, final))
         return r
+
+
+def _finished(cfg: RunConfig, data_dir: Path, out: Path) -> dict | None:
+    """The result of a run already finished in the driver's store, else None."""
+    from prlbench.data.cache import manifest_hash
+
+    try:
+        rid = run_id(cfg, manifest_hash(data_dir / cfg.data.dataset))
+    except OSError:  # not preprocessed here: the task reports it as the run's error
+        return None
+    final = results.finished_dir(out, rid)
+    if not results.is_finished(final):
+        return None
+    return {"run_id": rid, "status": "reused", "run_dir": str(final), "seconds": 0.0}

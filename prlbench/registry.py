@@ -21,8 +21,9 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """An ordered name -> object map, filled by the `register` decorator."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -37,7 +38,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._items:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self._items)}"
+                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self._items)}"
             )
         return self._items[name]
 

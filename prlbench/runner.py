@@ -18,6 +18,7 @@ import os
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -66,14 +67,25 @@ class Outcome:
 
 
 # ------------------------------------------------------------------------------ one run
-def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
-    """Train (or reuse) one run in this process; never raises (the error is returned)."""
+@contextmanager
+def run_lock(out: Path, rid: str):
+    """Hold `runs/<id>.lock` exclusively: one process at a time trains or stores a run."""
     import fcntl
 
+    path = results.runs_dir(Path(out)) / ".locks" / f"{rid}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another compare busy with this run: wait for it
+        yield
+
+
+def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
+    """Train (or reuse) one run in this process. A failure is returned, not raised; only
+    Ctrl-C / SIGTERM (`Interrupted`) propagates, so that it stops the whole grid."""
     import torch
 
     from prlbench.data.cache import manifest_hash, open_cache
-    from prlbench.engine.train import train_run
+    from prlbench.engine.train import Interrupted, train_run
 
     torch.set_num_threads(threads)
     cfg = RunConfig.from_dict(cfg_dict)
@@ -82,15 +94,16 @@ def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
     try:
         manifest = open_cache(Path(data_dir), cfg.data.dataset, verify=False)
         rid = run_id(cfg, manifest_hash(Path(manifest["_dir"])))
-        lock_path = results.runs_dir(Path(out)) / f"{rid}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another compare training this run: wait for it
+        with run_lock(Path(out), rid):
             finished = results.is_finished(results.finished_dir(Path(out), rid))
+            # An earlier attempt's failure record must not travel into the finished folder.
+            (results.partial_dir(Path(out), rid) / "failure.json").unlink(missing_ok=True)
             run_dir = train_run(cfg, data_dir=Path(data_dir), out=Path(out), resume=True,
                                 progress=False)
         return {"run_id": rid, "status": "reused" if finished else "done",
                 "run_dir": str(run_dir), "seconds": time.perf_counter() - t0}
+    except Interrupted:
+        raise  # the checkpoint is saved; the next compare resumes this run
     except Exception as e:  # noqa: BLE001 - a failed run is recorded; the grid goes on
         return {"run_id": rid, "status": "failed", "error": f"{type(e).__name__}: {e}",
                 "trace": traceback.format_exc(), "seconds": time.perf_counter() - t0}
@@ -158,7 +171,8 @@ def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
 # ---------------------------------------------------------------------------------- grid
 def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = True,
              on_event: Callable | None = None) -> list[Outcome]:
-    """Run (or reuse) every run of the grid; returns one Outcome per run of the table."""
+    """Run (or reuse) every run of the grid; returns one Outcome per run of the table, then
+    one per candidate setting that failed on the first seed (so that its error is reported)."""
     on_event = on_event or (lambda *a: None)
     first, rest = grid.seeds[0], grid.seeds[1:]
     phase1 = [grid.config(d, m, l, first, p) for d, m, l in _arms(grid)
@@ -167,7 +181,9 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
     chosen = _select(grid, phase1, outcomes)
     phase2 = [replace(c, train=replace(c.train, seed=s)) for c in chosen for s in rest]
     outcomes.update(_execute(phase2, executor, data_dir, out, train, on_event))
-    return [outcomes[id(c)] for c in chosen + phase2]
+    lost = [c for c in phase1 if outcomes[id(c)].status == "failed"
+            and not any(c is k for k in chosen)]
+    return [outcomes[id(c)] for c in chosen + phase2 + lost]
 
 
 def _arms(grid: Grid) -> Iterable[tuple[str, str, str]]:

@@ -30,7 +30,7 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
     ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "--lambda must be >= 0"),
     ({"loss": {"name": "bce", "params": {"lam": 1.0}}}, "takes no parameter 'lam'"),
     ({"model": {"name": "nope"}}, "valid models"),
-    ({"loss": {"name": "focal"}}, "valid losss"),
+    ({"loss": {"name": "focal"}}, "valid losses"),
     ({"data": {"dataset": "movielens"}}, "aliexpress_nl"),
     ({"train": {"epochs": 0}}, "--epochs"),
     ({"train": {"precision": "fp8"}}, "--precision"),

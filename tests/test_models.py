@@ -168,7 +168,8 @@ def test_metaheac_output_is_not_capped_at_one_fifth():
     with torch.no_grad():
         model.critics.biases[-1].fill_(3.0)  # every critic says p = sigmoid(3) = 0.95
         out = model(cat, num)
-    torch.testing.assert_close(torch.sigmoid(out["ctr"]), torch.full((B,), torch.sigmoid(torch.tensor(3.0)).item()), atol=0.05, rtol=0)
+    expected = torch.full((B,), 1 / (1 + np.exp(-3.0)), dtype=torch.float32)
+    torch.testing.assert_close(torch.sigmoid(out["ctr"]), expected, atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -349,7 +350,7 @@ def test_fits_real_aliexpress_sample_rows(name):
     model = create_model(name, vocab_sizes=vocab, num_numerical=num.shape[1], dropout=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(25):
+    for _ in range(15):
         loss = bce_total(model(cat, num), click, conversion)
         opt.zero_grad(), loss.backward(), opt.step()
         losses.append(loss.item())

@@ -222,7 +222,8 @@ class RunContext:
 
     def _interrupt_message(self, state: LoopState) -> str:
         return (f"interrupted at epoch {state.epoch + 1}, batch {state.step}; checkpoint saved "
-                f"in {self.dir}. Continue with the same command plus --resume")
+                f"in {self.dir}. Continue with the same train command plus --resume "
+                "(prlbench compare resumes by itself: rerun it)")
 
     # ---------------------------------------------------------------- records
     def write_record(self, status: str, **extra) -> None:

@@ -24,7 +24,7 @@ from prlbench.errors import ConfigError
 from prlbench.registry import Registry
 
 LossFn = Callable[..., "tuple[Tensor, dict[str, Tensor]]"]
-LOSSES: Registry[LossFn] = Registry("loss")
+LOSSES: Registry[LossFn] = Registry("loss", "losses")
 LOSS_SUMMARIES: dict[str, str] = {}  # name -> one line for `prlbench ls losses`
 _SPECS: dict[str, dict[str, "Param"]] = {}
 

@@ -135,7 +135,8 @@ class ExpertBank(nn.Module):
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
             # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
             bound = 1.0 / math.sqrt(fan_in)
-            self.weights.append(nn.Parameter(torch.empty(num_experts, fan_in, fan_out).uniform_(-bound, bound)))
+            weight = torch.empty(num_experts, fan_in, fan_out).uniform_(-bound, bound)
+            self.weights.append(nn.Parameter(weight))  # [E, in, out]
             self.biases.append(nn.Parameter(torch.empty(num_experts, fan_out).uniform_(-bound, bound)))
         self.norms = nn.ModuleList(nn.BatchNorm1d(num_experts * w) for w in dims)
         self.dropout = nn.Dropout(dropout)

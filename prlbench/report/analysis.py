@@ -197,6 +197,11 @@ def summarise(runs: pd.DataFrame, *, baseline: str = "bce", metrics: tuple[str, 
         if delong and not base.empty:
             delong_rows += _delong.per_seed(group, baseline, metrics, warnings)
     cells = pd.DataFrame(rows)
+    # A grid where only the baseline finished has no paired rows: add their columns, empty.
+    empty = pd.Series(dtype=float)
+    for col in _paired(empty, empty, metrics[0] if metrics else "ctr_auc", 0):
+        if col not in cells:
+            cells[col] = np.nan
     dl = pd.DataFrame(delong_rows, columns=_delong.COLUMNS)
     cells = _add_delong(cells, dl, alpha)
     cells = _decide(cells, test, correction, alpha)

@@ -97,7 +97,7 @@ def forest_figure(summary: Summary):
     ax0 = axes[0][0]
     ax0.set_yticks(range(len(groups)),
                    [f"{tm.dataset_name(d)} · {tm.model_name(m)}" for d, m in groups])
-    ax0.set_ylim(len(groups) - 0.5, -0.5)  # first group on top
+    ax0.set_ylim(max(len(groups), 1) - 0.5, -0.5)  # first group on top (an empty plot: one row)
     fig.supxlabel(_forest_xlabel(summary), fontsize="medium")
     fig.legend(handles=_forest_legend(arms, styles), loc="outside upper center",
                ncols=min(len(arms) + 2, 5), frameon=False)

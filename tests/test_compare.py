@@ -1,0 +1,487 @@
+"""`prlbench compare`: the resumable grid, end to end on a tiny synthetic data set.
+
+Each run is one epoch of a small model on ~6,000 rows (well under a second). Runs train in this
+process (LocalExecutor(jobs=1)) so that a test can count, interrupt or poison training; one test
+uses the process pool and one runs two `prlbench compare` processes at once.
+"""
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from prlbench import results
+from prlbench.cli import app
+from prlbench.compare import compare
+from prlbench.config import resolve, run_id
+from prlbench.data.cache import manifest_hash
+from prlbench.data.synthetic import preprocess_synthetic
+from prlbench.engine import train as train_mod
+from prlbench.errors import ConfigError
+from prlbench.losses import LOSSES
+from prlbench.runner import Grid, LocalExecutor, make_executor
+
+SEEDS = (1, 2)
+# The same settings as the CLI flags below (`--threads` is the executor's, not part of a run id).
+BASE = {"model": {"preset": "small"}, "train": {"epochs": 1, "batch_size": 1024, "threads": 1}}
+CLI_TRAIN = ["--epochs", "1", "--batch-size", "1024", "--preset", "small", "--jobs", "1",
+             "--threads", "1", "-q"]
+RUN_FILES = ("config.json", "run.json", "history.json", "best.pt", "metrics.json",
+             "predictions.parquet")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    preprocess_synthetic(d, rows=6000, seed=0, progress=False)
+    return d
+
+
+def make_grid(models=("shared_bottom",), losses=("bce", "pwiser"), seeds=SEEDS,
+              loss_grid=None) -> Grid:
+    base = resolve(None, BASE, finish=False)
+    return Grid(datasets=("synthetic",), models=tuple(models), losses=tuple(losses),
+                seeds=tuple(seeds), loss_grid=loss_grid or {}, base=base)
+
+
+def run_compare(grid: Grid, data_dir: Path, out: Path, executor=None):
+    return compare(grid, executor=executor or LocalExecutor(1, 1), data_dir=data_dir, out=out,
+                   formats=("md", "tex", "csv"), progress=False)
+
+
+def expected_ids(data_dir: Path, models=("shared_bottom",)) -> list[str]:
+    """The table's runs in the grid's order: per model, seed 1 of every loss, then seed 2."""
+    grid, sha = make_grid(models), manifest_hash(data_dir / "synthetic")
+    ids = []
+    for seeds in (SEEDS[:1], SEEDS[1:]):
+        ids += [run_id(grid.config("synthetic", m, loss, s, {}), sha)
+                for m in models for loss in ("bce", "pwiser") for s in seeds]
+    return ids
+
+
+def invoke_compare(data_dir: Path, out: Path, *args: str):
+    r = CliRunner().invoke(app, ["compare", "--datasets", "synthetic", "--data-dir",
+                                 str(data_dir), "--out", str(out), *CLI_TRAIN, *args],
+                           catch_exceptions=False)
+    return r, " ".join(r.output.split())  # rich wraps long lines
+
+
+@pytest.fixture
+def fits(monkeypatch) -> list[str]:
+    """Run ids whose training loop ran in this process, in order."""
+    seen: list[str] = []
+    real = train_mod.RunContext.fit
+
+    def counted(self, **kw):
+        seen.append(self.dir.name.removesuffix(results.PARTIAL))
+        return real(self, **kw)
+
+    monkeypatch.setattr(train_mod.RunContext, "fit", counted)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """One finished grid: shared_bottom x (bce, pwiser) x seeds 1, 2 (read-only: copy it)."""
+    out = tmp_path_factory.mktemp("finished")
+    return out, run_compare(make_grid(), data_dir, out)
+
+
+def copy_of(out: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(out, tmp_path / "copy"))
+
+
+def metrics(run_dir: Path) -> dict:
+    m = results.read_json(run_dir / "metrics.json")
+    m.pop("seconds", None)
+    return m
+
+
+def run_names(runs: Path) -> list[str]:
+    """The run folders (finished or partial), not the hidden lock folder."""
+    return sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def run_stamps(out: Path) -> dict:
+    """mtime of every run folder and every file in it (not the lock files in runs/.locks)."""
+    stamps = {}
+    for d in (out / "runs").iterdir():
+        if d.is_dir() and not d.name.startswith("."):
+            stamps[d.name] = d.stat().st_mtime_ns
+            stamps.update({f"{d.name}/{p.name}": p.stat().st_mtime_ns for p in d.iterdir()})
+    return stamps
+
+
+def run_configs(out: Path) -> dict[str, dict]:
+    return {d.name: results.read_json(d / "config.json")
+            for d in (out / "runs").iterdir() if d.is_dir() and not d.name.startswith(".")}
+
+
+# ----------------------------------------------------------------------- (a) full grid
+def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finished, data_dir):
+    out, res = finished
+    ids = expected_ids(data_dir)
+    assert [o.run_id for o in res.outcomes] == ids
+    assert [o.status for o in res.outcomes] == ["done"] * 4 and not res.failed
+    for o in res.outcomes:
+        assert o.run_dir == out / "runs" / o.run_id
+        assert results.is_finished(o.run_dir)
+        for name in RUN_FILES:
+            assert (o.run_dir / name).exists(), (o.run_id, name)
+        cfg = results.read_json(o.run_dir / "config.json")
+        assert (cfg["model"]["name"], cfg["loss"]["name"], cfg["train"]["seed"]) == (
+            o.cfg.model.name, o.cfg.loss.name, o.cfg.train.seed)
+    assert not list((out / "runs").glob("*.partial"))
+
+    record = results.read_json(out / "compare.json")
+    assert [r["run_id"] for r in record["runs"]] == ids
+    assert {(r["status"], r["error"]) for r in record["runs"]} == {("done", "")}
+    assert record["models"] == ["shared_bottom"] and record["seeds"] == [1, 2]
+
+    tables = out / "tables"
+    for name in ("auc.md", "auc.tex", "cells.csv"):
+        assert (tables / name).stat().st_size > 0, name
+    assert "PWiseR" in (tables / "auc.md").read_text()
+    tex = (tables / "auc.tex").read_text()
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") >= 1
+    cells = pd.read_csv(tables / "cells.csv")
+    ctr = cells[cells["metric"] == "ctr_auc"].set_index("arm")
+    assert sorted(ctr.index) == ["bce", "pwiser"]
+    for loss in ("bce", "pwiser"):  # the table's mean is the mean of the runs' test metrics
+        values = [metrics(o.run_dir)["ctr_auc"] for o in res.outcomes if o.cfg.loss.name == loss]
+        assert ctr.loc[loss, "n"] == 2
+        assert ctr.loc[loss, "mean"] == pytest.approx(sum(values) / 2, rel=1e-12)
+
+    for stem in ("forest", "validation"):
+        assert (out / "plots" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "plots" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
+    assert {tables / "auc.md", out / "plots" / "forest.png"} <= set(res.written)
+
+
+# ----------------------------------------------------------------- (b) (c) reuse runs
+def test_b_a_second_compare_trains_nothing(finished, data_dir, tmp_path, fits):
+    out = copy_of(finished[0], tmp_path)
+    before = run_stamps(out)
+    res = run_compare(make_grid(), data_dir, out)
+    assert fits == []
+    assert [o.status for o in res.outcomes] == ["reused"] * 4
+    assert [o.run_id for o in res.outcomes] == expected_ids(data_dir)
+    assert run_stamps(out) == before
+    assert (out / "tables" / "cells.csv").read_text() == (
+        finished[0] / "tables" / "cells.csv").read_text()
+    statuses = {r["status"] for r in results.read_json(out / "compare.json")["runs"]}
+    assert statuses == {"reused"}
+
+
+def test_c_one_more_model_trains_only_that_model(finished, data_dir, tmp_path, fits):
+    out = copy_of(finished[0], tmp_path)
+    before = run_stamps(out)
+    res = run_compare(make_grid(models=("shared_bottom", "mmoe")), data_dir, out)
+    new = [i for i in expected_ids(data_dir, ("shared_bottom", "mmoe")) if "-mmoe-" in i]
+    assert sorted(fits) == sorted(new) and len(new) == 4
+    assert {o.run_id: o.status for o in res.outcomes} == {
+        **{i: "reused" for i in expected_ids(data_dir)}, **{i: "done" for i in new}}
+    after = run_stamps(out)
+    assert {k: after[k] for k in before} == before
+    cells = pd.read_csv(out / "tables" / "cells.csv")
+    assert set(cells["model"]) == {"shared_bottom", "mmoe"}
+
+
+# --------------------------------------------------------------------- (d) interrupted
+class _StopAfter:
+    """A stop flag that asks for a stop after `n` training steps (Ctrl-C mid-epoch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_d_an_interrupted_compare_stops_and_then_continues_where_it_stopped(
+        finished, data_dir, tmp_path, monkeypatch, fits):
+    out, ids = tmp_path / "cut", expected_ids(data_dir)
+    flags = iter([_StopAfter(10**9), _StopAfter(3)])  # run 1 finishes; Ctrl-C at step 4 of run 2
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "_StopFlag", lambda: next(flags))
+        with pytest.raises(train_mod.Interrupted, match="interrupted at epoch 1, batch 4"):
+            run_compare(make_grid(), data_dir, out)
+    assert fits == ids[:2]  # Ctrl-C stops the grid: run 3 never starts
+    assert results.is_finished(results.finished_dir(out, ids[0]))
+    assert (results.partial_dir(out, ids[1]) / "state.pt").exists()
+    assert run_names(out / "runs") == sorted(
+        [ids[0], ids[1] + results.PARTIAL])
+
+    resumed: list[str] = []
+    real_load = train_mod.RunContext._load_state
+
+    def load_state(self, opt):
+        resumed.append(self.dir.name)
+        return real_load(self, opt)
+
+    monkeypatch.setattr(train_mod.RunContext, "_load_state", load_state)
+    fits.clear()
+    res = run_compare(make_grid(), data_dir, out)
+    assert [o.status for o in res.outcomes] == ["reused", "done", "done", "done"]
+    assert fits == ids[1:] and resumed == [ids[1] + results.PARTIAL]
+    for o, whole in zip(res.outcomes, finished[1].outcomes):  # as if never interrupted
+        assert o.run_id == whole.run_id and metrics(o.run_dir) == metrics(whole.run_dir)
+    assert not list((out / "runs").glob("*.partial"))
+
+
+# ------------------------------------------------------------------------ (e) failures
+def _mmoe_explodes_at_batch_4(monkeypatch) -> None:
+    """Every mmoe run raises in its 4th forward pass (mid-epoch); other models train."""
+    real = train_mod.create_model
+
+    def create_model(name, **kw):
+        model = real(name, **kw)
+        if name == "mmoe":
+            calls, forward = itertools.count(), model.forward
+
+            def exploding(*args):
+                if next(calls) == 3:
+                    raise RuntimeError("mmoe exploded")
+                return forward(*args)
+
+            model.forward = exploding
+        return model
+
+    monkeypatch.setattr(train_mod, "create_model", create_model)
+
+
+def test_e_a_failed_run_is_recorded_reported_and_the_rest_goes_on(data_dir, tmp_path,
+                                                                 monkeypatch):
+    out, args = tmp_path / "out", ("--models", "shared_bottom,mmoe", "--seeds", "1,2")
+    with monkeypatch.context() as m:
+        _mmoe_explodes_at_batch_4(m)
+        r, text = invoke_compare(data_dir, out, *args)
+    assert r.exit_code == 1
+    assert "failed:" in text and "RuntimeError: mmoe exploded" in text
+    runs = results.read_json(out / "compare.json")["runs"]
+    assert len(runs) == 8
+    for x in runs:
+        if x["model"] == "shared_bottom":
+            assert (x["status"], x["error"]) == ("done", "")
+            assert results.is_finished(Path(x["run_dir"]))
+            continue
+        assert (x["status"], x["error"], x["run_dir"]) == (
+            "failed", "RuntimeError: mmoe exploded", None)
+        assert not results.finished_dir(out, x["run_id"]).exists()
+        failure = results.read_json(results.partial_dir(out, x["run_id"]) / "failure.json")
+        assert failure["error"] == x["error"] and "in exploding" in failure["trace"]
+    cells = pd.read_csv(out / "tables" / "cells.csv")  # the report of the runs that finished
+    assert set(cells["model"]) == {"shared_bottom"}
+
+    # Fixed: the next compare trains the failed runs, reuses the rest, leaves no stale failure.
+    r, text = invoke_compare(data_dir, out, *args)
+    assert r.exit_code == 0, text
+    runs = results.read_json(out / "compare.json")["runs"]
+    assert {(x["model"], x["status"]) for x in runs} == {("shared_bottom", "reused"),
+                                                         ("mmoe", "done")}
+    assert not list((out / "runs").glob("*.partial"))
+    assert not list((out / "runs").glob("*/failure.json"))
+
+
+def _poisoned(outputs, click, conversion, **params):
+    raise ValueError("poisoned pwiser loss")
+
+
+def test_e_the_report_survives_a_grid_where_only_the_baseline_finished(data_dir, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setitem(LOSSES._items, "pwiser", _poisoned)
+    res = run_compare(make_grid(seeds=(1,)), data_dir, tmp_path / "out")
+    assert [(o.cfg.loss.name, o.status) for o in res.outcomes] == [("bce", "done"),
+                                                                   ("pwiser", "failed")]
+    assert (tmp_path / "out" / "tables" / "auc.md").exists()
+
+
+def test_e_a_failed_lambda_candidate_is_reported_too(data_dir, tmp_path, monkeypatch):
+    real = LOSSES.get("pwiser")
+
+    def fails_at_lambda_1(outputs, click, conversion, **params):
+        if params["lam"] == 1.0:
+            raise ValueError("lambda 1 diverged")
+        return real(outputs, click, conversion, **params)
+
+    monkeypatch.setitem(LOSSES._items, "pwiser", fails_at_lambda_1)
+    res = run_compare(make_grid(seeds=(1,), loss_grid={"lam": [0.1, 1.0]}), data_dir,
+                      tmp_path / "out")
+    assert [(o.cfg.loss.params["lam"], o.error) for o in res.failed] == [
+        (1.0, "ValueError: lambda 1 diverged")]
+    table = [o for o in res.outcomes if o.status != "failed"]
+    assert [(o.cfg.loss.name, o.cfg.loss.params.get("lam")) for o in table] == [
+        ("bce", None), ("pwiser", 0.1)]
+    record = results.read_json(tmp_path / "out" / "compare.json")
+    assert [x["status"] for x in record["runs"]].count("failed") == 1
+
+
+# ------------------------------------------------------------------ (f) lambda on val
+def test_f_a_lambda_list_is_chosen_on_validation_with_the_first_seed(data_dir, tmp_path,
+                                                                     fits):
+    out = tmp_path / "out"
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--lambda", "0.1,1")
+    assert r.exit_code == 0, text
+    cfgs = run_configs(out)
+    pw = {(c["train"]["seed"], c["loss"]["params"]["lam"]): name for name, c in cfgs.items()
+          if c["loss"]["name"] == "pwiser"}
+    bce = [name for name, c in cfgs.items() if c["loss"]["name"] == "bce"]
+    assert len(bce) == 2 and len(fits) == 5 and sorted(fits) == sorted(cfgs)
+    # Seed 1: both candidates; the winner has the best validation score (from history.json).
+    score = {lam: max(h["val_score"] for h in results.read_json(
+        out / "runs" / pw[1, lam] / "history.json")) for lam in (0.1, 1.0)}
+    assert score[0.1] != score[1.0]
+    winner = max(score, key=score.get)
+    assert sorted(pw) == sorted([(1, 0.1), (1, 1.0), (2, winner)])
+
+    listed = {x["run_id"] for x in results.read_json(out / "compare.json")["runs"]}
+    assert listed == set(bce) | {pw[1, winner], pw[2, winner]}
+    cells = pd.read_csv(out / "tables" / "cells.csv")
+    assert sorted(cells["arm"].unique()) == ["bce", "pwiser"]
+    params = cells.loc[cells["arm"] == "pwiser", "params"].unique()
+    assert len(params) == 1 and json.loads(params[0])["lam"] == winner
+
+
+# ------------------------------------------------------------- (g) two processes at once
+_COUNTING_CLI = """
+import os, sys
+import prlbench.engine.train as t
+real = t.RunContext.fit
+def fit(self, **kw):
+    with open(os.environ["FIT_LOG"], "a") as f:  # one short O_APPEND write per run
+        f.write(self.dir.name + "\\n")
+    return real(self, **kw)
+t.RunContext.fit = fit
+from prlbench.cli import app
+app()
+"""
+
+
+def test_g_two_compares_on_one_folder_train_each_run_once(data_dir, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "fits.log"
+    args = [sys.executable, "-c", _COUNTING_CLI, "compare", "--datasets", "synthetic",
+            "--models", "shared_bottom,mmoe", "--seeds", "1,2", "--data-dir", str(data_dir),
+            "--out", str(out), *CLI_TRAIN]
+    env = {**os.environ, "FIT_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    ids = expected_ids(data_dir, ("shared_bottom", "mmoe"))
+    trained = log.read_text().split()
+    assert sorted(trained) == sorted(i + results.PARTIAL for i in ids)  # each run once
+    runs = out / "runs"
+    assert run_names(runs) == sorted(ids)
+    assert not [p for p in runs.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
+    for i in ids:
+        assert results.is_finished(runs / i)
+        assert results.read_json(runs / i / "config.json")["train"]["seed"] in SEEDS
+        assert metrics(runs / i)["ctr_auc"] > 0
+        assert len(pd.read_parquet(runs / i / "predictions.parquet")) > 0
+    record = results.read_json(out / "compare.json")
+    assert sorted(x["run_id"] for x in record["runs"]) == sorted(ids)
+    assert {x["status"] for x in record["runs"]} <= {"done", "reused"}
+    cells = pd.read_csv(out / "tables" / "cells.csv")
+    assert set(cells["model"]) == {"shared_bottom", "mmoe"} and cells["mean"].notna().all()
+    assert "PWiseR" in (out / "tables" / "auc.md").read_text()
+
+
+# --------------------------------------------------------- process pool and executors
+def test_the_process_pool_gives_the_numbers_of_one_process(finished, data_dir, tmp_path):
+    ex = make_executor("local", jobs=2, ray_address=None, threads=1)
+    assert (ex.jobs, ex.threads) == (2, 1)
+    # Seed 1 only: one pool (the second seed would start a second one, a few seconds more).
+    res = run_compare(make_grid(seeds=(1,)), data_dir, tmp_path / "pool", executor=ex)
+    assert [o.status for o in res.outcomes] == ["done"] * 2
+    pids = {results.read_json(o.run_dir / "run.json")["pid"] for o in res.outcomes}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # trained in the workers
+    for o, ref in zip(res.outcomes, finished[1].outcomes[:2], strict=True):
+        assert o.run_id == ref.run_id and metrics(o.run_dir) == metrics(ref.run_dir)
+        assert pd.read_parquet(o.run_dir / "predictions.parquet").equals(
+            pd.read_parquet(ref.run_dir / "predictions.parquet"))
+
+
+@pytest.mark.parametrize("cores, jobs", [(1, None), (2, None), (16, None), (16, 3), (2, 4)])
+def test_local_executor_fits_jobs_times_threads_into_the_cores(monkeypatch, cores, jobs):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    ex = make_executor("local", jobs=jobs, ray_address=None)
+    assert ex.jobs == (jobs or min(cores, 2))
+    assert ex.threads >= 1 and ex.jobs * ex.threads <= max(cores, ex.jobs)
+    assert ex.jobs * (ex.threads + 1) > cores  # and one more thread each would not fit
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'prlbench\[ray\]'"):
+        make_executor("ray", jobs=None, ray_address=None)
+
+
+# ------------------------------------------------------------------ (h) --tables-only
+def test_h_tables_only_without_runs_trains_nothing_and_says_so(data_dir, tmp_path, fits):
+    out = tmp_path / "out"
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--tables-only")
+    assert r.exit_code == 0, text
+    assert "4 runs not trained yet" in text and fits == []
+    assert not (out / "runs").exists() and not (out / "tables").exists()
+    record = results.read_json(out / "compare.json")
+    assert {x["status"] for x in record["runs"]} == {"missing"}
+
+
+def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, data_dir,
+                                                                   tmp_path, fits):
+    out = copy_of(finished[0], tmp_path)
+    shutil.rmtree(out / "tables")
+    before = run_stamps(out)
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom,mmoe", "--seeds", "1,2",
+                             "--tables-only")
+    assert r.exit_code == 0, text
+    assert "4 runs not trained yet" in text and fits == [] and run_stamps(out) == before
+    assert (out / "tables" / "cells.csv").read_text() == (
+        finished[0] / "tables" / "cells.csv").read_text()
+
+
+# ------------------------------------------------------------------------ (i) bad input
+@pytest.mark.parametrize("args, fragments", [
+    (["--models", "shared_bottom,transformer"], ["unknown model 'transformer'", "mmoe", "ple"]),
+    (["--losses", "bce,focal"], ["unknown loss 'focal'", "pwiser", "ranknet"]),
+    (["--datasets", "movielens"], ["unknown data set 'movielens'", "aliexpress_nl", "aliccp"]),
+    (["--datasets", "aliexpress_nl"], ["not preprocessed", "prlbench preprocess aliexpress_nl"]),
+    (["--losses", "pwiser"], ["--losses must include bce"]),
+    (["--lambda", "0.1,big"], ["--lambda: expected a number"]),
+    (["--seeds", "0"], ["--seeds: need at least one seed"]),
+    (["--executor", "dask"], ["--executor must be local or ray"]),
+    (["--format", "html"], ["unknown format 'html'", "md, latex, csv"]),
+])
+def test_i_bad_input_fails_before_training_and_names_the_fix(data_dir, tmp_path, fits, args,
+                                                            fragments):
+    r, text = invoke_compare(data_dir, tmp_path / "out", *args)
+    assert r.exit_code == 1, text
+    for fragment in fragments:
+        assert fragment in text
+    assert fits == [] and not (tmp_path / "out").exists()
+
+
+def test_i_one_seed_warns_that_no_significance_test_is_possible(data_dir, tmp_path):
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--seeds", "1", "--tables-only")
+    assert r.exit_code == 0, text
+    assert "warning: --seeds 1: with one seed no significance test is possible" in text
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--seeds", "2", "--tables-only")
+    assert "no significance test" not in text
