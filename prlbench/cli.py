@@ -323,7 +323,7 @@ def compare(
     datasets: str = typer.Option("synthetic", help="Comma-separated data sets."),
     models: str = typer.Option("mmoe", help="Comma-separated models, or all."),
     losses: str = typer.Option("bce,pwiser", help="Comma-separated losses; bce is the baseline."),
-    seeds: str = typer.Option("6", help="A count (6 = seeds 1..6) or a list (1,2,3)."),
+    seeds: str = typer.Option("8", help="A count (8 = seeds 1..8) or a list (1,2,3)."),
     lam: Optional[str] = typer.Option(None, "--lambda", help="Pairwise weight; a list is chosen "
                                       "on validation (e.g. 0.1,0.5,1)."),
     m1: Optional[str] = typer.Option(None, help="PWiseR margin m1 (or a list)."),
