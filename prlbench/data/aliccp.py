@@ -325,12 +325,8 @@ def _processed_split(cb, split, entry, spec, bar, chunk_rows, row0) -> tuple[int
     schema, source, conv = spec
     rows = dropped = 0
     with contextlib.ExitStack() as stack:
-        stream, header, first = csvio.open_csv_with_header(entry, stack)
-        missing = [c for c in ("click", conv, *source.values()) if c not in header]
-        if missing:
-            raise DataError(f"{entry.display}, line {first - 1}: missing columns {missing[:5]}; "
-                            "every split must have the columns of train.csv")
-        pos = {c: i for i, c in enumerate(header)}
+        stream, header, first, pos = csvio.open_processed_csv(
+            entry, stack, ["click", conv, *source.values()])
         for chunk in csvio.iter_line_chunks(stream, chunk_rows=chunk_rows, first_line=first,
                                             on_bytes=bar.advance):
             frame = csvio.read_frame(chunk, len(header), entry.display)

@@ -224,12 +224,7 @@ def _processed_schema(entries: dict) -> tuple[Schema, list[str]]:
 def _processed_split(cb: CacheBuilder, split: str, entry: csvio.Entry, schema: Schema, bar,
                      chunk_rows: int) -> None:
     with contextlib.ExitStack() as stack:
-        stream, header, first = csvio.open_csv_with_header(entry, stack)
-        missing = [c for c in schema.columns() if c not in header]
-        if missing:
-            raise DataError(f"{entry.display}, line {first - 1}: missing columns {missing[:5]}; "
-                            "every split must have the columns of train.csv")
-        pos = {c: i for i, c in enumerate(header)}
+        stream, header, first, pos = csvio.open_processed_csv(entry, stack, schema.columns())
         for chunk in csvio.iter_line_chunks(stream, chunk_rows=chunk_rows, first_line=first,
                                             on_bytes=bar.advance):
             frame = csvio.read_frame(chunk, len(header), entry.display)

@@ -323,6 +323,18 @@ def open_csv_with_header(entry: Entry, stack: contextlib.ExitStack
     return stream, header, line_no + 1
 
 
+def open_processed_csv(entry: Entry, stack: contextlib.ExitStack, required: list[str]
+                       ) -> tuple[BinaryIO, list[str], int, dict[str, int]]:
+    """A processed split with a header that must hold `required`: (stream, header, next line
+    number, column -> position)."""
+    stream, header, first = open_csv_with_header(entry, stack)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{entry.display}, line {first - 1}: missing columns {missing[:5]}; "
+                        "every split must have the columns of train.csv")
+    return stream, header, first, {c: i for i, c in enumerate(header)}
+
+
 # ------------------------------------------------------------------------ checked parsing
 def drop_header(chunk: LineChunk, ncols: int) -> LineChunk:
     """Remove line 1 when it is a header (no numeric field), for header-less raw formats."""
