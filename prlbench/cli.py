@@ -380,9 +380,10 @@ def compare(
     _check_data(grid, data_dir, quiet, generate=not tables_only)
     if len(grid.seeds) == 1:
         _console().print("[yellow]warning:[/] --seeds 1: with one seed no significance test is "
-                         "possible; use --seeds 6 or more")
+                         "possible; use --seeds 8 or more")
+    gpus = 1.0 if grid.base.train.device.startswith("cuda") else 0.0
     ex = None if tables_only else make_executor(executor, jobs=jobs, ray_address=ray_address,
-                                                threads=threads)
+                                                threads=threads, gpus=gpus)
     res = run_compare(grid, executor=ex, data_dir=data_dir, out=out, formats=formats,
                       train=not tables_only, progress=not quiet, stats_options=stats_options)
     console = Console()

@@ -154,7 +154,8 @@ class LocalExecutor:
 
 
 def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
-                  threads: int | None = None):
+                  threads: int | None = None, gpus: float = 0.0):
+    """`gpus`: what each Ray task asks for (1 when the runs train on --device cuda)."""
     cores = os.cpu_count() or 1
     if kind == "local":
         jobs = jobs or max(1, min(cores, 2))
@@ -162,7 +163,7 @@ def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
     if kind == "ray":
         from prlbench.ray_executor import RayExecutor
 
-        return RayExecutor(address=ray_address, threads=threads or 1, jobs=jobs)
+        return RayExecutor(address=ray_address, threads=threads or 1, jobs=jobs, gpus=gpus)
     from prlbench.errors import ConfigError
 
     raise ConfigError(f"--executor must be local or ray, got {kind!r}")
