@@ -1,7 +1,8 @@
-"""Raw-format data fixtures (AliExpress nested zips, Ali-CCP skeleton / common features).
+"""Shared fixtures: raw-format data (AliExpress nested zips, Ali-CCP skeleton / common
+features), a small synthetic cache for the grid tests, and a stand-in for Ctrl-C.
 
-Only raw-data builders live here. Each builder keeps the structured rows it wrote, so that a test
-can compute the expected output independently of the preprocessing code.
+Each raw builder keeps the structured rows it wrote, so that a test can compute the expected
+output independently of the preprocessing code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,40 @@ import pytest
 from prlbench.data.cache import validation_mask
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A small synthetic cache (6,000 training rows), shared read-only by the grid tests."""
+    from prlbench.data.synthetic import preprocess_synthetic
+
+    d = tmp_path_factory.mktemp("data")
+    preprocess_synthetic(d, rows=6000, seed=0, progress=False)
+    return d
+
+
+class StopAfter:
+    """Stands in for the training loop's stop flag: asks for a stop after `n` training steps,
+    as Ctrl-C mid-epoch would."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.fixture
+def stop_after():
+    return StopAfter
 
 
 # ---------------------------------------------------------------------------- AliExpress

@@ -22,7 +22,6 @@ from prlbench.cli import app
 from prlbench.compare import compare
 from prlbench.config import resolve, run_id
 from prlbench.data.cache import manifest_hash
-from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.engine import train as train_mod
 from prlbench.errors import ConfigError
 from prlbench.losses import LOSSES
@@ -35,13 +34,6 @@ CLI_TRAIN = ["--epochs", "1", "--batch-size", "1024", "--preset", "small", "--jo
              "--threads", "1", "-q"]
 RUN_FILES = ("config.json", "run.json", "history.json", "best.pt", "metrics.json",
              "predictions.parquet")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    preprocess_synthetic(d, rows=6000, seed=0, progress=False)
-    return d
 
 
 def make_grid(models=("shared_bottom",), losses=("bce", "pwiser"), seeds=SEEDS,
@@ -195,28 +187,10 @@ def test_c_one_more_model_trains_only_that_model(finished, data_dir, tmp_path, f
 
 
 # --------------------------------------------------------------------- (d) interrupted
-class _StopAfter:
-    """A stop flag that asks for a stop after `n` training steps (Ctrl-C mid-epoch)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n < 0
-
-
 def test_d_an_interrupted_compare_stops_and_then_continues_where_it_stopped(
-        finished, data_dir, tmp_path, monkeypatch, fits):
+        finished, data_dir, tmp_path, monkeypatch, fits, stop_after):
     out, ids = tmp_path / "cut", expected_ids(data_dir)
-    flags = iter([_StopAfter(10**9), _StopAfter(3)])  # run 1 finishes; Ctrl-C at step 4 of run 2
+    flags = iter([stop_after(10**9), stop_after(3)])  # run 1 finishes; Ctrl-C at step 4 of run 2
     with monkeypatch.context() as m:
         m.setattr(train_mod, "_StopFlag", lambda: next(flags))
         with pytest.raises(train_mod.Interrupted, match="interrupted at epoch 1, batch 4"):

@@ -13,7 +13,6 @@ ray = pytest.importorskip("ray")
 from prlbench import results  # noqa: E402
 from prlbench.compare import compare  # noqa: E402
 from prlbench.config import resolve  # noqa: E402
-from prlbench.data.synthetic import preprocess_synthetic  # noqa: E402
 from prlbench.ray_executor import RayExecutor  # noqa: E402
 from prlbench.runner import Grid, LocalExecutor, run_grid  # noqa: E402
 
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.ray
 BASE = {"model": {"preset": "small"}, "train": {"epochs": 1, "batch_size": 1024, "threads": 1}}
 RUN_FILES = ("config.json", "run.json", "history.json", "best.pt", "metrics.json",
              "predictions.parquet")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    preprocess_synthetic(d, rows=6000, seed=0, progress=False)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -62,29 +62,12 @@ def test_a_finished_run_is_reused(data_dir, tmp_path):
     assert again == a and (a / "metrics.json").stat().st_mtime_ns == stamp
 
 
-class _StopAfter:
-    """A stop flag that asks for a stop after `n` training steps (like Ctrl-C mid-epoch)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n < 0
-
-
-def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monkeypatch,
+                                                       stop_after):
     cfg = _cfg(epochs=3)
     whole = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "whole", progress=False)
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "_StopFlag", lambda: _StopAfter(50))  # mid-epoch 2 (~35 steps/epoch)
+        m.setattr(train_mod, "_StopFlag", lambda: stop_after(50))  # mid-epoch 2 (~35 steps/epoch)
         with pytest.raises(train_mod.Interrupted, match="--resume"):
             train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
     part = next((tmp_path / "cut" / "runs").glob("*.partial"))
