@@ -67,6 +67,7 @@ class _Live:
 def compare(grid: Grid, *, executor, data_dir: Path, out: Path, formats: tuple[str, ...],
             train: bool = True, progress: bool = True, stats_options: dict | None = None
             ) -> CompareResult:
+    grid.check()
     n_first = sum(len(grid.candidates(l)) for l in grid.losses) * len(grid.datasets) * len(
         grid.models)
     n_rest = len(grid.datasets) * len(grid.models) * len(grid.losses) * (len(grid.seeds) - 1)

@@ -174,8 +174,9 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _validate_model_and_loss(cfg: RunConfig) -> None:
-    from prlbench.losses import LOSSES, loss_params
+    from prlbench.losses import LOSSES, resolve_params
     from prlbench.models import MODELS
+    from prlbench.models.factory import resolve_hyperparameters
     from prlbench.registry import UnknownNameError
 
     try:
@@ -183,16 +184,11 @@ def _validate_model_and_loss(cfg: RunConfig) -> None:
         LOSSES.get(cfg.loss.name)
     except UnknownNameError as e:
         raise ConfigError(str(e)) from e
-    known = loss_params(cfg.loss.name)
-    for key, value in cfg.loss.params.items():
-        if key not in known:
-            valid = ", ".join(known) or "none"
-            raise ConfigError(f"loss {cfg.loss.name!r} takes no parameter {key!r}; "
-                              f"its parameters: {valid}")
-        if key == "lam" and value < 0:
-            raise ConfigError(f"--lambda must be >= 0, got {value}")
-        if key in ("m1", "m2") and value < 0:
-            raise ConfigError(f"--{key} must be >= 0, got {value}")
+    # The preset is None until complete() picks the data set's default; option names and
+    # values are checked the same way under any preset.
+    resolve_hyperparameters(cfg.model.name, cfg.model.preset or "small",
+                            dict(cfg.model.overrides or {}))
+    resolve_params(cfg.loss.name, dict(cfg.loss.params))
 
 
 def config_hash(cfg: RunConfig, manifest_sha: str = "") -> str:

@@ -46,6 +46,13 @@ class Grid:
         combos = itertools.product(*(self.loss_grid[k] for k in keys))
         return [dict(zip(keys, values)) for values in combos]
 
+    def check(self) -> None:
+        """Validate every configuration of the grid up front: a bad option (e.g. a negative
+        value in --lambda) fails before anything is trained, not when its turn comes."""
+        for d, m, l in itertools.product(self.datasets, self.models, self.losses):
+            for p in self.candidates(l):
+                self.config(d, m, l, self.seeds[0], p)
+
     def config(self, dataset: str, model: str, loss: str, seed: int, params: dict) -> RunConfig:
         b = self.base
         cfg = replace(b, data=replace(b.data, dataset=dataset),
@@ -110,9 +117,14 @@ def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
 
 
 def _record_failure(out: Path, result: dict) -> None:
+    """`runs/<id>.partial/failure.json`: the error and traceback, next to any checkpoint (the
+    driver writes it for a run that failed on a Ray worker too). A run that failed before its id
+    was known (e.g. a data set not preprocessed) is reported in compare.json only."""
+    if result["run_id"] == "?":
+        return
     part = results.partial_dir(out, result["run_id"])
-    if part.exists():
-        results.write_json(part / "failure.json", {k: result[k] for k in ("error", "trace")})
+    results.write_json(part / "failure.json",
+                       {k: result.get(k, "") for k in ("run_id", "error", "trace")})
 
 
 # ----------------------------------------------------------------------------- executors

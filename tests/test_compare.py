@@ -272,6 +272,22 @@ def test_e_a_failed_run_is_recorded_reported_and_the_rest_goes_on(data_dir, tmp_
     assert not list((out / "runs").glob("*/failure.json"))
 
 
+def test_e_a_run_that_failed_elsewhere_gets_its_failure_record_in_this_store(tmp_path):
+    # A run failing on a Ray worker left no partial folder in the driver's store.
+    from prlbench.runner import _record_failure
+
+    out = tmp_path / "out"
+    _record_failure(out, {"run_id": "synthetic-mmoe-bce-s1-0123456789", "status": "failed",
+                          "error": "RuntimeError: boom", "trace": "Traceback ... boom"})
+    failure = results.read_json(results.partial_dir(out, "synthetic-mmoe-bce-s1-0123456789")
+                                / "failure.json")
+    assert failure == {"run_id": "synthetic-mmoe-bce-s1-0123456789",
+                       "error": "RuntimeError: boom", "trace": "Traceback ... boom"}
+    _record_failure(out, {"run_id": "?", "error": "CacheError: not preprocessed"})
+    assert [p.name for p in (out / "runs").iterdir()] == [
+        "synthetic-mmoe-bce-s1-0123456789" + results.PARTIAL]
+
+
 def _poisoned(outputs, click, conversion, **params):
     raise ValueError("poisoned pwiser loss")
 
@@ -440,6 +456,7 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
     (["--datasets", "aliexpress_nl"], ["not preprocessed", "prlbench preprocess aliexpress_nl"]),
     (["--losses", "pwiser"], ["--losses must include bce"]),
     (["--lambda", "0.1,big"], ["--lambda: expected a number"]),
+    (["--lambda", "0.5,-1"], ["--lambda must be a finite number >= 0"]),
     (["--seeds", "0"], ["--seeds: need at least one seed"]),
     (["--executor", "dask"], ["--executor must be local or ray"]),
     (["--format", "html"], ["unknown format 'html'", "md, latex, csv"]),

@@ -27,8 +27,14 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "--lambda must be >= 0"),
-    ({"loss": {"name": "bce", "params": {"lam": 1.0}}}, "takes no parameter 'lam'"),
+    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "--lambda must be a finite number >= 0"),
+    ({"loss": {"name": "bce", "params": {"lam": 1.0}}}, "has no parameter 'lam'"),
+    ({"loss": {"name": "pwiser", "params": {"lam": "abc"}}}, "--lambda must be a finite number"),
+    ({"loss": {"name": "pwiser", "params": {"m1": [1]}}}, "--m1 must be a finite number"),
+    ({"loss": {"name": "pwiser", "params": {"phi": "cube"}}}, "--phi must be one of"),
+    ({"model": {"overrides": {"bogus": 1}}}, "has no option 'bogus'; valid options: embed_dim"),
+    ({"model": {"name": "ple", "overrides": {"num_experts": 4}}}, "has no option 'num_experts'"),
+    ({"model": {"overrides": {"num_experts": 0}}}, "num_experts=0: expected a positive integer"),
     ({"model": {"name": "nope"}}, "valid models"),
     ({"loss": {"name": "focal"}}, "valid losses"),
     ({"data": {"dataset": "movielens"}}, "aliexpress_nl"),

@@ -65,10 +65,17 @@ def create_model(
     **overrides: Any,
 ) -> nn.Module:
     """Build model `name` for a data set with these categorical vocabularies / numericals."""
+    params = resolve_hyperparameters(name, preset, overrides)
     cls = _model_class(name)
+    return cls(_check_vocab(vocab_sizes, num_numerical), int(num_numerical), **params)
+
+
+def resolve_hyperparameters(name: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values for the options model `name` takes, the overrides applied, each
+    checked: a ConfigError names a bad model, preset, option or value (no torch work done)."""
+    valid = hyperparameters(name)
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
-    valid = hyperparameters(name)
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - set(valid))
     if unknown:
@@ -78,8 +85,7 @@ def create_model(
         )
     params = {k: v for k, v in MODEL_PRESETS[preset].items() if k in valid}
     params.update(given)
-    params = {k: _check(name, k, v) for k, v in params.items()}
-    return cls(_check_vocab(vocab_sizes, num_numerical), int(num_numerical), **params)
+    return {k: _check(name, k, v) for k, v in params.items()}
 
 
 def _model_class(name: str) -> type:
