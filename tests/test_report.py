@@ -391,17 +391,36 @@ def test_latex_escapes_specials_and_symbols():
         r"a\_b 50 \% \& \$x\# $\pm$0.1 $\Delta$ $\lambda$ $\phi$")
     assert escape("seeds 1–6, -0.0011 and Shared-Bottom") == (
         r"seeds 1--6, $-$0.0011 and Shared-Bottom")
+    # Text-mode "<" would print as an inverted exclamation mark under OT1.
+    assert escape("p < 0.05, n > 5, |x|") == r"p $<$ 0.05, n $>$ 5, $|$x$|$"
+
+
+def _pdflatex(tmp_path: Path, name: str, source: str) -> str:
+    """Compile `source`; returns the PDF's text where pdftotext exists, else ""."""
+    (tmp_path / f"{name}.tex").write_text(source)
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert (tmp_path / f"{name}.pdf").stat().st_size > 1000
+    if not shutil.which("pdftotext"):
+        return ""
+    return subprocess.run(["pdftotext", f"{name}.pdf", "-"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60).stdout
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here")
-def test_standalone_latex_compiles(tmp_path):
+def test_latex_compiles_standalone_and_inside_a_plain_paper(tmp_path):
     for kind in ("auc", "logloss"):
-        doc = tmp_path / f"{kind}.tex"
-        doc.write_text(to_latex(build_table(small_summary(), kind=kind), standalone=True))
-        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stdout[-3000:]
-        assert (tmp_path / f"{kind}.pdf").stat().st_size > 1000
+        table = build_table(small_summary(), kind=kind)
+        _pdflatex(tmp_path, f"{kind}-standalone", to_latex(table, standalone=True))
+        # A paper's preamble with no fontenc (OT1): a text-mode "<" would print as "¡".
+        (tmp_path / f"{kind}.tex").write_text(to_latex(table))
+        text = _pdflatex(tmp_path, f"{kind}-paper", "\\documentclass{article}\n"
+                         "\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+                         f"\\begin{{document}}\n\\input{{{kind}.tex}}\n\\end{{document}}\n")
+        if text:
+            assert "¡" not in text and "¿" not in text
+            assert "p < 0.05" in " ".join(text.split())
 
 
 # ------------------------------------------------------------------------ write_report

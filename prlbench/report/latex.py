@@ -14,7 +14,9 @@ from prlbench.report import table as tm
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-            "^": r"\textasciicircum{}"}
+            "^": r"\textasciicircum{}",
+            # In text mode under the default OT1 encoding "<" prints as "¡" and ">" as "¿".
+            "<": r"$<$", ">": r"$>$", "|": r"$|$"}
 _UNICODE = {"↑*": r"$\uparrow^{*}$", "↓*": r"$\downarrow^{*}$", "±": r"$\pm$",
             "Δ": r"$\Delta$", "λ": r"$\lambda$", "φ": r"$\phi$", "∈": r"$\in$",
             "×": r"$\times$", "–": "--", "—": "---", "↑": r"$\uparrow$",
