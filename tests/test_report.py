@@ -458,6 +458,12 @@ def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
     assert plots.overlapping_texts(fig) == []
     assert len(fig.axes) == 4 * 2  # (data set, model) panels x (CTR, CTCVR)
     _check_image(plots.save(fig, tmp_path / "validation"))
+    # One panel (the default compare): the narrowest figure, the legend must still fit.
+    first = runs[(runs["dataset"] == runs["dataset"].iloc[0])
+                 & (runs["model"] == runs["model"].iloc[0])]
+    for fig in (plots.validation_figure(first),
+                plots.forest_figure(analysis.summarise(first, n_boot=100, delong=False))):
+        assert plots.overlapping_texts(fig) == []
 
 
 def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):

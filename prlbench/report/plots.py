@@ -174,7 +174,8 @@ def validation_figure(runs: pd.DataFrame, *, baseline: str = "bce"):
         np.atleast_1d(axes)[-1].xaxis.get_major_locator().set_params(integer=True)
     handles = [plt.Line2D([], [], label=tm.arm_name(a), **styles[a]) for a in arms]
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(arms), 6),
-               frameon=False, title="mean over seeds, band ±1 std")
+               frameon=False,
+               title="mean ± 1 std over the seeds\nstill training at each epoch")
     return fig
 
 
@@ -206,7 +207,7 @@ def _curve(ax, h: pd.DataFrame, col: str, style: dict) -> None:
 # ------------------------------------------------------------------------------ checks
 def overlapping_texts(fig) -> list[tuple[str, str]]:
     """Pairs of drawn texts of `fig` (titles, axis and tick labels, legends) whose boxes
-    overlap by more than a pixel each way, after layout."""
+    overlap by more than a pixel each way, after layout, and texts cut off by its edge."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     texts = [t for t in _drawn_texts(fig) if t.get_visible() and t.get_text().strip()]
@@ -217,6 +218,11 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
         h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
         if w > 1 and h > 1:
             out.append((a, b))
+    # A text cut off by the figure's edge is reported as overlapping "<figure edge>".
+    edge = fig.bbox
+    for text, b in boxes:
+        if b.x0 < edge.x0 - 1 or b.y0 < edge.y0 - 1 or b.x1 > edge.x1 + 1 or b.y1 > edge.y1 + 1:
+            out.append((text, "<figure edge>"))
     return out
 
 
