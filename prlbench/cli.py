@@ -3,6 +3,7 @@ happen inside the commands, so `prlbench --help` stays instant."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Callable, Optional
@@ -47,7 +48,8 @@ def friendly_errors(fn: Callable) -> Callable:
         from prlbench.registry import UnknownNameError
 
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except (PrlbenchError, UnknownNameError) as e:
             _console().print(f"[bold red]error:[/] {_esc(e)}")
             code = 130 if type(e).__name__ == "Interrupted" else 1
@@ -57,6 +59,28 @@ def friendly_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a cluster's scheduler) unwinds like Ctrl-C, so that every cleanup runs:
+    no staging folder, partial download or half-written result is left behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _esc(e: Exception) -> str:
@@ -156,6 +180,10 @@ def preprocess(
     conversion_rate: Optional[float] = typer.Option(None, help="synthetic: P(conversion | click)."),
     noise_rate: Optional[float] = typer.Option(None, help="synthetic: share of clicks that are "
                                                "noise."),
+    max_unmatched: Optional[float] = typer.Option(
+        None, metavar="SHARE", help="Real data: the share of rows that may be dropped for want of "
+        "their user row (AliExpress) or common features (Ali-CCP); more is an error. "
+        "[default: 0.001]"),
     data_dir: Path = DataDir,
     quiet: bool = Quiet,
 ) -> None:
@@ -171,7 +199,7 @@ def preprocess(
 
     manifest = run_preprocess(name, data_dir, source=source, progress=not quiet, rows=rows,
                               seed=seed, click_rate=click_rate, conversion_rate=conversion_rate,
-                              noise_rate=noise_rate)
+                              noise_rate=noise_rate, max_unmatched=max_unmatched)
     _print_manifest(manifest, data_dir / name)
 
 

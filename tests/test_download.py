@@ -399,17 +399,52 @@ def test_zip_with_dotdot_entry_is_refused(tmp_path):
     assert not (tmp_path / "evil").exists()
 
 
-def test_dotdot_archive_through_download_is_not_taken_as_done(server, tmp_path):
+def test_unsafe_archive_through_download_is_not_kept(server, tmp_path):
     base, st = server
     arc = _zip(tmp_path / OUTER, {"x/../../evil": b"x", "nl_user_train.zip": b"z"})
     st.files[f"/{OUTER}"] = arc.read_bytes()
-    with pytest.raises(DownloadError, match="refusing entry"):
+    with pytest.raises(DownloadError, match=rf"refusing entry.*{OUTER} was not kept"):
         _get(f"{base}/{OUTER}", tmp_path / "data")
     raw = tmp_path / "data" / NAME / "raw"
-    assert _files(raw) == [OUTER]  # the archive is kept (checksummed); nothing extracted
-    assert set(_records(raw)) == {OUTER}
-    with pytest.raises(DownloadError, match="refusing entry"):  # and refused again later
+    assert _files(raw) == [] and _records(raw) == {}  # neither the file nor its record
+    with pytest.raises(ManualDownloadRequired):  # nothing is taken as done later
         dl.download(NAME, tmp_path / "data", progress=False)
+
+
+def test_truncated_archive_of_zips_is_refused(aliexpress_archive, tmp_path):
+    """Cut inside the last inner zip, the outer zip's tail is that inner zip's directory:
+    zipfile alone would read the truncated file as the one inner zip."""
+    outer, inner = aliexpress_archive
+    stored = tmp_path / "stored" / OUTER  # inner zips stored as they are, as zip tools do
+    stored.parent.mkdir()
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        for name, blob in inner.items():
+            zf.writestr(name, blob)
+    data = stored.read_bytes()
+    last = list(inner.values())[-1]
+    cut = data[:data.index(last) + len(last)]  # ends exactly where the last inner zip ends
+    with zipfile.ZipFile(io.BytesIO(cut)) as zf:  # the trap this test is about
+        assert zf.namelist() == [list(inner)[-1].replace(".zip", ".csv")]
+    truncated = tmp_path / "cut" / OUTER
+    truncated.parent.mkdir()
+    truncated.write_bytes(cut)
+    with pytest.raises(DownloadError, match=r"damaged.*truncated.*not kept"):
+        dl.download(NAME, tmp_path / "data", from_path=truncated, progress=False)
+    raw = tmp_path / "data" / NAME / "raw"
+    assert _files(raw) == [] and _records(raw) == {}
+    raw = dl.download(NAME, tmp_path / "data", from_path=stored, progress=False)
+    assert sorted(p.name for p in raw.glob("*.zip")) == sorted([OUTER, *inner])
+
+
+def test_archive_imported_earlier_is_left_in_place(tmp_path):
+    """An archive recorded on an earlier run is never deleted by a later refusal."""
+    raw = tmp_path / "data" / NAME / "raw"
+    raw.mkdir(parents=True)
+    arc = _zip(raw / OUTER, {"../evil": b"x"})
+    dl._accept(raw, OUTER, arc, "by hand", None)
+    with pytest.raises(DownloadError, match=r"refusing entry.*delete .* and its entry"):
+        dl.download(NAME, tmp_path / "data", progress=False)
+    assert _files(raw) == [OUTER] and set(_records(raw)) == {OUTER}
 
 
 def test_zip_with_symlink_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prlbench.data.aliexpress import preprocess_aliexpress
+from prlbench.data import aliexpress
 from prlbench.data.cache import open_cache
 from prlbench.errors import CacheError, DataError, DownloadError
 
@@ -23,6 +23,12 @@ I_CAT = [19, 34, 35, 36, 40, 41, 42]
 I_NUM = [c for c in range(2, 49) if c not in I_CAT]
 CAT = [f"categorical_{i}" for i in range(1, 17)]
 NUM = [f"numerical_{i}" for i in range(1, 64)]
+
+
+def preprocess_aliexpress(*args, max_unmatched=0.5, **kw):
+    """The fixture's orphan search (id 9999) is ~3 of ~22 item rows, far over the default
+    limit; the test of that limit passes its own."""
+    return aliexpress.preprocess_aliexpress(*args, max_unmatched=max_unmatched, **kw)
 
 
 def joined(raw, split):
@@ -265,3 +271,33 @@ def test_checksums_are_verified_when_recorded(tmp_path, aliexpress_raw, raw_buil
     (raw_dir / name).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(DownloadError):
         preprocess_aliexpress(tmp_path / "d", country="nl", progress=False)
+
+
+def test_items_without_user_over_the_limit(tmp_path, aliexpress_raw, raw_builders):
+    src = raw_builders.write_aliexpress(aliexpress_raw, tmp_path / "src", "csv")
+    orphans = sum(int(r[0]) == 9999 for r in aliexpress_raw.items["train"])
+    first = 1 + next(i for i, r in enumerate(aliexpress_raw.items["train"]) if int(r[0]) == 9999)
+    n = len(aliexpress_raw.items["train"])
+    with pytest.raises(DataError, match=rf"nl_item_train.csv, line {first}: the search id is not "
+                       rf"in the train user file \({orphans} of {n} rows.*--max-unmatched 0\.\d+"):
+        aliexpress.preprocess_aliexpress(tmp_path / "d", country="nl", source=src,
+                                         progress=False)
+    assert list((tmp_path / "d").iterdir()) == []  # no cache, no staging left behind
+    share = max(sum(int(r[0]) == 9999 for r in aliexpress_raw.items[s])
+                / len(aliexpress_raw.items[s]) for s in ("train", "test"))
+    with pytest.raises(DataError, match="unmatched"):  # the limit is a limit, not a floor
+        preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False,
+                              max_unmatched=share * 0.99)
+    manifest = preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False,
+                                     max_unmatched=share)
+    assert manifest["params"]["max_unmatched"] == share
+    assert manifest["params"]["join"]["train"]["items_without_user"] == orphans
+
+
+def test_empty_test_split_is_an_error(tmp_path, aliexpress_raw, raw_builders):
+    aliexpress_raw.items["test"] = [r for r in aliexpress_raw.items["test"]
+                                    if int(r[0]) == -12345]
+    src = raw_builders.write_aliexpress(aliexpress_raw, tmp_path / "src", "csv")
+    with pytest.raises(DataError, match="the test split is empty"):
+        preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False)
+    assert list((tmp_path / "d").iterdir()) == []

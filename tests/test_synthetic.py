@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from prlbench.data.cache import SPLITS, aliexpress_schema, open_cache
+from prlbench.data.preprocess import preprocess
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.errors import ConfigError
 
@@ -182,3 +188,32 @@ def test_chunked_generation_keeps_searches_whole_and_ids_unique(tmp_path, monkey
     realised = manifest["params"]["realised_train"]
     assert realised["click_rate"] == pytest.approx(
         (manifest["splits"]["train"]["clicks"] + manifest["splits"]["val"]["clicks"]) / 4000)
+
+
+def test_staging_left_by_a_killed_preprocess_is_swept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".synthetic.staging-{dead.pid}-x1"
+    live = tmp_path / f".synthetic.staging-{os.getpid()}-x2"  # a run still going: left alone
+    other = tmp_path / f".aliccp.staging-{dead.pid}-x3"        # another data set's: left alone
+    for p in (stale, live, other):
+        (p / "final").mkdir(parents=True)
+    preprocess("synthetic", tmp_path, progress=False, rows=2000)
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "synthetic" / "manifest.json").exists()
+
+
+def test_sigterm_during_preprocess_leaves_nothing(tmp_path):
+    """SIGTERM unwinds like Ctrl-C: exit 130 and no staging folder, no half-written cache."""
+    proc = subprocess.Popen([sys.executable, "-m", "prlbench", "preprocess", "synthetic",
+                             "--rows", "3000000", "--data-dir", str(tmp_path), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".synthetic.staging-*/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".synthetic.staging-*/*")), "staging never started"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert list(tmp_path.iterdir()) == []

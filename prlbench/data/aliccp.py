@@ -16,7 +16,8 @@ count, feature list); a feature list is `field\\x02id\\x03value` items joined by
   fewer map to 0). `search_id` = the first 8 bytes of blake2b of the common feature index string
   (little-endian int64): validation = 10 % of the train indexes, whole groups.
 - A skeleton row whose common feature index is not in the common features file is dropped and
-  counted when such rows are at most 0.1 % of the split, else it is an error naming the line.
+  counted when such rows are at most 0.1 % of the split (`--max-unmatched`), else it is an
+  error naming the line.
 
 A processed CSV folder (`train.csv` [+ `val.csv`] + `test.csv` with `click, purchase, <field ids>,
 D<dense>`) is read as it is: field columns -> categorical (`101` -> `f101`), `D*` -> numerical,
@@ -46,7 +47,6 @@ FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", 
 CATEGORICAL = tuple(f"f{f}" for f in FIELDS)
 ABSENT = -1                       # raw id of a field absent from a row
 MIN_COUNT = 10                    # AITM: ids seen 10 times or fewer -> 0
-MISSING_TOLERANCE = 0.001         # share of rows without common features that may be dropped
 _NONE = np.iinfo(np.int64).min    # internal "not found" marker, becomes ABSENT at the end
 RAW_ROLES = ("skeleton_train", "skeleton_test", "common_train", "common_test")
 _ROLE = re.compile(r"(sample_skeleton|common_features?)_?(train|test)")
@@ -56,7 +56,8 @@ VARIANTS = ("aitm",)
 
 
 def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: bool = True,
-                      chunk_rows: int = 1_000_000, variant: str = "aitm") -> dict:
+                      chunk_rows: int = 1_000_000, variant: str = "aitm",
+                      max_unmatched: float | None = None) -> dict:
     """Build `data_dir/aliccp/` from the raw Ali-CCP files or a processed CSV folder."""
     if variant not in VARIANTS:
         raise ConfigError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
@@ -68,7 +69,8 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
         "downloaded .tar.gz archives first), or a processed folder with train.csv + test.csv",
         label=_file_name)
     params = {"source": str(src), "source_format": kind, "variant": variant,
-              "checksums_verified": verified}
+              "checksums_verified": verified,
+              "max_unmatched": csvio.unmatched_limit(max_unmatched)}
     out = Path(data_dir) / NAME
     total = sum(e.size for e in entries.values())
     with csvio.ByteProgress(progress, total, f"preprocess {NAME}") as bar:
@@ -245,7 +247,8 @@ def _skeleton_chunk(entry, chunk, cols, common: _Common, stats: dict) -> dict | 
     return columns
 
 
-def _stream_skeleton(cb: CacheBuilder, split: str, entries: dict, bar, chunk_rows: int) -> dict:
+def _stream_skeleton(cb: CacheBuilder, split: str, entries: dict, bar, chunk_rows: int,
+                     max_unmatched: float) -> dict:
     stats = {"rows": 0, "purchase_without_click": 0, "missing_common_features": 0,
              "feature_count_mismatches": 0, "repeated_fields": 0}
     common = _read_common(entries[f"common_{split}"], bar, chunk_rows, stats)
@@ -255,32 +258,31 @@ def _stream_skeleton(cb: CacheBuilder, split: str, entries: dict, bar, chunk_row
             columns = _skeleton_chunk(entry, chunk, cols, common, stats)
             if columns is not None:
                 cb.add(split, columns, source=entry.display, first_line=int(chunk.lines[0]))
-    _check_missing(stats, entry, entries[f"common_{split}"])
+    _check_missing(stats, entry, entries[f"common_{split}"], max_unmatched)
     stats.pop("first_missing", None)
     return stats
 
 
-def _check_missing(stats: dict, skeleton: csvio.Entry, common: csvio.Entry) -> None:
+def _check_missing(stats: dict, skeleton: csvio.Entry, common: csvio.Entry,
+                   max_unmatched: float) -> None:
     missing = stats["missing_common_features"]
-    considered = stats["rows"] - stats["purchase_without_click"]
-    if missing and missing > MISSING_TOLERANCE * considered:
-        line, index = stats["first_missing"]
-        raise DataError(f"{skeleton.display}, line {line}: common feature index {index!r} is not "
-                        f"in {common.display} ({missing} of {considered} rows lack their common "
-                        f"features, more than {MISSING_TOLERANCE:.1%}); are the two files of the "
-                        "same split and complete?")
+    line, index = stats.get("first_missing", (None, None))
+    csvio.check_unmatched(missing, stats["rows"] - stats["purchase_without_click"],
+                          max_unmatched, f"{skeleton.display}, line {line}",
+                          f"common feature index {index!r} is not in {common.display}",
+                          "are the two files of the same split and complete?")
 
 
 def _from_raw(out: Path, entries: dict, params: dict, bar, chunk_rows: int) -> dict:
     inputs = csvio.input_facts(entries)
     schema = Schema(categorical=CATEGORICAL, numerical=())
     with CacheBuilder(out, schema, min_count=MIN_COUNT) as cb:
-        rows = {split: _stream_skeleton(cb, split, entries, bar, chunk_rows)
-                for split in ("train", "test")}
+        rows = {split: _stream_skeleton(cb, split, entries, bar, chunk_rows,
+                                        params["max_unmatched"]) for split in ("train", "test")}
         params = {**params, "fields": list(FIELDS), "absent_field_id": ABSENT,
                   "search_id": "blake2b-64 (little-endian int64) of the common feature index",
                   "dropped_rows": "click 0 and purchase 1 (AITM); rows without common features "
-                  f"(allowed up to {MISSING_TOLERANCE:.1%})", "read": rows}
+                  f"(allowed up to {params['max_unmatched']:.2%})", "read": rows}
         return cb.finish(dataset=NAME, inputs=inputs, params=params)
 
 

@@ -5,7 +5,8 @@ search) and `{c}_item_{train,test}` (49 columns, one row per shown item), usuall
 the archive `aliexpress_{C}_datasets.zip`. Processing:
 
 1. inner join of item rows to user rows on `item_1 == user_1` (the search id); items whose search
-   has no user row are dropped (counted in the manifest). A duplicated user id repeats the item
+   has no user row are dropped (counted in the manifest) when they are at most 0.1 % of the
+   split (`--max-unmatched`), else it is an error naming the first such line. A duplicated user id repeats the item
    row once per user row, as pandas' merge does;
 2. `search_id` = user_1; `categorical_1..16` = user_2..8, user_32, user_33, item_19, item_34,
    item_35, item_36, item_40, item_41, item_42; `numerical_1..63` = user_9..31, then item_2..48
@@ -45,7 +46,8 @@ _PROCESSED = {"train": "train", "test": "test", "val": "val", "valid": "val",
 
 
 def preprocess_aliexpress(data_dir: Path, *, country: str, source: Path | None = None,
-                          progress: bool = True, chunk_rows: int = 1_000_000) -> dict:
+                          progress: bool = True, chunk_rows: int = 1_000_000,
+                          max_unmatched: float | None = None) -> dict:
     """Build `data_dir/aliexpress_<country>/` from the raw archive or MTReclib's CSVs."""
     country = country.lower()
     if country not in COUNTRIES:
@@ -63,9 +65,10 @@ def preprocess_aliexpress(data_dir: Path, *, country: str, source: Path | None =
         if not others:
             raise
         raise DataError(f"{e}; the source holds files of another country ({others[0]}): check "
-                        "--country or --source") from None
+                        f"the data set name (prlbench preprocess {name}) or --source") from None
     params = {"source": str(src), "source_format": kind, "country": country,
-              "checksums_verified": verified}
+              "checksums_verified": verified,
+              "max_unmatched": csvio.unmatched_limit(max_unmatched)}
     out = Path(data_dir) / name
     total = sum(e.size for e in entries.values())
     with csvio.ByteProgress(progress, total, f"preprocess {name}") as bar:
@@ -159,8 +162,9 @@ def _labels(values: np.ndarray, where) -> tuple[np.ndarray, np.ndarray]:
     return (values >= 1).astype(np.int8), (values == 2).astype(np.int8)
 
 
-def _item_chunk_columns(entry, chunk, frame, users: _Users) -> tuple[dict, int]:
-    """The schema columns of one chunk of item rows joined to their users; (columns, dropped)."""
+def _item_chunk_columns(entry, chunk, frame, users: _Users) -> tuple[dict, int, int | None]:
+    """The schema columns of one chunk of item rows joined to their users;
+    (columns, rows dropped, line of the first dropped row or None)."""
     def w(c):
         return _where(entry, chunk, "item", c)
     sid = csvio.int_values(frame[0], w(1))
@@ -174,20 +178,28 @@ def _item_chunk_columns(entry, chunk, frame, users: _Users) -> tuple[dict, int]:
     columns = {"search_id": sid[items], "click": click[items], "conversion": conversion[items]}
     columns.update(zip(schema.categorical, cat))
     columns.update(zip(schema.numerical, num))
-    dropped = int(len(sid) - len(np.unique(items)))
-    return columns, dropped
+    kept = np.zeros(len(sid), bool)
+    kept[items] = True
+    first = np.flatnonzero(~kept)
+    return columns, int(len(first)), int(chunk.lines[first[0]]) if len(first) else None
 
 
 def _stream_items(cb: CacheBuilder, split: str, entry: csvio.Entry, users: _Users, bar,
-                  chunk_rows: int) -> dict:
+                  chunk_rows: int, max_unmatched: float) -> dict:
     item_rows = dropped = 0
+    first_dropped: int | None = None
     with contextlib.ExitStack() as stack:
         for chunk, frame in _raw_chunks(entry, stack, ITEM_COLS, bar, chunk_rows):
-            columns, n_dropped = _item_chunk_columns(entry, chunk, frame, users)
+            columns, n_dropped, line = _item_chunk_columns(entry, chunk, frame, users)
             item_rows += len(frame)
             dropped += n_dropped
+            first_dropped = first_dropped if first_dropped is not None else line
             if len(columns["search_id"]):
                 cb.add(split, columns, source=entry.display, first_line=int(chunk.lines[0]))
+    csvio.check_unmatched(dropped, item_rows, max_unmatched, f"{entry.display}, line "
+                          f"{first_dropped}", f"the search id is not in the {split} user file",
+                          "are the user and item files of the same country and split, and "
+                          "complete?")
     return {"user_rows": int(len(users.used)), "duplicate_user_ids": users.duplicates,
             "item_rows": item_rows, "items_without_user": dropped,
             "users_without_items": int((~users.used).sum())}
@@ -200,7 +212,7 @@ def _from_raw(out: Path, name: str, entries: dict, params: dict, bar, chunk_rows
         for split in ("train", "test"):
             users = _read_users(entries[f"user_{split}"], bar, chunk_rows)
             join[split] = _stream_items(cb, split, entries[f"item_{split}"], users, bar,
-                                        chunk_rows)
+                                        chunk_rows, params["max_unmatched"])
         params = {**params, "join": join, "label_mapping": "item_49: 0 -> (0,0), 1 -> (1,0), "
                   "2 -> (1,1) as (click, conversion)"}
         return cb.finish(dataset=name, inputs=inputs, params=params)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -157,7 +158,8 @@ class CacheBuilder:
 
     def __enter__(self) -> "CacheBuilder":
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.staging-",
+        sweep_stale(self.out_dir)
+        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.staging-{os.getpid()}-",
                                             dir=self.out_dir.parent))
         return self
 
@@ -231,6 +233,12 @@ class CacheBuilder:
             splits[split] = self._write_split(split, vocab, final)
             if self._side_chunks[split]:
                 side_files[split] = self._concat_side(split, final)
+        empty = [s for s in ("val", "test") if splits[s]["rows"] == 0]
+        if empty:
+            why = ("the training data has too few searches to hold 10 % of them out"
+                   if empty == ["val"] and self.carve_val else "its input held no rows")
+            raise DataError(f"{dataset}: the {' and '.join(empty)} split is empty ({why}); check "
+                            "the source files (the previous cache, if any, is kept)")
         manifest = {
             "format": FORMAT_VERSION,
             "dataset": dataset,
@@ -313,6 +321,29 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(target: Path) -> list[Path]:
+    """Remove the staging / old folders of `target` left by a preprocess that was killed
+    (SIGKILL, power loss); folders of a process still running are left alone."""
+    removed = []
+    for p in Path(target).parent.glob(f".{Path(target).name}.*"):
+        m = re.fullmatch(rf"\.{re.escape(Path(target).name)}\.(?:staging|old)-(\d+)(?:-.*)?",
+                         p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def _swap_into_place(new: Path, target: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import zipfile
 import zlib
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from prlbench.data.cache import sha256_file
-from prlbench.errors import DataError
+from prlbench.errors import ConfigError, DataError
 
 READ_SIZE = 1 << 26  # 64 MiB of text per read: bounds the memory of one chunk
 MAX_DEPTH = 3        # folder levels searched below the source
@@ -97,11 +98,27 @@ def _member(zf: zipfile.ZipFile, name: str, display: str) -> BinaryIO:
         raise DataError(f"{display}: the archive is damaged ({e}); download it again") from e
 
 
+def check_zip_start(zf: zipfile.ZipFile) -> None:
+    """Its first entry must start at byte 0. zipfile reads the central directory found nearest
+    the end of the file, so a truncated archive of zips can pass for the last inner zip (whose
+    entries then seem to start far into the file)."""
+    infos = zf.infolist()
+    if infos and min(i.header_offset for i in infos) != 0:
+        raise zipfile.BadZipFile("its directory does not describe the file from the first "
+                                 "byte: the archive is truncated, or has data before it")
+
+
 def _zip(file, display) -> zipfile.ZipFile:
     try:
-        return zipfile.ZipFile(file)
+        zf = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{display}: not a readable zip archive ({e}); download it again") from e
+    try:
+        check_zip_start(zf)
+    except zipfile.BadZipFile as e:
+        zf.close()
+        raise DataError(f"{display}: not a readable zip archive ({e}); download it again") from e
+    return zf
 
 
 def _is_zip_name(name: str) -> bool:
@@ -463,3 +480,24 @@ class ByteProgress:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+MAX_UNMATCHED = 0.001  # default share of rows that may be dropped for want of their other half
+
+
+def unmatched_limit(value: float | None) -> float:
+    if value is None:
+        return MAX_UNMATCHED
+    if not 0 <= value <= 1:
+        raise ConfigError(f"--max-unmatched {value}: expected a share between 0 and 1")
+    return float(value)
+
+
+def check_unmatched(dropped: int, rows: int, limit: float, where: str, what: str,
+                    hint: str) -> None:
+    """A join that loses more than `limit` of the rows is an error naming the first lost row."""
+    if dropped and dropped > limit * rows:
+        raise DataError(f"{where}: {what} ({dropped} of {rows} rows are unmatched, more than "
+                        f"{limit:.2%}); {hint} (if that share is expected, allow it: "
+                        f"--max-unmatched {math.ceil(dropped / rows * 1e4) / 1e4:.4f})")
+

@@ -37,6 +37,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
 
 from prlbench import __version__
 from prlbench.data.cache import sha256_file
+from prlbench.data.csvio import check_zip_start
 from prlbench.data.datasets import DATASETS, DatasetSpec
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
 from prlbench.registry import UnknownNameError
@@ -50,6 +51,10 @@ MAX_EXTRACT_BYTES = 200 * 2**30
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_DATA_DIR = Path("datasets")  # the CLI's default; commands we print omit it
 Facts = dict[str, tuple[str, int]]  # relative path -> (sha256, bytes)
+
+
+class ArchiveRefused(DownloadError):
+    """An archive that is damaged, unsafe or a possible bomb (not: a full disk)."""
 
 
 class _Retryable(Exception):
@@ -72,6 +77,7 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise ConfigError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     raw = Path(data_dir) / name / "raw"
+    known = set(_load_records(raw)) if raw.is_dir() else set()
     url = url if url is not None or from_path is not None else spec.url
     if from_path is not None:
         given, single = _import(Path(from_path), raw, sha256=sha256, progress=progress)
@@ -84,8 +90,23 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
         raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
     for path in given:
         if _is_archive(path) and (single or path.name in spec.raw_files):
-            _extract_recorded(path, raw, progress)
+            try:
+                _extract_recorded(path, raw, progress)
+            except ArchiveRefused as e:
+                if path.relative_to(raw).as_posix() in known:  # imported on an earlier run
+                    raise ArchiveRefused(f"{e}; delete {path} and its entry in "
+                                         f"{raw / CHECKSUMS} first") from None
+                _forget(raw, path)  # a new archive that is damaged or unsafe is not kept
+                raise ArchiveRefused(f"{e} ({path.name} was not kept)") from None
     return raw
+
+
+def _forget(raw: Path, path: Path) -> None:
+    """Remove `path` and its checksum record (what `_accept` added)."""
+    records = _load_records(raw)
+    records.pop(path.relative_to(raw).as_posix(), None)
+    _save_records(raw, records)
+    path.unlink(missing_ok=True)
 
 
 def manual_instructions(spec: DatasetSpec, data_dir: Path = DEFAULT_DATA_DIR) -> str:
@@ -405,6 +426,7 @@ def _entries(archive: Path) -> Iterator[list[_Entry]]:
     """The entries of a zip or tar archive, in one form."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
+            check_zip_start(zf)
             yield [_Entry(i.filename, _zip_kind(i), i.file_size, functools.partial(zf.open, i))
                    for i in zf.infolist()]
     elif tarfile.is_tarfile(archive):
@@ -413,7 +435,7 @@ def _entries(archive: Path) -> Iterator[list[_Entry]]:
                           "a link or special file", m.size, functools.partial(tf.extractfile, m))
                    for m in tf.getmembers()]
     else:
-        raise DownloadError(f"{archive} is neither a zip nor a tar archive")
+        raise ArchiveRefused(f"{archive} is neither a zip nor a tar archive")
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:
@@ -433,7 +455,7 @@ def _extract_all(archive: Path, stage: Path, max_bytes: int, progress: bool) -> 
             files = [e for e in entries if e.kind == "file"]
             declared = sum(e.size for e in files)
             if declared > max_bytes:
-                raise DownloadError(f"{archive.name} declares {declared} uncompressed bytes, "
+                raise ArchiveRefused(f"{archive.name} declares {declared} uncompressed bytes, "
                                     f"over the limit of {max_bytes}; refused as a possible "
                                     "archive bomb")
             budget = [max_bytes]
@@ -442,8 +464,7 @@ def _extract_all(archive: Path, stage: Path, max_bytes: int, progress: bool) -> 
                                                     advance) for e in files}
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error,
             NotImplementedError) as e:
-        raise DownloadError(f"{archive} is damaged or unreadable ({e}); delete it and fetch "
-                            "it again") from e
+        raise ArchiveRefused(f"{archive} is damaged or unreadable ({e}); fetch it again") from e
     except OSError as e:
         raise DownloadError(f"cannot extract {archive}: {e}") from e
 
@@ -460,7 +481,7 @@ def _check_entry(archive: Path, e: _Entry) -> None:
            "a reserved or empty name" if e.kind == "file" and _rel(norm) in ("", ".", CHECKSUMS)
            else None)
     if why:
-        raise DownloadError(f"{archive.name}: refusing entry {e.name!r} ({why}); nothing was "
+        raise ArchiveRefused(f"{archive.name}: refusing entry {e.name!r} ({why}); nothing was "
                             "extracted. The archive is unsafe or damaged: fetch it again")
 
 
@@ -474,7 +495,7 @@ def _write_member(opener: Callable[[], IO[bytes]], target: Path, budget: list[in
         while block := src.read(CHUNK):
             budget[0] -= len(block)
             if budget[0] < 0:
-                raise DownloadError(f"{target.name} expands beyond the limit (more than the "
+                raise ArchiveRefused(f"{target.name} expands beyond the limit (more than the "
                                     "headers declare); refused as a possible archive bomb, "
                                     "nothing was extracted")
             h.update(block)

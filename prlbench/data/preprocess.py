@@ -18,6 +18,9 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
     if name == "synthetic":
         if source is not None:
             raise ConfigError("--source: the synthetic data set is generated, it has no source")
+        if "max_unmatched" in given:
+            raise ConfigError("--max-unmatched applies to the real data sets' joins, not to "
+                              "the synthetic data set")
     else:
         wrong = [k for k in given if k in SYNTHETIC_OPTIONS]
         if wrong:
