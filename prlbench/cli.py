@@ -55,7 +55,8 @@ def friendly_errors(fn: Callable) -> Callable:
             code = 130 if type(e).__name__ == "Interrupted" else 1
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
-            _console().print("[yellow]interrupted[/]")
+            _console().print("[yellow]interrupted[/]: rerun the same command to go on "
+                             "(train: add --resume)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -410,6 +411,10 @@ def compare(
         _console().print("[yellow]warning:[/] --seeds 1: with one seed no significance test is "
                          "possible; use --seeds 8 or more")
     gpus = 1.0 if grid.base.train.device.startswith("cuda") else 0.0
+    if executor == "local" and not tables_only:  # Ray workers may have GPUs the driver lacks
+        from prlbench.engine.train import resolve_device
+
+        resolve_device(grid.base.train.device)
     ex = None if tables_only else make_executor(executor, jobs=jobs, ray_address=ray_address,
                                                 threads=threads, gpus=gpus)
     res = run_compare(grid, executor=ex, data_dir=data_dir, out=out, formats=formats,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -97,10 +98,43 @@ def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{where}.{key}")
         elif isinstance(current, dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{key}: expected a mapping of names to values, got "
+                                  f"{value!r}")
             changes[key] = {**current, **{k: v for k, v in value.items() if v is not None}}
         else:
-            changes[key] = value
+            changes[key] = _typed(value, valid[key].type, f"{where}.{key}")
     return replace(base, **changes)
+
+
+def _typed(value: Any, annotation: Any, where: str) -> Any:
+    """`value` checked against a field's annotation ("int", "float", "str | None", ...); a
+    YAML string like "1e-3" (YAML 1.1 reads exponents without a dot as text) becomes a float."""
+    kinds = {str(annotation).replace(" ", "").split("|")[0]}
+    if "float" in kinds:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    elif "int" in kinds:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "a whole number"
+    elif "bool" in kinds:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif "str" in kinds:
+        if isinstance(value, str):
+            return value
+        expected = "a name (text)"
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
 
 
 def load_yaml(path: Path) -> dict:
@@ -162,6 +196,11 @@ def validate(cfg: RunConfig) -> None:
         (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, "
                                     f"got {t.precision!r}"),
         (t.threads is None or t.threads >= 1, f"--threads must be >= 1, got {t.threads}"),
+        (re.fullmatch(r"cpu|cuda(:\d+)?", t.device) is not None,
+         f"--device must be cpu, cuda or cuda:N (N: the GPU's number), got {t.device!r}"),
+        (t.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {t.eval_batch_size}"),
+        (t.checkpoint_every_s > 0, f"checkpoint_every_s must be > 0, got "
+                                   f"{t.checkpoint_every_s}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -89,6 +89,15 @@ def run_lock(out: Path, rid: str):
 def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
     """Train (or reuse) one run in this process. A failure is returned, not raised; only
     Ctrl-C / SIGTERM (`Interrupted`) propagates, so that it stops the whole grid."""
+    global _IN_RUN
+    _IN_RUN = True
+    try:
+        return _run_one(cfg_dict, data_dir, out, threads)
+    finally:
+        _IN_RUN = False
+
+
+def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
     import torch
 
     from prlbench.data.cache import manifest_hash, open_cache
@@ -149,7 +158,8 @@ class LocalExecutor:
 
         found: dict[int, dict] = {}
         ctx = mp.get_context("spawn")  # fork after torch is imported is not safe
-        with ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init)
+        try:
             pending: dict[Future, int] = {}
             queue = list(range(len(cfgs)))
             while queue or pending:
@@ -162,12 +172,54 @@ class LocalExecutor:
                     i = pending.pop(fut)
                     found[i] = fut.result()
                     on_event("end", cfgs[i], found[i])
+        except BaseException:  # Ctrl-C, SIGTERM, or a worker's Interrupted
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
         return [found[i] for i in range(len(cfgs))]
+
+
+_IN_RUN = False  # in a pool worker: True while run_one is working
+
+
+def _worker_init() -> None:
+    """Workers ignore SIGINT except while training (the training loop catches it and saves a
+    checkpoint), so Ctrl-C reaching the whole process group prints no traceback from them. The
+    driver then stops them with SIGTERM: a run that is loading unwinds (its run.json says
+    interrupted), an idle worker exits quietly."""
+    import signal
+
+    def on_sigterm(signum, frame):
+        if _IN_RUN:
+            raise KeyboardInterrupt
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace_s: float = 120.0) -> None:
+    """SIGTERM every worker: one that is training saves its checkpoint and exits; an idle one
+    exits at once. Wait for them, so that every checkpoint is complete when the driver exits."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public accessor
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=grace_s)
+        if p.is_alive():
+            p.kill()
 
 
 def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
                   threads: int | None = None, gpus: float = 0.0):
     """`gpus`: what each Ray task asks for (1 when the runs train on --device cuda)."""
+    from prlbench.errors import ConfigError
+
+    for flag, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value} (leave it out for the default)")
     cores = os.cpu_count() or 1
     if kind == "local":
         jobs = jobs or max(1, min(cores, 2))
@@ -176,8 +228,6 @@ def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
         from prlbench.ray_executor import RayExecutor
 
         return RayExecutor(address=ray_address, threads=threads or 1, jobs=jobs, gpus=gpus)
-    from prlbench.errors import ConfigError
-
     raise ConfigError(f"--executor must be local or ray, got {kind!r}")
 
 

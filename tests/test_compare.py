@@ -9,8 +9,10 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -415,6 +417,35 @@ def test_local_executor_fits_jobs_times_threads_into_the_cores(monkeypatch, core
     assert ex.jobs == (jobs or min(cores, 2))
     assert ex.threads >= 1 and ex.jobs * ex.threads <= max(cores, ex.jobs)
     assert ex.jobs * (ex.threads + 1) > cores  # and one more thread each would not fit
+
+
+@pytest.mark.parametrize("flag, value", [("jobs", 0), ("jobs", -1), ("threads", 0)])
+def test_jobs_and_threads_below_one_are_refused(flag, value):
+    with pytest.raises(ConfigError, match=rf"--{flag} must be >= 1, got {value}"):
+        make_executor("local", ray_address=None, **{"jobs": None, flag: value})
+
+
+def test_ctrl_c_on_a_pooled_compare_stops_cleanly(data_dir, tmp_path):
+    """Ctrl-C reaches the whole process group: the driver and both workers, one of them
+    perhaps still starting. Exit 130, no traceback from any process, no run left 'running'."""
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "prlbench", "compare", "--datasets", "synthetic",
+            "--models", "shared_bottom,mmoe", "--seeds", "1", "--data-dir", str(data_dir),
+            "--out", str(out), "--epochs", "50", "--batch-size", "256", "--preset", "small",
+            "--jobs", "2", "--threads", "1", "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list((out / "runs").glob("*.partial/run.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((out / "runs").glob("*.partial/run.json")), "no run started"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    for record in (out / "runs").glob("*.partial/run.json"):
+        assert results.read_json(record)["status"] == "interrupted"
+    assert not list((out / "runs").glob("*/*.tmp"))
 
 
 def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):

@@ -40,6 +40,8 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
     ({"data": {"dataset": "movielens"}}, "aliexpress_nl"),
     ({"train": {"epochs": 0}}, "--epochs"),
     ({"train": {"precision": "fp8"}}, "--precision"),
+    ({"train": {"device": "gpu"}}, "--device must be cpu, cuda or cuda:N"),
+    ({"train": {"device": "cuda:x"}}, "--device must be cpu, cuda or cuda:N"),
 ])
 def test_bad_values_name_the_option(flags, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
@@ -55,6 +57,33 @@ def test_yaml_errors_name_the_file(tmp_path: Path):
     unknown.write_text("train: {epoch: 3}\n")
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         resolve(unknown, {})
+
+
+@pytest.mark.parametrize("yaml_train, fragment", [
+    ('epochs: "ten"', "train.epochs: expected a whole number, got 'ten'"),
+    ("epochs: 1.5", "train.epochs: expected a whole number, got 1.5"),
+    ("epochs: true", "train.epochs: expected a whole number, got True"),
+    ("batch_size: 1.5", "train.batch_size: expected a whole number"),
+    ("lr: fast", "train.lr: expected a number, got 'fast'"),
+    ("init_bias: 1", "train.init_bias: expected true or false"),
+    ("precision: 16", "train.precision: expected a name"),
+])
+def test_yaml_types_are_checked_and_name_the_key(tmp_path: Path, yaml_train, fragment):
+    f = tmp_path / "run.yaml"
+    f.write_text(f"train: {{{yaml_train}}}\n")
+    with pytest.raises(ConfigError, match=rf"run\.yaml\.{fragment}"):
+        resolve(f, {})
+
+
+def test_yaml_exponent_without_a_dot_is_a_number(tmp_path: Path):
+    f = tmp_path / "run.yaml"
+    f.write_text("train: {lr: 1e-3, weight_decay: 0}\nmodel: {overrides: {embed_dim: 8}}\n")
+    cfg = resolve(f, {})  # YAML 1.1 reads 1e-3 as the text '1e-3'
+    assert cfg.train.lr == 0.001 and isinstance(cfg.train.weight_decay, float)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {overrides: [embed_dim]}\n")
+    with pytest.raises(ConfigError, match="model.overrides: expected a mapping"):
+        resolve(bad, {})
 
 
 def test_run_id_is_stable_and_ignores_device_and_threads():

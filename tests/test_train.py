@@ -11,7 +11,7 @@ from prlbench.config import resolve
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.engine import train as train_mod
 from prlbench.engine.evaluate import evaluate_run
-from prlbench.errors import TrainingError
+from prlbench.errors import ConfigError, TrainingError
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
             train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
     part = next((tmp_path / "cut" / "runs").glob("*.partial"))
     assert (part / "state.pt").exists()
+    record = results.read_json(part / "run.json")
+    assert record["status"] == "interrupted" and "--resume" in record["error"]
+    with pytest.raises(ConfigError, match="give one of them"):
+        train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", resume=True,
+                            restart=True, progress=False)
+    with pytest.raises(ConfigError, match="unfinished run.*--resume"):
+        evaluate_run(part, data_dir)
     with pytest.raises(Exception, match="--resume"):
         train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
     resumed = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", resume=True,
@@ -107,3 +114,11 @@ def test_evaluate_reproduces_the_test_metrics(data_dir, tmp_path):
     before = _metrics(run)
     evaluate_run(run, data_dir)
     assert _metrics(run) == before
+
+
+def test_a_device_that_is_not_here_fails_before_any_folder(data_dir, tmp_path):
+    """cuda:99 exists on no machine: the error comes before the run folder is made."""
+    with pytest.raises(ConfigError, match="--device cuda:99"):
+        train_mod.train_run(_cfg(device="cuda:99"), data_dir=data_dir, out=tmp_path,
+                            progress=False)
+    assert not (tmp_path / "runs").exists()

@@ -16,6 +16,7 @@ import torch
 
 from prlbench import stats
 from prlbench.data.loader import TensorData
+from prlbench.errors import ConfigError
 
 _EPS = 1e-7
 
@@ -109,8 +110,16 @@ def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *
 
 
 def evaluate_run(run_dir: Path, data_dir: Path, *, device: str | None = None) -> dict:
-    """Re-evaluate a finished (or partial) run's best checkpoint on the test split."""
+    """Re-evaluate a finished run's best checkpoint on the test split."""
+    from prlbench import results
     from prlbench.engine.train import RunContext
 
+    run_dir = Path(run_dir)
+    if run_dir.name.endswith(results.PARTIAL):
+        raise ConfigError(f"{run_dir} is an unfinished run: its best.pt is only the best so far, "
+                          "and scoring it on test before the run has chosen its model would leak "
+                          "the test set into the choice. Finish it first (rerun the train command "
+                          "with --resume, or rerun the compare); it then moves to "
+                          f"{run_dir.with_name(run_dir.name[:-len(results.PARTIAL)])}")
     ctx = RunContext.open(Path(run_dir), Path(data_dir), device=device)
     return ctx.evaluate_and_write()

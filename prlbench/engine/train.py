@@ -57,8 +57,15 @@ class LoopState:
 
 
 def resolve_device(device: str) -> str:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    """Check that `device` (cpu, cuda, cuda:N) exists here, before any folder is made."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is visible to torch "
+                              f"{torch.__version__} here; use --device cpu")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
     return device
 
 
@@ -68,10 +75,13 @@ def versions() -> dict:
 
 
 class _StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to stop after the current step (a second Ctrl-C aborts)."""
+    """Ctrl-C / SIGTERM ask the loop to stop after the current step. The same signal twice
+    aborts at once; SIGTERM after Ctrl-C does not (compare's driver sends it to its workers
+    when Ctrl-C has reached them already)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._seen: set[int] = set()
         self._old: dict = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -81,8 +91,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if signum in self._seen:
             raise KeyboardInterrupt
+        self._seen.add(signum)
         self.requested = True
 
     def __exit__(self, *exc) -> None:
@@ -267,6 +278,9 @@ def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig):
 def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
               restart: bool = False, progress: bool = True) -> Path:
     """Train and evaluate one run; returns its finished folder (reused if already finished)."""
+    if resume and restart:
+        raise ConfigError("--resume continues an interrupted run and --restart discards it: "
+                          "give one of them")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     manifest = open_cache(data_dir, cfg.data.dataset)
@@ -278,6 +292,7 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     if part.exists() and not (resume or restart) and (part / "state.pt").exists():
         raise ConfigError(f"an interrupted run of this configuration is in {part}; add --resume "
                           "to continue it or --restart to discard it")
+    resolve_device(cfg.train.device)
     if part.exists() and restart:
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)
@@ -285,9 +300,18 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     results.write_json(part / "config.json", cfg.to_dict())
     ctx.write_record("running", run_id=rid, manifest_sha256=msha, versions=versions(),
                      data_dir=str(data_dir), pid=os.getpid(), argv=sys.argv)
-    state = ctx.fit(resume=resume, progress=progress)
-    t0 = time.perf_counter()
-    metrics = ctx.evaluate_and_write()
+    try:
+        state = ctx.fit(resume=resume, progress=progress)
+        t0 = time.perf_counter()
+        metrics = ctx.evaluate_and_write()
+    except (Interrupted, KeyboardInterrupt) as e:
+        ctx.write_record("interrupted", error=str(e) or "interrupted")
+        raise
+    except TrainingError:
+        raise  # recorded as failed where it was raised
+    except Exception as e:
+        ctx.write_record("failed", error=f"{type(e).__name__}: {e}")
+        raise
     ctx.write_record("done", best_epoch=state.best_epoch, best_val_score=state.best_score,
                      epochs_run=state.epoch, train_seconds=state.train_seconds,
                      samples_per_s=state.samples_seen / max(state.train_seconds, 1e-9),
