@@ -51,7 +51,7 @@ def friendly_errors(fn: Callable) -> Callable:
             with _sigterm_as_interrupt():
                 return fn(*args, **kwargs)
         except (PrlbenchError, UnknownNameError) as e:
-            _console().print(f"[bold red]error:[/] {_esc(e)}")
+            _console().print(f"[bold red]error:[/] {_esc(e)}", soft_wrap=True)
             code = 130 if type(e).__name__ == "Interrupted" else 1
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
@@ -164,8 +164,11 @@ def download(
 
     raw = run_download(name, data_dir, url=url, from_path=from_path, progress=not quiet,
                        sha256=sha256)
-    _console().print(f"[green]raw files in[/] {raw}\nnext: prlbench preprocess {name}"
-                     f"{'' if data_dir == Path('datasets') else f' --data-dir {data_dir}'}")
+    import shlex
+
+    dd = "" if data_dir == Path("datasets") else f" --data-dir {shlex.quote(str(data_dir))}"
+    _console().print(f"[green]raw files in[/] {_esc(raw)}\nnext: prlbench preprocess {name}{dd}",
+                     soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- preprocess

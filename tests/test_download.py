@@ -312,7 +312,8 @@ def test_verify_raw_detects_changes(tmp_path):
     with pytest.raises(DownloadError, match=r"a\.csv has 3 bytes, 10 were recorded"):
         dl.verify_raw(raw)
     (raw / "a.csv").unlink()
-    with pytest.raises(DownloadError, match=r"a\.csv is recorded .* but missing"):
+    with pytest.raises(DownloadError, match=r"a\.csv is recorded .* but missing; put it back, or "
+                       "remove its entry"):
         dl.verify_raw(raw)
 
 
@@ -536,3 +537,11 @@ def test_damaged_archive(tmp_path):
         dl.safe_extract(arc, tmp_path / "dest")
     _assert_nothing_extracted(tmp_path / "dest", set())
     assert os.listdir(tmp_path / "dest") == []
+
+
+def test_printed_commands_quote_paths_for_the_shell(tmp_path):
+    import shlex
+
+    text = dl.manual_instructions(DATASETS.get(NAME), tmp_path / "my data")
+    line = next(x for x in text.splitlines() if "prlbench preprocess" in x)
+    assert shlex.split(line)[-2:] == ["--data-dir", str(tmp_path / "my data")]

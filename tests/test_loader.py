@@ -13,7 +13,7 @@ import torch
 from prlbench.data.cache import CacheBuilder, Schema, open_cache
 from prlbench.data.loader import TensorData, batches, load_side, load_split
 from prlbench.data.synthetic import preprocess_synthetic
-from prlbench.errors import CacheError, ConfigError
+from prlbench.errors import CacheError, ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,16 @@ def test_errors_name_the_problem(synth, tmp_path):
         load_split(synth, "synthetic", "test", manifest=manifest)
     with pytest.raises(ConfigError, match="batch-size"):
         next(batches(_toy(5), 0, shuffle=False))
+
+
+@pytest.mark.parametrize("convert, values, shown", [
+    ("int_values", np.array([1.0, 2.5]), "line 2, column c: 2.5 is not an integer id; fix"),
+    ("int_values", np.array(["1", "x"], object), "line 2, column c: 'x' is not a number; fix"),
+    ("float_values", np.array([0.5, np.inf]), "line 2, column c: inf is not a finite number"),
+])
+def test_bad_values_are_shown_as_written_not_as_numpy_reprs(convert, values, shown):
+    from prlbench.data import csvio
+
+    with pytest.raises(DataError) as err:
+        getattr(csvio, convert)(values, lambda i: f"f.csv, line {i + 1}, column c")
+    assert shown in str(err.value) and "np." not in str(err.value)

@@ -228,3 +228,30 @@ def test_processed_folder_without_val_drops_purchase_without_click(tmp_path, raw
     (tmp_path / "p" / "train.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"train\.csv, line 6, column 101: 'abc'"):
         preprocess_aliccp(tmp_path / "d", source=tmp_path / "p", progress=False)
+
+
+def test_an_aliexpress_folder_is_named_as_such(tmp_path):
+    """MTReclib's processed AliExpress CSVs given to aliccp: say what they are."""
+    folder = tmp_path / "mtreclib"
+    folder.mkdir()
+    head = ["search_id", *(f"categorical_{i}" for i in range(1, 17)),
+            *(f"numerical_{i}" for i in range(1, 64)), "click", "conversion"]
+    for split in ("train", "test"):
+        (folder / f"{split}.csv").write_text(",".join(head) + "\n" + ",".join(
+            ["1"] * len(head)) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv, line 1: columns \['search_id'|"
+                       r"train\.csv, line 1: columns \['categorical_1'") as err:
+        preprocess_aliccp(tmp_path / "d", source=folder, progress=False)
+    assert "preprocess aliexpress_XX" in str(err.value)
+    assert not (tmp_path / "d" / "aliccp").exists()
+
+
+def test_a_processed_csv_without_header_is_named(tmp_path, raw_builders):
+    sample = _shared_sample(raw_builders)
+    (tmp_path / "p").mkdir()
+    for split in ("train", "test"):
+        lines = (sample / f"{split}.csv").read_text().splitlines()[1:]
+        (tmp_path / "p" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv, line 1: this line holds numbers, not "
+                       "column names"):
+        preprocess_aliccp(tmp_path / "d", source=tmp_path / "p", progress=False)

@@ -298,6 +298,14 @@ def _processed_schema(entries: dict) -> tuple[Schema, dict[str, str], str]:
     features = [c for c in header if c not in ("click", conv, "search_id")]
     dense = [c for c in features if c.startswith("D")]
     sparse = [c for c in features if not c.startswith("D")]
+    odd = [c for c in sparse if not re.fullmatch(r"\d+(_\d+)?", c)]
+    if odd:
+        hint = (" These are MTReclib's processed AliExpress columns: use prlbench preprocess "
+                "aliexpress_XX --source with that folder" if any(
+                    c.startswith(("categorical_", "numerical_")) for c in odd) else "")
+        raise DataError(f"{entries['train'].display}, line 1: columns {odd[:4]} are not Ali-CCP "
+                        "fields; the processed Ali-CCP layout has click, purchase, field ids "
+                        f"(101, 109_14, ...) and dense D* columns.{hint}")
     source = {("f" + c if c[:1].isdigit() else c): c for c in sparse}
     source.update({c: c for c in dense})
     schema = Schema(categorical=tuple(n for n in source if n not in dense), numerical=tuple(dense))

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -87,7 +88,7 @@ def check_labels(click: np.ndarray, conversion: np.ndarray, source: str, first_l
     for name, col in (("click", click), ("conversion", conversion)):
         bad = np.flatnonzero((col != 0) & (col != 1))
         if bad.size:
-            raise DataError(f"{source}, line {first_line + bad[0]}: {name} = {col[bad[0]]!r}, "
+            raise DataError(f"{source}, line {first_line + bad[0]}: {name} = {col[bad[0]].item()!r}, "
                             "expected 0 or 1; fix or drop that row and rerun preprocess")
     bad = np.flatnonzero((conversion == 1) & (click == 0))
     if bad.size:
@@ -373,7 +374,7 @@ def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
     mpath = cache / MANIFEST
     if not mpath.exists():
         raise CacheError(f"data set {name!r} is not preprocessed in {cache} (no {MANIFEST}); "
-                         f"run: prlbench preprocess {name} --data-dir {data_dir}")
+                         f"run: prlbench preprocess {name} --data-dir {shlex.quote(str(data_dir))}")
     try:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:

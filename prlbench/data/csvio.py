@@ -334,6 +334,10 @@ def open_csv_with_header(entry: Entry, stack: contextlib.ExitStack
             raise DataError(f"{entry.display}: the file is empty; expected a header line")
         text = raw.decode("utf-8-sig", "replace").strip()
     header = [c.strip().strip('"') for c in text.split(",")]
+    if all(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", c) for c in header):
+        raise DataError(f"{entry.display}, line {line_no}: this line holds numbers, not column "
+                        "names; this format needs a header line naming the columns (a "
+                        "processed CSV keeps the header its tool wrote)")
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise DataError(f"{entry.display}, line {line_no}: duplicate column names {dup}")
@@ -411,7 +415,8 @@ def int_values(values: pd.Series | np.ndarray, where: Where) -> np.ndarray:
         ok = np.isfinite(v) & (v == np.floor(v)) & (np.abs(v) < 2.0 ** 63)
         if not ok.all():
             i = int(np.flatnonzero(~ok)[0])
-            raise DataError(f"{where(i)}: {v[i]!r} is not an integer id")
+            raise DataError(f"{where(i)}: {v[i].item()} is not an integer id; fix or drop that "
+                            "row")
         return v.astype(np.int64)
     return np.array([_one_int(x, where, i) for i, x in enumerate(v)], np.int64)
 
@@ -425,7 +430,7 @@ def _one_int(x, where: Where, i: int) -> int:
     except ValueError:
         raise DataError(f"{where(i)}: {s!r} is not a number; fix or drop that row") from None
     if not (np.isfinite(f) and f == int(f)):
-        raise DataError(f"{where(i)}: {s!r} is not an integer id")
+        raise DataError(f"{where(i)}: {s!r} is not an integer id; fix or drop that row")
     return int(f)
 
 
@@ -438,7 +443,8 @@ def float_values(values: pd.Series | np.ndarray, where: Where) -> np.ndarray:
         v = np.array([_one_float(x, where, i) for i, x in enumerate(v)], np.float64)
     bad = np.flatnonzero(~np.isfinite(v))
     if bad.size:
-        raise DataError(f"{where(int(bad[0]))}: {v[bad[0]]!r} is not a finite number")
+        raise DataError(f"{where(int(bad[0]))}: {v[bad[0]].item()} is not a finite number; fix "
+                        "or drop that row")
     return v.astype(np.float32)
 
 

@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import tarfile
@@ -113,7 +114,8 @@ def manual_instructions(spec: DatasetSpec, data_dir: Path = DEFAULT_DATA_DIR) ->
     """What `prlbench download NAME` prints for a data set without a public direct URL."""
     files = spec.raw_files
     where = f"PATH/TO/{files[0]}" if len(files) == 1 else "PATH/TO/FOLDER"
-    dd = "" if Path(data_dir) == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
+    dd = ("" if Path(data_dir) == DEFAULT_DATA_DIR else
+          f" --data-dir {shlex.quote(str(data_dir))}")
     return "\n".join([
         f"{spec.name} has no public direct download: fetch its raw files by hand.",
         f"  Landing page: {spec.landing_page}",
@@ -141,7 +143,9 @@ def _verify_one(raw: Path, rel: str, entry: object) -> None:
     if not isinstance(entry, dict) or not {"sha256", "bytes"} <= entry.keys():
         raise DownloadError(f"{raw / CHECKSUMS}: the entry for {rel!r} is malformed; {fix}")
     if not path.is_file():
-        raise DownloadError(f"{path} is recorded in {CHECKSUMS} but missing; {fix}")
+        raise DownloadError(f"{path} is recorded in {CHECKSUMS} but missing; put it back, or "
+                            f"remove its entry in {raw / CHECKSUMS} and import it again: "
+                            f"prlbench download {name} --from PATH (or --url URL)")
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise DownloadError(f"{path} has {size} bytes, {entry['bytes']} were recorded when it "

@@ -7,6 +7,7 @@ Memory: one (data set, model, seed) at a time, the baseline's columns plus one a
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def _read(run_dir: Path, metrics: tuple[str, ...], warnings: list[str]) -> dict 
     path = run_dir / "predictions.parquet"
     if not path.exists():
         warnings.append(f"{path} is missing: DeLong skipped for that run "
-                        f"(prlbench evaluate {run_dir} writes it)")
+                        f"(prlbench evaluate {shlex.quote(str(run_dir))} writes it)")
         return None
     present = set(pq.read_schema(path).names)
     wanted = {c for m in metrics for c in SPECS[m] if c is not None} & present

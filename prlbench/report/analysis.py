@@ -16,6 +16,7 @@ same arm moves the AUC by more. The seed-level test includes training randomness
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _read_run(d: Path) -> dict:
     def need(name: str):
         if not (d / name).exists():
             raise DataError(f"{d / name} is missing: the run folder is incomplete; re-run it "
-                            f"(prlbench train / prlbench evaluate {d}) or leave it out")
+                            f"(prlbench train / prlbench evaluate {shlex.quote(str(d))}) or leave it out")
         return results.read_json(d / name)
 
     run, cfg = need("run.json"), need("config.json")
