@@ -30,7 +30,7 @@ OutDir = typer.Option(Path("results"), "--out", envvar="PRLBENCH_OUT",
                       help="The results folder. Env: PRLBENCH_OUT.")
 ConfigFile = typer.Option(None, "--config", exists=False, help="A YAML file with sections data / "
                           "model / loss / train; flags win over the file, the file over defaults.")
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+Quiet = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars.")
 
 
 def _console():
@@ -97,7 +97,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def main(version: bool = typer.Option(False, "--version", metavar="", callback=_version,
+                                      is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """prlbench: benchmark PWiseR against BCE on multi-task recommenders."""
 
@@ -178,16 +179,20 @@ def preprocess(
     name: str = typer.Argument(..., help="A data set name (prlbench ls datasets)."),
     source: Optional[Path] = typer.Option(None, "--source", help="Raw archive or folder, or a "
                                           "processed CSV folder (default: DATA_DIR/NAME/raw)."),
-    rows: Optional[int] = typer.Option(None, help="synthetic: training impressions."),
-    seed: Optional[int] = typer.Option(None, help="synthetic: generator seed."),
-    click_rate: Optional[float] = typer.Option(None, help="synthetic: P(click)."),
-    conversion_rate: Optional[float] = typer.Option(None, help="synthetic: P(conversion | click)."),
+    # The defaults named are preprocess_synthetic's and csvio.MAX_UNMATCHED (a test checks);
+    # None means "not given", so the library's defaults apply.
+    rows: Optional[int] = typer.Option(None, help="synthetic: training impressions (default "
+                                       "100000)."),
+    seed: Optional[int] = typer.Option(None, help="synthetic: generator seed (default 0)."),
+    click_rate: Optional[float] = typer.Option(None, help="synthetic: P(click) (default 0.05)."),
+    conversion_rate: Optional[float] = typer.Option(None, help="synthetic: P(conversion | click) "
+                                                    "(default 0.1)."),
     noise_rate: Optional[float] = typer.Option(None, help="synthetic: share of clicks that are "
-                                               "noise."),
+                                               "noise (default 0.3)."),
     max_unmatched: Optional[float] = typer.Option(
         None, metavar="SHARE", help="Real data: the share of rows that may be dropped for want of "
-        "their user row (AliExpress) or common features (Ali-CCP); more is an error. "
-        "[default: 0.001]"),
+        "their user row (AliExpress) or common features (Ali-CCP); more is an error (default "
+        "0.001)."),
     data_dir: Path = DataDir,
     quiet: bool = Quiet,
 ) -> None:
@@ -246,8 +251,10 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
-    restart: bool = typer.Option(False, "--restart", help="Discard an interrupted run."),
+    resume: bool = typer.Option(False, "--resume", metavar="",
+                                help="Continue an interrupted run."),
+    restart: bool = typer.Option(False, "--restart", metavar="",
+                                 help="Discard an interrupted run."),
     config: Optional[Path] = ConfigFile,
     data_dir: Path = DataDir,
     out: Path = OutDir,
@@ -377,8 +384,8 @@ def compare(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (auto, "
                                               "ray://host:port); default: a local instance."),
     fmt: str = typer.Option("md,latex,csv", "--format", help="Tables to write: md, latex, csv."),
-    tables_only: bool = typer.Option(False, "--tables-only", help="Train nothing: tables from "
-                                     "the finished runs only."),
+    tables_only: bool = typer.Option(False, "--tables-only", metavar="", help="Train nothing: "
+                                     "tables from the finished runs only."),
     test: str = typer.Option("wilcoxon", help="Paired test over seeds: wilcoxon or ttest."),
     correction: str = typer.Option("holm", help="Multiple-testing correction: holm or bh."),
     config: Optional[Path] = ConfigFile,

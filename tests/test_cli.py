@@ -32,6 +32,25 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in r.output or command == "ls" and "prlbench ls" in r.output
 
 
+def test_preprocess_help_states_the_real_defaults():
+    import inspect
+    import re
+
+    from prlbench.data import csvio
+    from prlbench.data.synthetic import preprocess_synthetic
+
+    text = " ".join(CliRunner().invoke(app, ["preprocess", "--help"], env={"COLUMNS": "250"})
+                    .output.split())
+    defaults = {k: p.default for k, p in inspect.signature(preprocess_synthetic).parameters.items()
+                if k in ("rows", "seed", "click_rate", "conversion_rate", "noise_rate")}
+    defaults["max_unmatched"] = csvio.MAX_UNMATCHED
+    for name, value in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        stated = re.search(rf"│ {flag} [^│]*?\(default ([0-9.]+)\)", text)
+        assert stated and float(stated.group(1)) == value, (flag, value)
+    assert "<bool>" not in text.split("--help")[0]  # flags take no value
+
+
 def test_ls_lists_every_registered_name():
     r = invoke("ls", "datasets")
     for name in ("aliexpress_nl", "aliexpress_es", "aliexpress_fr", "aliexpress_us", "aliccp",

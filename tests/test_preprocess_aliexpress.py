@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -148,6 +149,25 @@ def test_mtreclib_processed_folder_matches_raw(tmp_path, aliexpress_raw, raw_bui
     a, b = read(tmp_path / "a" / "aliexpress_nl"), read(tmp_path / "b" / "aliexpress_nl")
     for split in a:
         pd.testing.assert_frame_equal(a[split], b[split])
+
+
+def test_processed_columns_in_any_order_give_the_same_cache(tmp_path, aliexpress_raw):
+    write_processed(aliexpress_raw, tmp_path / "mtreclib")
+    preprocess_aliexpress(tmp_path / "a", country="nl", source=tmp_path / "mtreclib",
+                          progress=False)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        df = pd.read_csv(tmp_path / "mtreclib" / f"{split}.csv")
+        df[list(rng.permutation(df.columns))].to_csv(shuffled / f"{split}.csv", index=False)
+    manifest = preprocess_aliexpress(tmp_path / "b", country="nl", source=shuffled,
+                                     progress=False)
+    assert manifest["columns"]["categorical"] == CAT and manifest["columns"]["numerical"] == NUM
+    a, b = read(tmp_path / "a" / "aliexpress_nl"), read(tmp_path / "b" / "aliexpress_nl")
+    for split in a:
+        pd.testing.assert_frame_equal(a[split], b[split])
+    assert all(Path(e["path"]).is_absolute() for e in manifest["inputs"])
 
 
 def test_shared_mtreclib_sample(tmp_path, raw_builders):

@@ -434,6 +434,11 @@ def test_write_report_writes_every_table(summary_t, tmp_path):
     assert pd.read_csv(tmp_path / "tables" / "runs.csv").shape[0] == 72
     only_md = write_report(summary_t, tmp_path / "md", formats=("md",))
     assert sorted(p.name for p in only_md) == ["auc.md", "logloss.md"]
+    auc, logloss = (only_md[0], only_md[1]) if only_md[0].name == "auc.md" else only_md[::-1]
+    assert "DeLong" in auc.read_text() and "DeLong" not in logloss.read_text()  # AUC-only test
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in paths)  # not mkstemp's 0600
 
 
 # ------------------------------------------------------------------------------- plots

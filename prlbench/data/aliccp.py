@@ -68,7 +68,7 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
         "sample_skeleton_{train,test}.csv and common_features_{train,test}.csv (extract the "
         "downloaded .tar.gz archives first), or a processed folder with train.csv + test.csv",
         label=_file_name)
-    params = {"source": str(src), "source_format": kind, "variant": variant,
+    params = {"source": str(src.resolve()), "source_format": kind, "variant": variant,
               "checksums_verified": verified,
               "max_unmatched": csvio.unmatched_limit(max_unmatched)}
     out = Path(data_dir) / NAME

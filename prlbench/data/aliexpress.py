@@ -6,8 +6,8 @@ the archive `aliexpress_{C}_datasets.zip`. Processing:
 
 1. inner join of item rows to user rows on `item_1 == user_1` (the search id); items whose search
    has no user row are dropped (counted in the manifest) when they are at most 0.1 % of the
-   split (`--max-unmatched`), else it is an error naming the first such line. A duplicated user id repeats the item
-   row once per user row, as pandas' merge does;
+   split (`--max-unmatched`), else it is an error naming the first such line. A duplicated user
+   id repeats the item row once per user row, as pandas' merge does;
 2. `search_id` = user_1; `categorical_1..16` = user_2..8, user_32, user_33, item_19, item_34,
    item_35, item_36, item_40, item_41, item_42; `numerical_1..63` = user_9..31, then item_2..48
    without the seven categorical ones;
@@ -66,7 +66,7 @@ def preprocess_aliexpress(data_dir: Path, *, country: str, source: Path | None =
             raise
         raise DataError(f"{e}; the source holds files of another country ({others[0]}): check "
                         f"the data set name (prlbench preprocess {name}) or --source") from None
-    params = {"source": str(src), "source_format": kind, "country": country,
+    params = {"source": str(src.resolve()), "source_format": kind, "country": country,
               "checksums_verified": verified,
               "max_unmatched": csvio.unmatched_limit(max_unmatched)}
     out = Path(data_dir) / name
@@ -222,8 +222,10 @@ def _from_raw(out: Path, name: str, entries: dict, params: dict, bar, chunk_rows
 def _processed_schema(entries: dict) -> tuple[Schema, list[str]]:
     with contextlib.ExitStack() as stack:
         _, header, _ = csvio.open_csv_with_header(entries["train"], stack)
-    cats = [c for c in header if re.fullmatch(r"categorical_\d+", c)]
-    nums = [c for c in header if re.fullmatch(r"numerical_\d+", c)]
+    def numbered(prefix: str) -> list[str]:  # canonical order, whatever the header's order
+        names = [c for c in header if re.fullmatch(rf"{prefix}_\d+", c)]
+        return sorted(names, key=lambda c: int(c.rsplit("_", 1)[1]))
+    cats, nums = numbered("categorical"), numbered("numerical")
     schema = Schema(categorical=tuple(cats), numerical=tuple(nums))
     missing = [c for c in ("search_id", "click", "conversion") if c not in header]
     if missing or not cats:

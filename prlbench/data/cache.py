@@ -88,7 +88,8 @@ def check_labels(click: np.ndarray, conversion: np.ndarray, source: str, first_l
     for name, col in (("click", click), ("conversion", conversion)):
         bad = np.flatnonzero((col != 0) & (col != 1))
         if bad.size:
-            raise DataError(f"{source}, line {first_line + bad[0]}: {name} = {col[bad[0]].item()!r}, "
+            raise DataError(f"{source}, line {first_line + bad[0]}: {name} = "
+                            f"{col[bad[0]].item()!r}, "
                             "expected 0 or 1; fix or drop that row and rerun preprocess")
     bad = np.flatnonzero((conversion == 1) & (click == 0))
     if bad.size:

@@ -227,7 +227,7 @@ def input_facts(entries: dict[str, Entry]) -> list[dict]:
     roles: dict[Path, list[str]] = {}
     for role, e in entries.items():
         roles.setdefault(e.disk, []).append(role)
-    return [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p),
+    return [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p),
              "roles": sorted(r)} for p, r in roles.items()]
 
 

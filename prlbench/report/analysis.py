@@ -75,7 +75,8 @@ def _read_run(d: Path) -> dict:
     def need(name: str):
         if not (d / name).exists():
             raise DataError(f"{d / name} is missing: the run folder is incomplete; re-run it "
-                            f"(prlbench train / prlbench evaluate {shlex.quote(str(d))}) or leave it out")
+                            f"(prlbench train / prlbench evaluate {shlex.quote(str(d))}) or "
+                            "leave it out")
         return results.read_json(d / name)
 
     run, cfg = need("run.json"), need("config.json")

@@ -144,7 +144,7 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
                  f"({summary.n_boot:,} resamples of the per-seed differences){relaimpr}"]
     parts.append(_test_text(summary, base, metrics))
     parts.append("Bold: best mean per data set and column.")
-    if not summary.delong.empty:
+    if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
         parts.append("DeLong's test on each seed's test predictions is in cells.csv; it does not "
                      "set the marker, because it ignores training randomness.")
     parts += [_settings_text(summary, arm) for arm in sorted(summary.settings)
