@@ -398,7 +398,7 @@ def compare(
 
     Examples:
       prlbench compare
-      prlbench compare --models mmoe,ple --losses bce,pwiser,ranknet --seeds 6
+      prlbench compare --models mmoe,ple --losses bce,pwiser,ranknet --seeds 8
       prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
       prlbench compare --executor ray --ray-address auto
       prlbench compare --format latex --out results/nl_fr --tables-only
