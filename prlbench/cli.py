@@ -55,11 +55,26 @@ def friendly_errors(fn: Callable) -> Callable:
             code = 130 if type(e).__name__ == "Interrupted" else 1
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
-            _console().print("[yellow]interrupted[/]: rerun the same command to go on "
-                             "(train: add --resume)")
+            _console().print(f"[yellow]interrupted[/]: {_AFTER_INTERRUPT.get(fn.__name__, '')}"
+                             .rstrip(": "), soft_wrap=True)
             raise typer.Exit(130) from None
+        except OSError as e:  # disk full, a path that is a file, no permission...
+            where = f": {e.filename}" if e.filename else ""
+            _console().print(f"[bold red]error:[/] {_esc(e.strerror or e)}{_esc(where)}; free "
+                             "space, fix the path or its permissions, and rerun the same "
+                             "command", soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+_AFTER_INTERRUPT = {
+    "download": "rerun the same command to resume the download from where it stopped",
+    "preprocess": "nothing was written; rerun the same command to start again",
+    "train": "rerun the same command with --resume to go on from the last checkpoint",
+    "evaluate": "nothing was written; rerun the same command",
+    "compare": "finished runs are kept; rerun the same command to go on",
+}
 
 
 @contextlib.contextmanager

@@ -104,3 +104,14 @@ def test_preprocess_and_train_synthetic_from_the_command_line(tmp_path: Path):
     run = next((tmp_path / "r" / "runs").iterdir())
     r = invoke("evaluate", str(run), "--data-dir", d)
     assert r.exit_code == 0 and "ctcvr_auc" in r.output
+
+
+def test_os_errors_are_one_line_not_a_traceback(tmp_path):
+    """A --data-dir that is a file (or a full disk) is named in one line, exit 1."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = runner.invoke(app, ["preprocess", "synthetic", "--rows", "1000", "-q",
+                            "--data-dir", str(blocker)])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and str(blocker) in r.output
+    assert r.output.startswith("error:") and "rerun the same command" in r.output

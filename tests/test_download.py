@@ -355,7 +355,8 @@ def _check_aliexpress_raw(raw: Path, inner: dict[str, bytes]) -> None:
         with zipfile.ZipFile(raw / name) as zf:
             assert zf.namelist() == [name.replace(".zip", ".csv")]
     rec = _records(raw)
-    assert {rec[n]["source"] for n in inner} == {f"extracted from {OUTER}"}
+    sha = rec[OUTER]["sha256"]
+    assert {rec[n]["source"] for n in inner} == {f"extracted from {OUTER} (sha256 {sha})"}
     dl.verify_raw(raw)
 
 
@@ -366,6 +367,31 @@ def test_aliexpress_nested_import(aliexpress_archive, tmp_path):
     before = {n: (raw / n).stat().st_mtime_ns for n in inner}
     assert dl.download(NAME, tmp_path / "data", progress=False) == raw  # no re-extraction
     assert {n: (raw / n).stat().st_mtime_ns for n in inner} == before
+
+
+def test_replaced_archive_is_extracted_again(aliexpress_archive, tmp_path):
+    """Deleting an archive and its record, then importing another of that name, extracts the
+    new one: files only the old one held go, files both hold take the new contents."""
+    outer, inner = aliexpress_archive
+    raw = dl.download(NAME, tmp_path / "data", from_path=outer, progress=False)
+    (raw / OUTER).unlink()
+    rec = _records(raw)
+    del rec[OUTER]
+    (raw / dl.CHECKSUMS).write_text(json.dumps(rec))
+    names = sorted(inner)
+    new = {n: inner[n] for n in names[1:]}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(names[1].replace(".zip", ".csv"), "changed\n")
+    new[names[1]] = buf.getvalue()
+    other = tmp_path / "other"
+    other.mkdir()
+    dl.download(NAME, tmp_path / "data", from_path=_zip(other / OUTER, new), progress=False)
+    assert not (raw / names[0]).exists()
+    for n, data in new.items():
+        assert (raw / n).read_bytes() == data
+    assert names[0] not in _records(raw)
+    dl.verify_raw(raw)
 
 
 def test_aliexpress_nested_download(server, aliexpress_archive, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from prlbench.data import aliexpress
 from prlbench.data.cache import open_cache
-from prlbench.errors import CacheError, DataError, DownloadError
+from prlbench.errors import CacheError, ConfigError, DataError, DownloadError
 
 U_CAT = [2, 3, 4, 5, 6, 7, 8, 32, 33]
 I_CAT = [19, 34, 35, 36, 40, 41, 42]
@@ -321,3 +321,41 @@ def test_empty_test_split_is_an_error(tmp_path, aliexpress_raw, raw_builders):
     with pytest.raises(DataError, match="the test split is empty"):
         preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False)
     assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_source_inside_the_cache_folder_is_refused(tmp_path, aliexpress_raw, raw_builders):
+    """The cache folder is replaced as a whole; a source inside it (raw/ aside) would be lost."""
+    from prlbench.data.preprocess import preprocess
+    src = raw_builders.write_aliexpress(aliexpress_raw, tmp_path / "d" / "aliexpress_nl" / "mine",
+                                        "csv")
+    before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(ConfigError, match=r"inside the cache folder .*move the files out"):
+        preprocess("aliexpress_nl", tmp_path / "d", source=src, progress=False)
+    assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_failed_swap_puts_the_old_cache_and_raw_back(tmp_path, aliexpress_raw, raw_builders,
+                                                     monkeypatch):
+    from prlbench.data import cache as cache_mod
+    raw_dir = tmp_path / "d" / "aliexpress_nl" / "raw"
+    raw_builders.write_aliexpress(aliexpress_raw, raw_dir, "inner")
+    preprocess_aliexpress(tmp_path / "d", country="nl", progress=False)
+    cache = tmp_path / "d" / "aliexpress_nl"
+    before = {p.relative_to(cache).as_posix(): p.read_bytes() for p in cache.rglob("*")
+              if p.is_file()}
+    real, calls = cache_mod.os.replace, []
+
+    def failing(src, dst):
+        if Path(dst) == cache and not calls:  # the rename of the new cache into place
+            calls.append(src)
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(cache_mod.os, "replace", failing)
+    with pytest.raises(OSError, match="No space"):
+        preprocess_aliexpress(tmp_path / "d", country="nl", progress=False)
+    monkeypatch.undo()
+    after = {p.relative_to(cache).as_posix(): p.read_bytes() for p in cache.rglob("*")
+             if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["aliexpress_nl"]

@@ -351,18 +351,29 @@ def sweep_stale(target: Path) -> list[Path]:
 def _swap_into_place(new: Path, target: Path) -> None:
     """Replace `target` by the folder `new`; the old cache is removed only after the swap.
 
-    Raw downloads kept in `target/raw` are moved over, so preprocessing never loses them.
+    Raw downloads kept in `target/raw` are moved over, so preprocessing never loses them; if
+    any step fails, the old cache (raw/ included) is put back as it was.
     """
-    if target.exists():
-        raw = target / "raw"
-        if raw.exists():
-            os.replace(raw, new / "raw")
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
+    if not target.exists():
         os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    if not target.is_dir():
+        raise CacheError(f"{target} is a file, not a cache folder; move it away and rerun")
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+    os.replace(target, old)  # onto the empty folder: one atomic rename
+    raw_moved = False
+    try:
+        if (old / "raw").exists():
+            os.replace(old / "raw", new / "raw")
+            raw_moved = True
         os.replace(new, target)
+    except BaseException:
+        if raw_moved and (new / "raw").exists():
+            os.replace(new / "raw", old / "raw")
+        if not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def manifest_hash(cache_dir: Path) -> str:

@@ -381,18 +381,27 @@ def _is_archive(path: Path) -> bool:
 
 def _extract_recorded(archive: Path, raw: Path, progress: bool) -> None:
     """Extract `archive` into raw/ once, checking and recording every extracted file."""
-    source = f"extracted from {archive.name}"
     records = _load_records(raw)
+    entry = records.get(archive.relative_to(raw).as_posix())
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    source = f"extracted from {archive.name}" + (f" (sha256 {digest})" if digest else "")
     mine = [rel for rel, entry in records.items()
             if isinstance(entry, dict) and entry.get("source") == source]
     if mine and all((raw / rel).is_file() for rel in mine):
         return  # done on an earlier run (verify_raw checks the contents)
+    # files extracted from an earlier archive of this name are replaced, not compared
+    older = [rel for rel, entry in records.items() if isinstance(entry, dict)
+             and str(entry.get("source", "")).startswith(f"extracted from {archive.name}")]
+    for rel in older:
+        records.pop(rel)
     for stale in raw.glob(".extract-*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
     with _staged_extract(archive, raw, MAX_EXTRACT_BYTES, progress) as (stage, facts):
         for rel, (digest, _) in facts.items():
             _check(raw, rel, digest, None, records.get(rel))
         _move_into_place(stage, raw, list(facts))
+    for rel in set(older) - set(facts):  # what only the earlier archive held
+        (raw / rel).unlink(missing_ok=True)
     for rel, (digest, size) in facts.items():
         records[rel] = {"sha256": digest, "bytes": size, "source": source}
     _save_records(raw, records)

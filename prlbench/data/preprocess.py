@@ -28,7 +28,18 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
             raise ConfigError(f"{flag} applies only to the synthetic data set, not to {name}")
         if source is not None:
             given["source"] = Path(source).expanduser()
+            _check_source_outside_cache(given["source"], Path(data_dir) / name)
     return spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **given)
+
+
+def _check_source_outside_cache(source: Path, cache: Path) -> None:
+    """The cache folder is replaced as a whole (only raw/ is carried over), so a source
+    elsewhere inside it would be deleted by the very preprocess that reads it."""
+    src, cache = source.resolve(), cache.resolve()
+    if src.is_relative_to(cache) and not src.is_relative_to(cache / "raw"):
+        raise ConfigError(f"--source {source} is inside the cache folder {cache}, which "
+                          "preprocess replaces as a whole (only its raw/ folder is kept); "
+                          f"move the files out of it, or into {cache / 'raw'}, and rerun")
 
 
 def ensure_synthetic(data_dir: Path, *, progress: bool = True) -> None:
