@@ -328,7 +328,9 @@ def _print_metrics(run_dir: Path) -> None:
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder, e.g. results/runs/<run-id>."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
-    data_dir: Path = DataDir,
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", envvar="PRLBENCH_DATA_DIR",
+        help="The Parquet cache; default: the one the run was trained on (its run.json)."),
 ) -> None:
     """Evaluate a run's best checkpoint on the test split: metrics and per-example predictions.
 

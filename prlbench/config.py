@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -187,20 +188,24 @@ def validate(cfg: RunConfig) -> None:
     from prlbench.registry import UnknownNameError
 
     t = cfg.train
+    finite = {k: math.isfinite(getattr(t, k)) for k in ("lr", "weight_decay", "checkpoint_every_s")}
     checks = [
-        (t.epochs >= 1, f"--epochs must be >= 1, got {t.epochs}"),
-        (t.batch_size >= 2, f"--batch-size must be >= 2, got {t.batch_size}"),
-        (t.lr > 0, f"--lr must be > 0, got {t.lr}"),
-        (t.weight_decay >= 0, f"--weight-decay must be >= 0, got {t.weight_decay}"),
-        (t.patience >= 1, f"--patience must be >= 1, got {t.patience}"),
-        (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, "
-                                    f"got {t.precision!r}"),
-        (t.threads is None or t.threads >= 1, f"--threads must be >= 1, got {t.threads}"),
+        (t.seed >= 0, f"{_key('seed')} must be >= 0, got {t.seed}"),
+        (t.epochs >= 1, f"{_key('epochs')} must be >= 1, got {t.epochs}"),
+        (t.batch_size >= 2, f"{_key('batch_size')} must be >= 2, got {t.batch_size}"),
+        (t.lr > 0 and finite["lr"], f"{_key('lr')} must be a finite number > 0, got {t.lr}"),
+        (t.weight_decay >= 0 and finite["weight_decay"],
+         f"{_key('weight_decay')} must be a finite number >= 0, got {t.weight_decay}"),
+        (t.patience >= 1, f"{_key('patience')} must be >= 1, got {t.patience}"),
+        (t.precision in PRECISIONS, f"{_key('precision')} must be one of "
+                                    f"{', '.join(PRECISIONS)}, got {t.precision!r}"),
+        (t.threads is None or t.threads >= 1, f"{_key('threads')} must be >= 1, got {t.threads}"),
         (re.fullmatch(r"cpu|cuda(:\d+)?", t.device) is not None,
-         f"--device must be cpu, cuda or cuda:N (N: the GPU's number), got {t.device!r}"),
-        (t.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {t.eval_batch_size}"),
-        (t.checkpoint_every_s > 0, f"checkpoint_every_s must be > 0, got "
-                                   f"{t.checkpoint_every_s}"),
+         f"{_key('device')} must be cpu, cuda or cuda:N (N: the GPU's number), got {t.device!r}"),
+        (t.eval_batch_size >= 1, f"{_key('eval_batch_size')} must be >= 1, got "
+                                 f"{t.eval_batch_size}"),
+        (t.checkpoint_every_s > 0 and finite["checkpoint_every_s"],
+         f"{_key('checkpoint_every_s')} must be a finite number > 0, got {t.checkpoint_every_s}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -210,6 +215,18 @@ def validate(cfg: RunConfig) -> None:
     except UnknownNameError as e:
         raise ConfigError(str(e)) from e
     _validate_model_and_loss(cfg)
+
+
+# train settings that `prlbench train` also takes as a flag
+_TRAIN_FLAGS = ("seed", "epochs", "batch_size", "lr", "patience", "device", "precision",
+                "threads")
+
+
+def _key(name: str) -> str:
+    """A setting as the config file names it, with its flag where it has one:
+    train.lr (--lr), train.weight_decay."""
+    flag = f" (--{name.replace('_', '-')})" if name in _TRAIN_FLAGS else ""
+    return f"train.{name}{flag}"
 
 
 def _validate_model_and_loss(cfg: RunConfig) -> None:

@@ -78,7 +78,7 @@ def test_download_without_url_says_where_to_get_the_files(tmp_path: Path):
 @pytest.mark.parametrize("args, fragment", [
     (["--model", "transformer"], "valid models"),
     (["--loss", "focal"], "valid losses"),
-    (["--loss", "pwiser", "--lambda", "-0.5"], "--lambda must be a finite number >= 0"),
+    (["--loss", "pwiser", "--lambda", "-0.5"], "(--lambda) must be a finite number >= 0"),
     (["--dataset", "aliexpress_nl"], "prlbench preprocess aliexpress_nl"),
 ])
 def test_train_rejects_bad_flags_with_the_fix(tmp_path: Path, args, fragment):

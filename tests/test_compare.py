@@ -487,7 +487,7 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
     (["--datasets", "aliexpress_nl"], ["not preprocessed", "prlbench preprocess aliexpress_nl"]),
     (["--losses", "pwiser"], ["--losses must include bce"]),
     (["--lambda", "0.1,big"], ["--lambda: expected a number"]),
-    (["--lambda", "0.5,-1"], ["--lambda must be a finite number >= 0"]),
+    (["--lambda", "0.5,-1"], ["(--lambda) must be a finite number >= 0"]),
     (["--seeds", "0"], ["--seeds: need at least one seed"]),
     (["--executor", "dask"], ["--executor must be local or ray"]),
     (["--format", "html"], ["unknown format 'html'", "md, latex, csv"]),

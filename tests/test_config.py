@@ -1,5 +1,6 @@
 """Configuration: defaults < YAML < flags, validation messages, run ids."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,11 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "--lambda must be a finite number >= 0"),
+    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "loss.params.lam (--lambda) must be a finite number >= 0"),
     ({"loss": {"name": "bce", "params": {"lam": 1.0}}}, "has no parameter 'lam'"),
-    ({"loss": {"name": "pwiser", "params": {"lam": "abc"}}}, "--lambda must be a finite number"),
-    ({"loss": {"name": "pwiser", "params": {"m1": [1]}}}, "--m1 must be a finite number"),
-    ({"loss": {"name": "pwiser", "params": {"phi": "cube"}}}, "--phi must be one of"),
+    ({"loss": {"name": "pwiser", "params": {"lam": "abc"}}}, "loss.params.lam (--lambda) must be a finite number"),
+    ({"loss": {"name": "pwiser", "params": {"m1": [1]}}}, "loss.params.m1 (--m1) must be a finite number"),
+    ({"loss": {"name": "pwiser", "params": {"phi": "cube"}}}, "loss.params.phi (--phi) must be one of"),
     ({"model": {"overrides": {"bogus": 1}}}, "has no option 'bogus'; valid options: embed_dim"),
     ({"model": {"name": "ple", "overrides": {"num_experts": 4}}}, "has no option 'num_experts'"),
     ({"model": {"overrides": {"num_experts": 0}}}, "num_experts=0: expected a positive integer"),
@@ -40,11 +41,17 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
     ({"data": {"dataset": "movielens"}}, "aliexpress_nl"),
     ({"train": {"epochs": 0}}, "--epochs"),
     ({"train": {"precision": "fp8"}}, "--precision"),
-    ({"train": {"device": "gpu"}}, "--device must be cpu, cuda or cuda:N"),
-    ({"train": {"device": "cuda:x"}}, "--device must be cpu, cuda or cuda:N"),
+    ({"train": {"device": "gpu"}}, "train.device (--device) must be cpu, cuda or cuda:N"),
+    ({"train": {"device": "cuda:x"}}, "--device) must be cpu, cuda or cuda:N"),
+    ({"train": {"lr": float("inf")}}, "train.lr (--lr) must be a finite number > 0, got inf"),
+    ({"train": {"lr": float("nan")}}, "train.lr (--lr) must be a finite number > 0, got nan"),
+    ({"train": {"weight_decay": float("inf")}},
+     "train.weight_decay must be a finite number >= 0, got inf"),
+    ({"train": {"checkpoint_every_s": float("inf")}}, "train.checkpoint_every_s must be a finite"),
+    ({"train": {"seed": -1}}, "train.seed (--seed) must be >= 0, got -1"),
 ])
 def test_bad_values_name_the_option(flags, fragment):
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         resolve(None, flags)
 
 

@@ -114,6 +114,10 @@ def test_evaluate_reproduces_the_test_metrics(data_dir, tmp_path):
     before = _metrics(run)
     evaluate_run(run, data_dir)
     assert _metrics(run) == before
+    (run / "metrics.json").unlink()
+    evaluate_run(run)  # no data dir given: the one run.json records, wherever we are
+    assert _metrics(run) == before
+    assert results.read_json(run / "run.json")["data_dir"] == str(data_dir.resolve())
 
 
 def test_a_device_that_is_not_here_fails_before_any_folder(data_dir, tmp_path):

@@ -109,8 +109,10 @@ def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *
     return metrics, pa.table(columns)
 
 
-def evaluate_run(run_dir: Path, data_dir: Path, *, device: str | None = None) -> dict:
-    """Re-evaluate a finished run's best checkpoint on the test split."""
+def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
+                 device: str | None = None) -> dict:
+    """Re-evaluate a finished run's best checkpoint on the test split (`data_dir` None: the
+    cache the run was trained on, as its run.json records it; else ./datasets)."""
     from prlbench import results
     from prlbench.engine.train import RunContext
 
@@ -121,5 +123,9 @@ def evaluate_run(run_dir: Path, data_dir: Path, *, device: str | None = None) ->
                           "the test set into the choice. Finish it first (rerun the train command "
                           "with --resume, or rerun the compare); it then moves to "
                           f"{run_dir.with_name(run_dir.name[:-len(results.PARTIAL)])}")
+    if data_dir is None:
+        record = run_dir / "run.json"
+        recorded = results.read_json(record).get("data_dir") if record.exists() else None
+        data_dir = Path(recorded) if recorded else Path("datasets")
     ctx = RunContext.open(Path(run_dir), Path(data_dir), device=device)
     return ctx.evaluate_and_write()

@@ -299,7 +299,7 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
     results.write_json(part / "config.json", cfg.to_dict())
     ctx.write_record("running", run_id=rid, manifest_sha256=msha, versions=versions(),
-                     data_dir=str(data_dir), pid=os.getpid(), argv=sys.argv)
+                     data_dir=str(Path(data_dir).resolve()), pid=os.getpid(), argv=sys.argv)
     try:
         state = ctx.fit(resume=resume, progress=progress)
         t0 = time.perf_counter()

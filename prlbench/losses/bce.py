@@ -84,25 +84,30 @@ def resolve_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, spec in specs.items():
         value = given.get(key)
-        out[key] = spec.default if value is None else _check_value(name, spec, value)
+        out[key] = spec.default if value is None else _check_value(name, key, spec, value)
     return out
 
 
-def _check_value(name: str, spec: Param, value: Any) -> Any:
+def _check_value(name: str, key: str, spec: Param, value: Any) -> Any:
     if spec.choices:
         if value not in spec.choices:
             raise ConfigError(
-                f"loss {name!r}: {spec.flag} must be one of {', '.join(spec.choices)};"
+                f"loss {name!r}: {_named(key, spec)} must be one of {', '.join(spec.choices)};"
                 f" got {value!r}"
             )
         return value
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value < 0:
         raise ConfigError(
-            f"loss {name!r}: {spec.flag} must be a finite number >= 0; got {value!r}"
+            f"loss {name!r}: {_named(key, spec)} must be a finite number >= 0; got {value!r}"
             f" (the default is {spec.default})"
         )
     return float(value)
+
+
+def _named(key: str, spec: Param) -> str:
+    """A parameter as the config file and the command line name it: loss.params.lam (--lambda)."""
+    return f"loss.params.{key} ({spec.flag})"
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
