@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prlbench import results
+from prlbench.errors import ConfigError
 from prlbench.runner import Grid, Outcome, run_grid
 
 
@@ -77,8 +78,12 @@ def compare(grid: Grid, *, executor, data_dir: Path, out: Path, formats: tuple[s
         outcomes = run_grid(grid, executor=executor, data_dir=data_dir, out=out, train=train,
                             on_event=live)
     res = CompareResult(outcomes)
-    _write_record(grid, res, out, time.perf_counter() - t0)
     done = [o.run_dir for o in outcomes if o.run_dir is not None]
+    if not train and not done:
+        raise ConfigError(f"--tables-only: none of the {len(outcomes)} runs of this grid has "
+                          f"finished under {out}; run the same command without --tables-only "
+                          "to train them (or pass the --out of an earlier compare)")
+    _write_record(grid, res, out, time.perf_counter() - t0)
     if done:
         _report(res, done, out, formats, stats_options or {})
     return res

@@ -479,3 +479,25 @@ def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):
     for fig in (plots.forest_figure(s), plots.validation_figure(runs)):
         assert plots.overlapping_texts(fig) == []
         plots._plt().close(fig)
+
+
+def test_relaimpr_is_left_out_for_a_baseline_at_or_below_random():
+    """A baseline AUC <= 0.5 has no lift to compare against: RelaImpr would flip sign."""
+    rows = []
+    for loss, auc in (("bce", 0.45), ("pwiser", 0.55)):
+        for seed in SEEDS:
+            row = {"dataset": "synthetic", "model": "mmoe", "loss": loss, "arm": loss,
+                   "params": json.dumps(PARAMS[loss], sort_keys=True), "seed": seed,
+                   "run_id": f"{loss}-s{seed}", "run_dir": ""}
+            for j, task in enumerate(("ctr", "ctcvr", "cvr")):
+                row[f"{task}_auc"] = auc + 0.1 * j + 1e-4 * seed * (loss == "pwiser")
+                row[f"{task}_logloss"] = 0.4
+            rows.append(row)
+    s = analysis.summarise(pd.DataFrame(rows), test="ttest", n_boot=200, delong=False)
+    c = s.cells[(s.cells["arm"] == "pwiser") & s.cells["metric"].str.endswith("auc")]
+    ctr = c[c["metric"] == "ctr_auc"].iloc[0]
+    assert np.isnan(ctr["relaimpr"])  # base 0.45
+    assert (c[c["metric"] != "ctr_auc"]["relaimpr"] > 0).all()  # bases 0.55, 0.65
+    md = to_markdown(build_table(s))
+    assert "RelaImpr is left out where BCE's AUC is 0.5 or below" in md
+    assert "left out" not in to_markdown(build_table(small_summary()))

@@ -274,3 +274,5 @@ def test_relaimpr():
     assert relaimpr(0.75, 0.7) == pytest.approx(25.0)
     assert relaimpr(0.65, 0.7) == pytest.approx(-25.0)
     assert np.isnan(relaimpr(0.7, 0.5))
+    assert np.isnan(relaimpr(0.6, 0.45))  # a base below random: the ratio's sign is meaningless
+    assert np.isnan(relaimpr(float("nan"), 0.7))

@@ -143,6 +143,11 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
                  f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
                  f"({summary.n_boot:,} resamples of the per-seed differences){relaimpr}"]
     parts.append(_test_text(summary, base, metrics))
+    if kind == "auc":
+        c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
+        if (c["base_mean_paired"] <= 0.5).any():
+            parts.append(f"RelaImpr is left out where {base}'s AUC is 0.5 or below (no lift over "
+                         "random to compare against).")
     parts.append("Bold: best mean per data set and column.")
     if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
         parts.append("DeLong's test on each seed's test predictions is in cells.csv; it does not "

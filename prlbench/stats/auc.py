@@ -109,9 +109,10 @@ def relaimpr(auc_value: float, auc_base: float) -> float:
     """RelaImpr in percent: ((AUC - 0.5) / (AUC_base - 0.5) - 1) * 100 (Yan et al., 2014).
 
     Measures the gain over the base model's lift above random guessing. ``nan`` when the base
-    AUC is 0.5 (no lift to compare against) or either input is nan.
+    AUC is 0.5 or below (no lift to compare against: the ratio would be meaningless or have the
+    wrong sign) or either input is nan.
     """
     a, b = float(auc_value), float(auc_base)
-    if b == 0.5 or np.isnan(a) or np.isnan(b):
+    if not b > 0.5 or np.isnan(a):
         return float("nan")
     return ((a - 0.5) / (b - 0.5) - 1.0) * 100.0
