@@ -571,3 +571,20 @@ def test_printed_commands_quote_paths_for_the_shell(tmp_path):
     text = dl.manual_instructions(DATASETS.get(NAME), tmp_path / "my data")
     line = next(x for x in text.splitlines() if "prlbench preprocess" in x)
     assert shlex.split(line)[-2:] == ["--data-dir", str(tmp_path / "my data")]
+
+
+def test_folder_of_aliccp_archives_is_unpacked(tmp_path):
+    """Tianchi serves Ali-CCP as .tar.gz files of CSVs: a folder of them is unpacked on import."""
+    spec = DATASETS.get("aliccp")
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    for split in ("train", "test"):
+        names = [f for f in spec.raw_files if f.endswith(f"_{split}.csv")]
+        _tar(folder / f"sample_{split}.tar.gz",
+             [(tarfile.TarInfo(n), f"{n},1\n".encode()) for n in names])
+    raw = dl.download("aliccp", tmp_path / "data", from_path=folder, progress=False)
+    for name in spec.raw_files:
+        assert (raw / name).read_text() == f"{name},1\n"
+    rec = _records(raw)
+    assert rec["sample_skeleton_train.csv"]["source"].startswith("extracted from sample_train")
+    dl.verify_raw(raw)

@@ -159,7 +159,12 @@ def test_errors_name_the_problem(synth, tmp_path):
 
 @pytest.mark.parametrize("convert, values, shown", [
     ("int_values", np.array([1.0, 2.5]), "line 2, column c: 2.5 is not an integer id; fix"),
-    ("int_values", np.array(["1", "x"], object), "line 2, column c: 'x' is not a number; fix"),
+    ("int_values", np.array(["1", "x"], object), "line 2, column c: 'x' is not a number; expec"),
+    ("int_values", np.array(["1", "99999999999999999999999"], object),
+     "line 2, column c: 99999999999999999999999 is beyond the 64-bit integer range"),
+    ("int_values", np.array(["1", "9.9e30"], object), "line 2, column c: 9.9e30 is beyond the 64-bit integer range"),
+    ("int_values", np.array([1, 2 ** 63], np.uint64),
+     "line 2, column c: 9223372036854775808 is beyond the 64-bit integer range"),
     ("float_values", np.array([0.5, np.inf]), "line 2, column c: inf is not a finite number"),
 ])
 def test_bad_values_are_shown_as_written_not_as_numpy_reprs(convert, values, shown):

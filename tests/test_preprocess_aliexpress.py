@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,13 @@ def _damage_label(raw):
     return "nl_item_test.csv, line 2", "label 3"
 
 
-@pytest.mark.parametrize("damage", [_damage_item_columns, _damage_user_value, _damage_label])
+def _damage_label_fraction(raw):
+    raw.items["train"][2][48] = "1.5"
+    return "nl_item_train.csv, line 3", "(item_49): 1.5 is not a label (0, 1 or 2)"
+
+
+@pytest.mark.parametrize("damage", [_damage_item_columns, _damage_user_value, _damage_label,
+                                    _damage_label_fraction])
 def test_bad_raw_rows_name_file_and_line(tmp_path, aliexpress_raw, raw_builders, damage):
     where, what = damage(aliexpress_raw)
     src = raw_builders.write_aliexpress(aliexpress_raw, tmp_path / "src", "outer")
@@ -253,14 +260,18 @@ def test_missing_file_and_wrong_country(tmp_path, aliexpress_raw, raw_builders):
     assert not (tmp_path / "d").exists() or list((tmp_path / "d").iterdir()) == []
 
 
-def test_processed_conversion_without_click(tmp_path, aliexpress_raw):
+@pytest.mark.parametrize("labels, message", [
+    (["0", "1"], r"train\.csv, line 6: conversion 1 with click 0"),
+    (["1.5", "0"], r"train\.csv, line 6, column click: 1\.5 is not a label \(0 or 1\)"),
+])
+def test_processed_bad_labels(tmp_path, aliexpress_raw, labels, message):
     write_processed(aliexpress_raw, tmp_path / "m")
     lines = (tmp_path / "m" / "train.csv").read_text().splitlines()
     fields = lines[5].split(",")
-    fields[-2:] = ["0", "1"]
+    fields[-2:] = labels
     lines[5] = ",".join(fields)
     (tmp_path / "m" / "train.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"train\.csv, line 6: conversion 1 with click 0"):
+    with pytest.raises(DataError, match=message):
         preprocess_aliexpress(tmp_path / "d", country="nl", source=tmp_path / "m",
                               progress=False)
     assert list((tmp_path / "d").iterdir()) == []
@@ -359,3 +370,21 @@ def test_failed_swap_puts_the_old_cache_and_raw_back(tmp_path, aliexpress_raw, r
              if p.is_file()}
     assert after == before
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["aliexpress_nl"]
+
+
+@pytest.mark.parametrize("drop, message", [
+    (["numerical_5"], "line 1: missing column numerical_5; expected MTReclib's header"),
+    ([f"numerical_{i}" for i in range(1, 8)], "missing columns numerical_1, numerical_2, "
+                                              "numerical_3, numerical_4, numerical_5 and 2 more"),
+    (["categorical_16"], "missing column categorical_16"),
+])
+def test_processed_csv_missing_a_feature_column_is_refused(tmp_path, aliexpress_raw, drop,
+                                                          message):
+    write_processed(aliexpress_raw, tmp_path / "m")
+    for split in ("train", "test"):
+        path = tmp_path / "m" / f"{split}.csv"
+        pd.read_csv(path).drop(columns=drop).to_csv(path, index=False)
+    with pytest.raises(DataError, match=re.escape(message)):
+        preprocess_aliexpress(tmp_path / "d", country="nl", source=tmp_path / "m",
+                              progress=False)
+    assert not (tmp_path / "d").exists() or list((tmp_path / "d").iterdir()) == []

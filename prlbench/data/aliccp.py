@@ -66,7 +66,8 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
     kind, entries = csvio.find_inputs(
         src, _classify, {"raw": (RAW_ROLES, ()), "processed": (("train", "test"), ("val",))},
         "sample_skeleton_{train,test}.csv and common_features_{train,test}.csv (extract the "
-        "downloaded .tar.gz archives first), or a processed folder with train.csv + test.csv",
+        "downloaded .tar.gz archives, or import them with: prlbench download aliccp --from FOLDER), "
+        "or a processed folder with train.csv + test.csv",
         label=_file_name)
     params = {"source": str(src.resolve()), "source_format": kind, "variant": variant,
               "checksums_verified": verified,
@@ -316,8 +317,8 @@ def _processed_chunk(entry, chunk, frame, pos, schema, source, conv, row0) -> tu
     """Schema columns of one chunk (purchase-without-click rows dropped), and rows dropped."""
     def w(c):
         return csvio.where_fn(entry.display, chunk, c)
-    click = csvio.int_values(frame[pos["click"]], w("click"))
-    purchase = csvio.int_values(frame[pos[conv]], w(conv))
+    click = csvio.int_values(frame[pos["click"]], w("click"), "a label (0 or 1)")
+    purchase = csvio.int_values(frame[pos[conv]], w(conv), "a label (0 or 1)")
     csvio.check_binary(click, w("click"), "click")
     csvio.check_binary(purchase, w(conv), conv)
     cols = {"click": click, "conversion": purchase}

@@ -168,7 +168,8 @@ def _item_chunk_columns(entry, chunk, frame, users: _Users) -> tuple[dict, int, 
     def w(c):
         return _where(entry, chunk, "item", c)
     sid = csvio.int_values(frame[0], w(1))
-    click, conversion = _labels(csvio.int_values(frame[LABEL - 1], w(LABEL)), w(LABEL))
+    label = csvio.int_values(frame[LABEL - 1], w(LABEL), "a label (0, 1 or 2)")
+    click, conversion = _labels(label, w(LABEL))
     icat = [csvio.int_values(frame[c - 1], w(c)) for c in ITEM_CAT]
     inum = [csvio.float_values(frame[c - 1], w(c)) for c in ITEM_NUM]
     items, urows = users.match(sid)
@@ -227,11 +228,16 @@ def _processed_schema(entries: dict) -> tuple[Schema, list[str]]:
         return sorted(names, key=lambda c: int(c.rsplit("_", 1)[1]))
     cats, nums = numbered("categorical"), numbered("numerical")
     schema = Schema(categorical=tuple(cats), numerical=tuple(nums))
-    missing = [c for c in ("search_id", "click", "conversion") if c not in header]
-    if missing or not cats:
-        raise DataError(f"{entries['train'].display}, line 1: missing columns "
-                        f"{missing or ['categorical_1..']}; expected MTReclib's header "
-                        "search_id, categorical_1..16, numerical_1..63, click, conversion")
+    expected = aliexpress_schema()
+    missing = [c for c in expected.columns() if c not in header]
+    extra = [c for c in cats + nums if c not in expected.columns()]
+    if missing or extra:
+        what = (f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") if missing
+                else f"unexpected column {extra[0]}")
+        raise DataError(f"{entries['train'].display}, line 1: {what}; expected MTReclib's header "
+                        "search_id, categorical_1..16, numerical_1..63, click, conversion "
+                        "(any order)")
     return schema, [c for c in header if c not in schema.columns()]
 
 
@@ -245,8 +251,11 @@ def _processed_split(cb: CacheBuilder, split: str, entry: csvio.Entry, schema: S
             cols = {}
             for c in schema.columns():
                 w = csvio.where_fn(entry.display, chunk, c)
-                conv = csvio.float_values if c in schema.numerical else csvio.int_values
-                cols[c] = conv(frame[pos[c]], w)
+                if c in schema.numerical:
+                    cols[c] = csvio.float_values(frame[pos[c]], w)
+                else:
+                    cols[c] = csvio.int_values(frame[pos[c]], w, "a label (0 or 1)" if c in (
+                        schema.click, schema.conversion) else "an integer id")
             for c in ("click", "conversion"):
                 csvio.check_binary(cols[c], csvio.where_fn(entry.display, chunk, c), c)
             bad = np.flatnonzero((cols["conversion"] == 1) & (cols["click"] == 0))

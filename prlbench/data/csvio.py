@@ -406,32 +406,46 @@ def where_fn(display: str, chunk: LineChunk, column: str) -> Where:
     return lambda i: f"{display}, line {chunk.lines[i]}, column {column}"
 
 
-def int_values(values: pd.Series | np.ndarray, where: Where) -> np.ndarray:
-    """int64 values; integral floats ("3.0") are accepted, anything else names its line."""
+INT64_MAX = 2 ** 63 - 1
+
+
+def int_values(values: pd.Series | np.ndarray, where: Where, what: str = "an integer id"
+               ) -> np.ndarray:
+    """int64 values; integral floats ("3.0") are accepted, anything else (a fraction, a value
+    beyond int64) names its line; `what` says what was expected ("a label", "an integer id")."""
     v = np.asarray(values)
+    if v.dtype.kind == "u" and v.size and v.max() > INT64_MAX:
+        i = int(np.argmax(v > INT64_MAX))
+        raise DataError(f"{where(i)}: {v[i].item()} is beyond the 64-bit integer range; expected "
+                        f"{what}; fix or drop that row")
     if v.dtype.kind in "iu":
         return v.astype(np.int64)
     if v.dtype.kind == "f":
         ok = np.isfinite(v) & (v == np.floor(v)) & (np.abs(v) < 2.0 ** 63)
         if not ok.all():
             i = int(np.flatnonzero(~ok)[0])
-            raise DataError(f"{where(i)}: {v[i].item()} is not an integer id; fix or drop that "
-                            "row")
+            raise DataError(f"{where(i)}: {v[i].item()} is not {what}; fix or drop that row")
         return v.astype(np.int64)
-    return np.array([_one_int(x, where, i) for i, x in enumerate(v)], np.int64)
+    return np.array([_one_int(x, where, i, what) for i, x in enumerate(v)], np.int64)
 
 
-def _one_int(x, where: Where, i: int) -> int:
+def _one_int(x, where: Where, i: int, what: str) -> int:
     s = str(x).strip()
     if re.fullmatch(r"[+-]?\d+", s):
-        return int(s)
-    try:
-        f = float(s)
-    except ValueError:
-        raise DataError(f"{where(i)}: {s!r} is not a number; fix or drop that row") from None
-    if not (np.isfinite(f) and f == int(f)):
-        raise DataError(f"{where(i)}: {s!r} is not an integer id; fix or drop that row")
-    return int(f)
+        n = int(s)
+    else:
+        try:
+            f = float(s)
+        except ValueError:
+            raise DataError(f"{where(i)}: {s!r} is not a number; expected {what}; fix or drop "
+                            "that row") from None
+        if not (np.isfinite(f) and f == int(f)):
+            raise DataError(f"{where(i)}: {s!r} is not {what}; fix or drop that row")
+        n = int(f)
+    if not -INT64_MAX - 1 <= n <= INT64_MAX:
+        raise DataError(f"{where(i)}: {s} is beyond the 64-bit integer range; expected {what}; "
+                        "fix or drop that row")
+    return n
 
 
 def float_values(values: pd.Series | np.ndarray, where: Where) -> np.ndarray:

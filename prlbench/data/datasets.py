@@ -76,8 +76,8 @@ _register(
         preprocessor="prlbench.data.aliccp:preprocess_aliccp",
         obtain=(
             "Log in at the landing page (a free Tianchi account), accept the licence and "
-            "download the sample_skeleton / common_features files (unpack them if they come as "
-            "archives); a processed CSV folder (train.csv, val.csv, test.csv with click, purchase "
+            "download the sample_skeleton / common_features files (.tar.gz archives are unpacked "
+            "on import); a processed CSV folder (train.csv, val.csv, test.csv with click, purchase "
             "and the field columns) is accepted too."),
     )
 )

@@ -89,8 +89,11 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
         given, single = [raw / f for f in spec.raw_files], True
     else:
         raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
+    # Archives given alone, or named as raw files, are unpacked; so is every archive of a folder
+    # when the raw files themselves are not archives (Ali-CCP's .tar.gz of CSVs).
+    unpack_all = not any(_is_archive(Path(f)) for f in spec.raw_files)
     for path in given:
-        if _is_archive(path) and (single or path.name in spec.raw_files):
+        if _is_archive(path) and (single or unpack_all or path.name in spec.raw_files):
             try:
                 _extract_recorded(path, raw, progress)
             except ArchiveRefused as e:
