@@ -208,11 +208,20 @@ def test_retries_exhausted_keep_the_partial_file(server, tmp_path):
     base, st = server
     st.files["/f.bin"], st.cut_after = _content(30_000, seed=6), 1_000
     st.then_fail = [503] * 5  # the cut leaves 1000 bytes, then the 503s use up the retries
-    with pytest.raises(DownloadError, match=r"after 3 attempts.*1000 bytes.*resume"):
+    with pytest.raises(DownloadError, match=r"after 3 attempts.*1,000 bytes.*resume"):
         _get(f"{base}/f.bin", tmp_path, retries=2)
     assert len(st.requests) == 3
     assert _files(tmp_path / NAME / "raw") == ["f.bin.part"]  # kept, never taken as done
     assert dl._load_records(tmp_path / NAME / "raw") == {}
+
+
+def test_retries_exhausted_with_nothing_received_keep_no_part_file(server, tmp_path):
+    base, st = server
+    st.files["/f.bin"], st.fail = _content(3_000, seed=6), [503] * 3
+    with pytest.raises(DownloadError, match=r"after 3 attempts.*nothing was received") as err:
+        _get(f"{base}/f.bin", tmp_path, retries=2)
+    assert "is kept" not in str(err.value)
+    assert _files(tmp_path / NAME / "raw") == []
 
 
 def test_expected_sha256_mismatch_keeps_nothing(server, tmp_path):

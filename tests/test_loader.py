@@ -173,3 +173,21 @@ def test_bad_values_are_shown_as_written_not_as_numpy_reprs(convert, values, sho
     with pytest.raises(DataError) as err:
         getattr(csvio, convert)(values, lambda i: f"f.csv, line {i + 1}, column c")
     assert shown in str(err.value) and "np." not in str(err.value)
+
+
+def test_all_training_rows_in_validation_is_named_as_such(tmp_path):
+    """One search that the fixed hash puts into validation leaves train empty: the error says
+    why instead of claiming no rows were read."""
+    from prlbench.data.cache import validation_mask
+
+    groups = np.arange(1000)
+    sid = int(groups[validation_mask(groups)][0])
+    schema = Schema(categorical=("user",), numerical=())
+    cols = {"search_id": np.full(8, sid), "user": np.arange(8), "click": np.zeros(8, np.int8),
+            "conversion": np.zeros(8, np.int8)}
+    with pytest.raises(DataError, match="every training row fell into the validation split"):
+        with CacheBuilder(tmp_path / "one", schema) as builder:
+            builder.add("train", cols, source="one train")
+            builder.add("test", cols, source="one test")
+            builder.finish(dataset="one")
+    assert list(tmp_path.iterdir()) == []

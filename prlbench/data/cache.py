@@ -226,7 +226,11 @@ class CacheBuilder:
         """Re-index, write the final files and the manifest, then swap them into place."""
         assert self._stage is not None, "use CacheBuilder as a context manager"
         if not self._chunks["train"]:
-            raise DataError(f"{dataset}: no training rows were read; check the source files")
+            why = ("every training row fell into the validation split: the training data has too "
+                   "few searches to hold 10 % of them out" if self._chunks["val"]
+                   else f"no training rows were read{_inputs_of('train', inputs)}")
+            raise DataError(f"{dataset}: {why}; check the source files (the previous cache, if "
+                            "any, is kept)")
         vocab = {c: self._counters[c].vocabulary(self.min_count) for c in self.schema.categorical}
         final = self._stage / "final"
         final.mkdir()
@@ -238,7 +242,8 @@ class CacheBuilder:
         empty = [s for s in ("val", "test") if splits[s]["rows"] == 0]
         if empty:
             why = ("the training data has too few searches to hold 10 % of them out"
-                   if empty == ["val"] and self.carve_val else "its input held no rows")
+                   if empty == ["val"] and self.carve_val
+                   else f"its input held no rows{_inputs_of(empty[-1], inputs)}")
             raise DataError(f"{dataset}: the {' and '.join(empty)} split is empty ({why}); check "
                             "the source files (the previous cache, if any, is kept)")
         manifest = {
@@ -313,6 +318,13 @@ class CacheBuilder:
                                   for p in self._side_chunks[split]])
         pq.write_table(table, path, compression="zstd")
         return {"file": path.name, "columns": table.column_names, **_file_facts(path)}
+
+
+def _inputs_of(split: str, inputs: list[dict] | None) -> str:
+    """": /path/a.csv, /path/b.zip": the input files that feed `split` (from input_facts)."""
+    paths = [i["path"] for i in inputs or []
+             if any(r == split or r.endswith(f"_{split}") for r in i.get("roles", ()))]
+    return f": {', '.join(paths)}" if paths else ""
 
 
 def _file_facts(path: Path) -> dict:

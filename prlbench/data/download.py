@@ -301,8 +301,13 @@ def _fetch(url: str, part: Path, retries: int, backoff: float, progress: bool) -
             if attempt < retries:
                 time.sleep(min(backoff * 2**attempt, MAX_BACKOFF_S))
     kept = part.stat().st_size if part.exists() else 0
+    if not kept:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"download of {url} failed after {retries + 1} attempts ({last}); "
+                            "nothing was received: check the URL and the connection, then rerun "
+                            "the same command")
     raise DownloadError(f"download of {url} failed after {retries + 1} attempts ({last}); the "
-                        f"partial file {part} ({kept} bytes) is kept: rerun the same command "
+                        f"partial file {part} ({kept:,} bytes) is kept: rerun the same command "
                         "to resume")
 
 
