@@ -38,13 +38,15 @@ class _Live:
     """Live progress: runs done / running / failed, and the time left."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.counts = {"done": 0, "reused": 0, "running": 0, "failed": 0}
         self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.description}"), TimeElapsedColumn(),
-                                 TextColumn("left"), TimeRemainingColumn(), disable=not enabled)
+                                 TextColumn("left"), TimeRemainingColumn(), disable=not enabled,
+                                 console=Console(stderr=True))
         self.task = self.progress.add_task(self._text(), total=total)
 
     def _text(self) -> str:

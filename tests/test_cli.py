@@ -115,3 +115,15 @@ def test_os_errors_are_one_line_not_a_traceback(tmp_path):
     assert r.exit_code == 1, r.output
     assert "Traceback" not in r.output and str(blocker) in r.output
     assert r.output.startswith("error:") and "rerun the same command" in r.output
+
+
+def test_progress_bars_go_to_stderr_not_stdout(tmp_path):
+    """`prlbench ... > file` keeps only results in the file: the bars are on stderr."""
+    src = tmp_path / "sample_skeleton_train.csv"
+    src.write_text("1,0,0,abc,2,x\n")
+    out = subprocess.run([sys.executable, "-m", "prlbench", "download", "aliccp", "--from",
+                          str(src), "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "import sample_skeleton_train.csv" in out.stderr
+    assert "━" not in out.stdout

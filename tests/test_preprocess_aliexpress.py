@@ -114,7 +114,7 @@ def test_crlf_blank_lines_and_header_are_tolerated(tmp_path, aliexpress_raw, raw
     path = src / "nl_item_train.csv"
     head = ",".join(f"item_{i}" for i in range(1, 50))
     path.write_bytes(("\ufeff" + head + "\r\n" + path.read_text().replace("\n", "\r\n")
-                      + "\r\n\n").encode())
+                      + "\r\n\n  \t \r\n \n").encode())  # blank, and whitespace-only, lines
     manifest = preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False)
     check_cache(tmp_path / "d" / "aliexpress_nl", aliexpress_raw, manifest)
 

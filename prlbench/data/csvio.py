@@ -298,6 +298,8 @@ def _split_rows(data: bytes, first_line: int, chunk_rows: int) -> Iterator[LineC
     arr = np.frombuffer(data, np.uint8)
     length = whole.ends - whole.starts
     blank = (length == 0) | ((length == 1) & (arr[whole.starts] == 13))
+    for i in np.flatnonzero(~blank & (length <= 16)):  # spaces / tabs only: blank too
+        blank[i] = not data[whole.starts[i]:whole.ends[i]].strip()
     for i in range(0, len(whole), max(1, chunk_rows)):
         sl = slice(i, i + chunk_rows)
         if blank[sl].any():
@@ -480,11 +482,12 @@ class ByteProgress:
 
     def __enter__(self) -> "ByteProgress":
         if self.enabled:
+            from rich.console import Console
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                        TimeRemainingColumn, TransferSpeedColumn)
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                       DownloadColumn(), TransferSpeedColumn(),
-                                      TimeRemainingColumn())
+                                      TimeRemainingColumn(), console=Console(stderr=True))
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=self.total or None)
         return self

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator, NamedTuple
 from urllib.parse import unquote, urlparse
 
+from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
@@ -254,7 +255,8 @@ def _bar(label: str, total: int | None, done: int,
         yield lambda n: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+                  TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
 

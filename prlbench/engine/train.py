@@ -264,11 +264,12 @@ def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig):
     if not enabled:
         yield from it
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     label = f"{cfg.model.name}/{cfg.loss.name} s{cfg.train.seed} epoch {state.epoch + 1}"
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
+                  TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total, completed=state.step)
         for item in it:
             yield item
