@@ -501,3 +501,15 @@ def test_relaimpr_is_left_out_for_a_baseline_at_or_below_random():
     md = to_markdown(build_table(s))
     assert "RelaImpr is left out where BCE's AUC is 0.5 or below" in md
     assert "left out" not in to_markdown(build_table(small_summary()))
+
+
+def test_capped_cvr_share_is_stated_under_tables_with_a_cvr_column():
+    s = small_summary()
+    assert "capped at 1" not in to_markdown(build_table(s, kind="logloss"))  # no such column
+    runs = s.runs.copy()
+    runs["cvr_clipped_share"] = np.where(runs["model"] == "mmoe", 0.0123, 0.0)
+    s2 = analysis.summarise(runs, test="ttest", n_boot=200, delong=False)
+    assert "capped at 1 where p_CTCVR exceeds p_CTR: in up to 1.2% of a run's clicked" in \
+        to_markdown(build_table(s2, kind="logloss"))
+    no_cvr = to_markdown(build_table(s2, metrics=("ctr_auc", "ctcvr_auc")))
+    assert "capped at 1" not in no_cvr

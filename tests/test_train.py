@@ -102,11 +102,15 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tm
         return (total * float("nan") if calls["n"] > 40 else total), parts
 
     monkeypatch.setitem(LOSSES._items, "pwiser", poisoned)
-    with pytest.raises(TrainingError, match="became nan"):
+    with pytest.raises(TrainingError, match=r"became nan.*checkpoint \(best\.pt"):
         train_mod.train_run(_cfg(epochs=3), data_dir=data_dir, out=tmp_path, progress=False)
     part = next((tmp_path / "runs").glob("*.partial"))
     assert (part / "best.pt").exists()  # epoch 1 finished before the NaN
     assert json.loads((part / "run.json").read_text())["status"] == "failed"
+    calls["n"] = 100  # NaN from the first batch: no checkpoint to speak of
+    with pytest.raises(TrainingError, match="no checkpoint had been saved yet"):
+        train_mod.train_run(_cfg(epochs=3, seed=7), data_dir=data_dir, out=tmp_path,
+                            progress=False)
 
 
 def test_evaluate_reproduces_the_test_metrics(data_dir, tmp_path):
@@ -126,3 +130,15 @@ def test_a_device_that_is_not_here_fails_before_any_folder(data_dir, tmp_path):
         train_mod.train_run(_cfg(device="cuda:99"), data_dir=data_dir, out=tmp_path,
                             progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_cvr_clipped_share_counts_clicked_rows_with_ctcvr_above_ctr(data_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    run = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
+    p = pq.read_table(run / "predictions.parquet").to_pandas()
+    clicked = p[p["click"] == 1]
+    expected = float((clicked["p_ctcvr"] > clicked["p_ctr"]).mean())
+    assert _metrics(run)["cvr_clipped_share"] == expected
+    capped = clicked[clicked["p_ctcvr"] > clicked["p_ctr"]]
+    assert (capped["p_cvr"] == 1.0).all()

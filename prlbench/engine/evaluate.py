@@ -76,6 +76,10 @@ def test_metrics(preds: dict[str, np.ndarray], click: np.ndarray, conversion: np
         "ctr_logloss": logloss(click, preds["p_ctr"]),
         "ctcvr_logloss": logloss(conversion, preds["p_ctcvr"]),
         "cvr_logloss": logloss(conversion[clicked], preds["p_cvr"][clicked]),
+        # clicked rows whose p_ctcvr exceeds p_ctr: p_cvr = p_ctcvr / p_ctr is capped at 1 there
+        # (0 for ESMM, whose p_ctcvr = p_ctr * p_cvr)
+        "cvr_clipped_share": (float(np.mean(preds["p_ctcvr"][clicked] > preds["p_ctr"][clicked]))
+                              if clicked.any() else float("nan")),
         "rows": int(len(click)),
         "clicks": int(click.sum()),
         "conversions": int(conversion.sum()),

@@ -225,9 +225,12 @@ class RunContext:
         return LoopState(**ckpt["loop"]), ckpt["epoch_generator"]
 
     def _fail_nonfinite(self, loss: torch.Tensor, state: LoopState) -> None:
+        kept = [n for n in ("best.pt", "state.pt") if (self.dir / n).exists()]
+        where = (f"the last good checkpoint ({', '.join(kept)}) is kept in {self.dir}" if kept
+                 else "no checkpoint had been saved yet")
         message = (f"the training loss became {loss.item()} at epoch {state.epoch + 1}, batch "
-                   f"{state.step + 1}; the last good checkpoint is kept in {self.dir}. Try a "
-                   "lower --lr, --precision fp32, or smaller loss weights (--lambda)")
+                   f"{state.step + 1}; {where}. Try a lower --lr, --precision fp32, or smaller "
+                   "loss weights (--lambda)")
         self.write_record("failed", error=message)
         raise TrainingError(message)
 

@@ -149,12 +149,26 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
             parts.append(f"RelaImpr is left out where {base}'s AUC is 0.5 or below (no lift over "
                          "random to compare against).")
     parts.append("Bold: best mean per data set and column.")
+    parts.append(_clipped_text(summary, metrics))
     if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
         parts.append("DeLong's test on each seed's test predictions is in cells.csv; it does not "
                      "set the marker, because it ignores training randomness.")
     parts += [_settings_text(summary, arm) for arm in sorted(summary.settings)
               if arm != summary.baseline and summary.settings[arm]]
     return " ".join(p for p in parts if p)
+
+
+def _clipped_text(summary: Summary, metrics: tuple[str, ...]) -> str:
+    """Say how often p_cvr = p_ctcvr / p_ctr was capped at 1, where that shapes a CVR column."""
+    runs = summary.runs
+    if not any(m.startswith("cvr_") for m in metrics) or "cvr_clipped_share" not in runs:
+        return ""
+    worst = runs["cvr_clipped_share"].max()
+    if not worst > 0:
+        return ""
+    return (f"CVR of models without a CVR tower is p_CTCVR / p_CTR, capped at 1 where p_CTCVR "
+            f"exceeds p_CTR: in up to {worst:.1%} of a run's clicked test rows "
+            "(cvr_clipped_share in each run's metrics.json).")
 
 
 def _seed_text(summary: Summary) -> str:
