@@ -513,3 +513,15 @@ def test_capped_cvr_share_is_stated_under_tables_with_a_cvr_column():
         to_markdown(build_table(s2, kind="logloss"))
     no_cvr = to_markdown(build_table(s2, metrics=("ctr_auc", "ctcvr_auc")))
     assert "capped at 1" not in no_cvr
+
+
+def test_validation_plot_of_one_epoch_has_whole_epoch_ticks_and_error_bars(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = [_write_run(tmp_path, "synthetic", "mmoe", loss, seed, rng, epochs=1)
+             for loss in ("bce", "pwiser") for seed in (1, 2, 3)]
+    fig = plots.validation_figure(analysis.load_runs(paths))
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert ticks == ["1"]
+    assert all(len(ax.containers) == 2 for ax in fig.axes)  # one error bar per arm
+    assert plots.overlapping_texts(fig) == []

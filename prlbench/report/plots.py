@@ -171,7 +171,7 @@ def validation_figure(runs: pd.DataFrame, *, baseline: str = "bce"):
             ax.set_ylabel(label)
             ax.grid(color="0.92", lw=0.6)
         np.atleast_1d(axes)[-1].set_xlabel("epoch")
-        np.atleast_1d(axes)[-1].xaxis.get_major_locator().set_params(integer=True)
+        _epoch_ticks(np.atleast_1d(axes)[-1], mine["epoch"])
     handles = [plt.Line2D([], [], label=tm.arm_name(a), **styles[a]) for a in arms]
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(arms), 6),
                frameon=False,
@@ -193,6 +193,19 @@ def _histories(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).reindex(columns=cols)
 
 
+def _epoch_ticks(ax, epochs: pd.Series) -> None:
+    """Whole epochs only: each epoch its tick when there are few, else whole-number ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    seen = sorted(int(e) for e in epochs.dropna().unique())
+    if 0 < len(seen) <= 12:
+        ax.set_xticks(seen)
+        if len(seen) == 1:  # one point: a sensible width around it
+            ax.set_xlim(seen[0] - 1, seen[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _curve(ax, h: pd.DataFrame, col: str, style: dict) -> None:
     if h.empty or h[col].isna().all():
         return
@@ -201,6 +214,9 @@ def _curve(ax, h: pd.DataFrame, col: str, style: dict) -> None:
     x = g.index.to_numpy(float)
     ax.plot(x, g["mean"], lw=1.5, ms=4, **style)
     std = g["std"].fillna(0.0).to_numpy()
+    if len(x) == 1:  # a band needs two epochs: show the spread as an error bar
+        ax.errorbar(x, g["mean"], yerr=std, color=style["color"], capsize=3, lw=1, fmt="none")
+        return
     ax.fill_between(x, g["mean"] - std, g["mean"] + std, color=style["color"], alpha=0.15, lw=0)
 
 
