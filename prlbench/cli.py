@@ -400,7 +400,8 @@ def compare(
                                           "cores // jobs)."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (auto, "
                                               "ray://host:port); default: a local instance."),
-    fmt: str = typer.Option("md,latex,csv", "--format", help="Tables to write: md, latex, csv."),
+    fmt: str = typer.Option("md,latex", "--format", help="Tables to write: md, latex (the CSVs "
+                            "of every number behind them are always written)."),
     tables_only: bool = typer.Option(False, "--tables-only", metavar="", help="Train nothing: "
                                      "tables from the finished runs only."),
     test: str = typer.Option("wilcoxon", help="Paired test over seeds: wilcoxon or ttest."),
@@ -490,7 +491,8 @@ def _formats(text: str) -> tuple[str, ...]:
     out = []
     for f in (x.strip() for x in text.split(",") if x.strip()):
         if f not in aliases:
-            raise ConfigError(f"--format: unknown format {f!r}; valid: md, latex, csv")
+            raise ConfigError(f"--format: unknown format {f!r}; valid: md, latex (the CSVs "
+                              "are always written)")
         out.append(aliases[f])
     return tuple(out)
 

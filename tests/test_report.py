@@ -433,8 +433,11 @@ def test_write_report_writes_every_table(summary_t, tmp_path):
     assert not list((tmp_path / "tables").glob(".*"))  # no temporary files left
     assert pd.read_csv(tmp_path / "tables" / "runs.csv").shape[0] == 72
     only_md = write_report(summary_t, tmp_path / "md", formats=("md",))
-    assert sorted(p.name for p in only_md) == ["auc.md", "logloss.md"]
-    auc, logloss = (only_md[0], only_md[1]) if only_md[0].name == "auc.md" else only_md[::-1]
+    # the CSVs come whatever the formats: the captions refer to cells.csv
+    assert sorted(p.name for p in only_md) == ["auc.md", "cells.csv", "delong.csv", "logloss.md",
+                                               "runs.csv"]
+    auc, logloss = (tmp_path / "md" / "tables" / n for n in ("auc.md", "logloss.md"))
+    assert "cells.csv" in auc.read_text()
     assert "DeLong" in auc.read_text() and "DeLong" not in logloss.read_text()  # AUC-only test
     umask = os.umask(0)
     os.umask(umask)

@@ -26,7 +26,8 @@ __all__ = ["FORMATS", "Summary", "Table", "build_table", "load_runs", "summarise
 def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FORMATS
                  ) -> list[Path]:
     """Write out_dir/tables/: auc.{md,tex} and logloss.{md,tex} (where the summary has those
-    metrics), cells.csv, runs.csv and delong.csv; each file atomically. Returns the paths."""
+    metrics, in the `formats` asked for), and always cells.csv, runs.csv and delong.csv, which
+    the tables' captions refer to; each file atomically. Returns the paths."""
     from prlbench.errors import ConfigError
     from prlbench.results import atomic_write_bytes
 
@@ -43,11 +44,11 @@ def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FOR
             files[f"{kind}.md"] = to_markdown(table)
         if "tex" in formats:
             files[f"{kind}.tex"] = to_latex(table)
-    if "csv" in formats:
-        files["cells.csv"] = to_csv(summary)
-        files["runs.csv"] = runs_csv(summary)
-        if not summary.delong.empty:
-            files["delong.csv"] = delong_csv(summary)
+    # The captions cite cells.csv: the numbers behind the tables are written whatever `formats`.
+    files["cells.csv"] = to_csv(summary)
+    files["runs.csv"] = runs_csv(summary)
+    if not summary.delong.empty:
+        files["delong.csv"] = delong_csv(summary)
     written = []
     for name, text in files.items():
         path = Path(out_dir) / "tables" / name
