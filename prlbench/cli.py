@@ -251,18 +251,24 @@ def train(
     model: Optional[str] = typer.Option(None, help="Model (prlbench ls models; default mmoe)."),
     loss: Optional[str] = typer.Option(None, help="Loss: bce, pwiser or ranknet (default bce)."),
     seed: Optional[int] = typer.Option(None, help="Seed (default 1)."),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of the pairwise term."),
-    m1: Optional[float] = typer.Option(None, help="PWiseR margin, conversion vs click-only."),
-    m2: Optional[float] = typer.Option(None, help="PWiseR margin, conversion vs non-click."),
-    phi: Optional[str] = typer.Option(None, help="PWiseR phi: squared_hinge, hinge, logistic."),
-    score: Optional[str] = typer.Option(None, help="PWiseR score: prob or logit."),
-    head: Optional[str] = typer.Option(None, help="PWiseR head: ctr, ctcvr or both."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of the pairwise term "
+                                        "(pwiser, ranknet; default 0.5)."),
+    m1: Optional[float] = typer.Option(None, help="PWiseR margin, conversion vs click-only "
+                                       "(default 0.05)."),
+    m2: Optional[float] = typer.Option(None, help="PWiseR margin, conversion vs non-click "
+                                       "(default 0.1)."),
+    phi: Optional[str] = typer.Option(None, help="PWiseR phi: squared_hinge (default), hinge, "
+                                      "logistic."),
+    score: Optional[str] = typer.Option(None, help="prob or logit (default: prob for pwiser, "
+                                        "logit for ranknet)."),
+    head: Optional[str] = typer.Option(None, help="PWiseR head: ctr (default), ctcvr or both."),
     preset: Optional[str] = typer.Option(None, help="Model sizes: paper or small (default small "
                                          "on synthetic, paper otherwise)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 10)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 2048)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3)."),
-    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs "
+                                           "(default 2)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
@@ -380,18 +386,22 @@ def compare(
     models: str = typer.Option("mmoe", help="Comma-separated models, or all."),
     losses: str = typer.Option("bce,pwiser", help="Comma-separated losses; bce is the baseline."),
     seeds: str = typer.Option("8", help="A count (8 = seeds 1..8) or a list (1,2,3)."),
-    lam: Optional[str] = typer.Option(None, "--lambda", help="Pairwise weight; a list is chosen "
-                                      "on validation (e.g. 0.1,0.5,1)."),
-    m1: Optional[str] = typer.Option(None, help="PWiseR margin m1 (or a list)."),
-    m2: Optional[str] = typer.Option(None, help="PWiseR margin m2 (or a list)."),
-    phi: Optional[str] = typer.Option(None, help="PWiseR phi: squared_hinge, hinge, logistic."),
-    score: Optional[str] = typer.Option(None, help="PWiseR score: prob or logit."),
-    head: Optional[str] = typer.Option(None, help="PWiseR head: ctr, ctcvr or both."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="Pairwise weight of pwiser and "
+                                      "ranknet (default 0.5); a list is chosen on validation "
+                                      "(e.g. 0.1,0.5,1)."),
+    m1: Optional[str] = typer.Option(None, help="PWiseR margin m1 (default 0.05), or a list."),
+    m2: Optional[str] = typer.Option(None, help="PWiseR margin m2 (default 0.1), or a list."),
+    phi: Optional[str] = typer.Option(None, help="PWiseR phi: squared_hinge (default), hinge, "
+                                      "logistic."),
+    score: Optional[str] = typer.Option(None, help="prob or logit, for pwiser (default prob) "
+                                        "and ranknet (default logit) alike."),
+    head: Optional[str] = typer.Option(None, help="PWiseR head: ctr (default), ctcvr or both."),
     preset: Optional[str] = typer.Option(None, help="paper or small (default small on "
                                          "synthetic, paper otherwise)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per run."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
-    patience: Optional[int] = typer.Option(None, help="Early-stopping patience."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per run (default 10)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 2048)."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs "
+                                           "(default 2)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     executor: str = typer.Option("local", help="local (process pool) or ray."),
@@ -470,18 +480,53 @@ def _grid(datasets, models, losses, seeds, config, lists, loss_fixed, model_flag
     from prlbench.models import MODELS
     from prlbench.runner import Grid
 
-    base = resolve(config, {"model": model_flags, "train": train_flags}, finish=False)
+    from prlbench.errors import ConfigError
+    from prlbench.losses import loss_params
+
+    data, file_params = _compare_file(config)
+    base = resolve(config, {"model": model_flags, "train": train_flags}, finish=False,
+                   file_data=data)
     loss_names = tuple(LOSSES.resolve(losses))
     if "bce" not in loss_names:
-        from prlbench.errors import ConfigError
-
         raise ConfigError("--losses must include bce, the baseline every loss is compared to")
-    # Each loss takes the parameters it knows from this grid (Grid.candidates filters).
+    # Each loss takes the parameters it knows from this grid (Grid.candidates filters);
+    # flags win over the file's loss.params.
     loss_grid = {k: v for k, v in lists.items() if v}
     loss_grid.update({k: [v] for k, v in loss_fixed.items() if v is not None})
+    for key, value in file_params.items():
+        loss_grid.setdefault(key, list(value) if isinstance(value, list) else [value])
+        if not any(key in loss_params(n) for n in loss_names):
+            raise ConfigError(f"{config}: loss.params.{key}: none of the losses "
+                              f"{', '.join(loss_names)} takes it; remove it or add a loss that "
+                              "does to --losses")
     return Grid(datasets=tuple(DATASETS.resolve(datasets)), models=tuple(MODELS.resolve(models)),
                 losses=("bce",) + tuple(n for n in loss_names if n != "bce"),
                 seeds=_seeds(seeds), loss_grid=loss_grid, base=base)
+
+
+def _compare_file(config: Optional[Path]) -> tuple[dict, dict]:
+    """A --config file for compare: (the file without its loss section, loss.params). The grid
+    comes from --datasets / --models / --losses / --seeds, so the file may not name them."""
+    from prlbench.config import load_yaml
+    from prlbench.errors import ConfigError
+
+    if config is None:
+        return {}, {}
+    data = dict(load_yaml(config))
+    flags = {("data", "dataset"): "--datasets", ("model", "name"): "--models",
+             ("loss", "name"): "--losses", ("train", "seed"): "--seeds"}
+    for (section, key), flag in flags.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"{config}: {section}.{key} is a single run's setting; compare "
+                              f"takes it from {flag} (remove it from the file)")
+    loss = data.pop("loss", None) or {}
+    if not isinstance(loss, dict) or set(loss) - {"params"}:
+        raise ConfigError(f"{config}: the loss section of a compare config may hold only params "
+                          "(the losses come from --losses)")
+    params = loss.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{config}: loss.params: expected a mapping of names to values")
+    return data, params
 
 
 def _formats(text: str) -> tuple[str, ...]:

@@ -155,13 +155,15 @@ def load_yaml(path: Path) -> dict:
 
 
 def resolve(config_file: Path | None, flags: Mapping[str, Any], *,
-            finish: bool = True) -> RunConfig:
+            finish: bool = True, file_data: Mapping[str, Any] | None = None) -> RunConfig:
     """defaults < YAML file < flags (a nested mapping whose None values mean 'not given').
 
-    `finish=False` leaves the preset and loss defaults open (a grid fills them per run)."""
+    `finish=False` leaves the preset and loss defaults open (a grid fills them per run);
+    `file_data` is the file's content when the caller has read (and trimmed) it already."""
     cfg = RunConfig()
     if config_file is not None:
-        cfg = _merge(cfg, load_yaml(config_file), str(config_file))
+        data = load_yaml(config_file) if file_data is None else file_data
+        cfg = _merge(cfg, data, str(config_file))
     cfg = _merge(cfg, flags, "flags")
     validate(cfg)
     return complete(cfg) if finish else cfg

@@ -127,3 +127,29 @@ def test_progress_bars_go_to_stderr_not_stdout(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "import sample_skeleton_train.csv" in out.stderr
     assert "━" not in out.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_train_and_compare_help_state_the_real_defaults(command):
+    import re
+
+    from prlbench.config import TrainConfig
+    from prlbench.losses import loss_params
+
+    text = " ".join(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+                    .output.split())
+    pw, rn, t = loss_params("pwiser"), loss_params("ranknet"), TrainConfig()
+
+    def stated(flag: str) -> str:
+        m = re.search(rf"│ {flag} [^│]*?default ([^)]+?)\)", text)
+        assert m, flag
+        return m.group(1)
+
+    assert float(stated("--lambda")) == pw["lam"] == rn["lam"]
+    assert float(stated("--m1")) == pw["m1"] and float(stated("--m2")) == pw["m2"]
+    assert int(stated("--epochs")) == t.epochs and int(stated("--batch-size")) == t.batch_size
+    assert int(stated("--patience")) == t.patience
+    assert re.search(rf"{pw['phi']} \(default\)", text) and re.search(rf"{pw['head']} \(default\)",
+                                                                     text)
+    assert f"{pw['score']} for pwiser" in text or f"pwiser (default {pw['score']})" in text
+    assert f"{rn['score']} for ranknet" in text or f"ranknet (default {rn['score']})" in text

@@ -505,3 +505,37 @@ def test_i_one_seed_warns_that_no_significance_test_is_possible(data_dir, tmp_pa
     assert "warning: --seeds 1: with one seed no significance test is possible" in text
     r, text = invoke_compare(data_dir, tmp_path / "out", "--seeds", "2", "--tables-only")
     assert "no significance test" not in text
+
+
+def test_config_file_loss_params_and_train_settings_reach_every_run(data_dir, tmp_path):
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("loss:\n  params:\n    lam: 2.0\ntrain:\n  lr: 0.002\n")
+    out = tmp_path / "out"
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1",
+                             "--config", str(cfg))
+    assert r.exit_code == 0, text
+    cfgs = {c["loss"]["name"]: c for c in run_configs(out).values()}
+    assert cfgs["pwiser"]["loss"]["params"]["lam"] == 2.0
+    assert {c["train"]["lr"] for c in cfgs.values()} == {0.002}
+    record = results.read_json(out / "compare.json")
+    assert record["loss_grid"] == {"lam": [2.0]}
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1",
+                             "--config", str(cfg), "--lambda", "0.5", "--tables-only")
+    assert "1 runs not trained yet" in text  # the flag wins over the file: a new pwiser run
+
+
+@pytest.mark.parametrize("yaml_text, fragment", [
+    ("model:\n  name: esmm\n", "model.name is a single run's setting; compare takes it from "
+                               "--models"),
+    ("loss:\n  name: pwiser\n", "loss.name is a single run's setting; compare takes it from "
+                                "--losses"),
+    ("train:\n  seed: 3\n", "train.seed is a single run's setting; compare takes it from --seeds"),
+    ("loss:\n  params:\n    gamma: 2.0\n", "loss.params.gamma: none of the losses bce, pwiser "
+                                          "takes it"),
+])
+def test_config_file_naming_the_grid_is_refused(data_dir, tmp_path, fits, yaml_text, fragment):
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml_text)
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--config", str(cfg))
+    assert r.exit_code == 1 and fragment in text, text
+    assert fits == [] and not (tmp_path / "out").exists()
