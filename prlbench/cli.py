@@ -468,7 +468,12 @@ def compare(
     if res.missing:
         _console().print(f"[yellow]{len(res.missing)} runs not trained yet[/] (--tables-only); "
                          "run without --tables-only to train them")
-    _console().print("wrote: " + ", ".join(str(p) for p in res.written))
+    if res.written:
+        _console().print("wrote: " + ", ".join(str(p) for p in res.written))
+    else:
+        _console().print("no run finished, so no table or plot was written"
+                         + (f" (the {len(res.removed)} files of an earlier report were removed)"
+                            if res.removed else ""))
     if res.failed:
         raise typer.Exit(1)
 

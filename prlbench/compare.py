@@ -24,6 +24,7 @@ class CompareResult:
     written: list[Path] = field(default_factory=list)
     markdown: str = ""
     warnings: list[str] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # an earlier report's files, now stale
 
     @property
     def failed(self) -> list[Outcome]:
@@ -85,9 +86,14 @@ def compare(grid: Grid, *, executor, data_dir: Path, out: Path, formats: tuple[s
         raise ConfigError(f"--tables-only: none of the {len(outcomes)} runs of this grid has "
                           f"finished under {out}; run the same command without --tables-only "
                           "to train them (or pass the --out of an earlier compare)")
-    _write_record(grid, res, out, time.perf_counter() - t0)
+    if train:  # --tables-only leaves the record of the compare that trained the runs
+        _write_record(grid, res, out, time.perf_counter() - t0)
     if done:
         _report(res, done, out, formats, stats_options or {})
+    else:
+        from prlbench.report import clear_report
+
+        res.removed = clear_report(out)
     return res
 
 

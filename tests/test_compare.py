@@ -476,6 +476,33 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
     assert "4 runs not trained yet" in text and fits == [] and run_stamps(out) == before
     assert (out / "tables" / "cells.csv").read_text() == (
         finished[0] / "tables" / "cells.csv").read_text()
+    # the grid record is the compare's that trained the runs, not this reading's
+    assert (out / "compare.json").read_bytes() == (finished[0] / "compare.json").read_bytes()
+
+
+def test_h_a_new_report_removes_the_files_it_did_not_write(finished, data_dir, tmp_path, fits):
+    out = copy_of(finished[0], tmp_path)
+    assert (out / "tables" / "auc.tex").exists()
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1",
+                             "--format", "md", "--tables-only")
+    assert r.exit_code == 0, text
+    names = sorted(p.name for p in (out / "tables").iterdir())
+    assert names == ["auc.md", "cells.csv", "delong.csv", "logloss.md", "runs.csv"]
+    assert "over 2 seeds" not in (out / "tables" / "auc.md").read_text()
+
+
+def test_e_a_grid_where_every_run_failed_leaves_no_earlier_tables(finished, data_dir, tmp_path,
+                                                                  monkeypatch):
+    out = copy_of(finished[0], tmp_path)
+    monkeypatch.setitem(LOSSES._items, "bce", _poisoned)
+    monkeypatch.setitem(LOSSES._items, "pwiser", _poisoned)
+    r, text = invoke_compare(data_dir, out, "--models", "mmoe", "--seeds", "1")
+    assert r.exit_code == 1, text
+    assert "no run finished, so no table or plot was written" in text
+    assert "files of an earlier report were removed" in text
+    assert not list((out / "tables").iterdir()) and not list((out / "plots").iterdir())
+    record = results.read_json(out / "compare.json")
+    assert {x["status"] for x in record["runs"]} == {"failed"}
 
 
 # ------------------------------------------------------------------------ (i) bad input

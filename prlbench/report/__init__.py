@@ -18,9 +18,14 @@ from prlbench.report.markdown import to_markdown
 from prlbench.report.table import Table, build_table
 
 FORMATS = ("md", "tex", "csv")
+# Every file a report may write; one that this report did not write is removed, so that no table
+# or plot of an earlier compare stays next to the new ones as if it were current.
+TABLE_FILES = ("auc.md", "auc.tex", "logloss.md", "logloss.tex", "cells.csv", "runs.csv",
+               "delong.csv")
+PLOT_FILES = ("forest.png", "forest.pdf", "validation.png", "validation.pdf")
 
-__all__ = ["FORMATS", "Summary", "Table", "build_table", "load_runs", "summarise", "to_csv",
-           "to_latex", "to_markdown", "write_report"]
+__all__ = ["FORMATS", "Summary", "Table", "build_table", "clear_report", "load_runs",
+           "summarise", "to_csv", "to_latex", "to_markdown", "write_report"]
 
 
 def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FORMATS
@@ -54,4 +59,16 @@ def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FOR
         path = Path(out_dir) / "tables" / name
         atomic_write_bytes(path, text.encode("utf-8"))
         written.append(path)
+    for name in set(TABLE_FILES) - set(files):
+        (Path(out_dir) / "tables" / name).unlink(missing_ok=True)
     return written
+
+
+def clear_report(out_dir: Path) -> list[Path]:
+    """Remove the tables and plots of an earlier report (when this one has nothing to show)."""
+    gone = [Path(out_dir) / "tables" / n for n in TABLE_FILES] + [
+        Path(out_dir) / "plots" / n for n in PLOT_FILES]
+    gone = [p for p in gone if p.exists()]
+    for p in gone:
+        p.unlink()
+    return gone
