@@ -374,8 +374,9 @@ def _seeds(text: str) -> tuple[int, ...]:
     except ValueError:
         raise ConfigError(f"--seeds: expected a count (6) or a list (1,2,3), got {text!r}"
                           ) from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: need at least one seed and no repeats, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds: need at least one seed, none negative and no repeats, got "
+                          f"{text!r}")
     return seeds
 
 

@@ -515,6 +515,7 @@ def test_e_a_grid_where_every_run_failed_leaves_no_earlier_tables(finished, data
     (["--lambda", "0.1,big"], ["--lambda: expected a number"]),
     (["--lambda", "0.5,-1"], ["(--lambda) must be a finite number >= 0"]),
     (["--seeds", "0"], ["--seeds: need at least one seed"]),
+    (["--seeds", "1,-2"], ["--seeds: need at least one seed, none negative"]),
     (["--executor", "dask"], ["--executor must be local or ray"]),
     (["--format", "html"], ["unknown format 'html'", "md, latex (the CSVs are always written)"]),
 ])

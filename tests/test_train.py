@@ -84,6 +84,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
     resumed = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", resume=True,
                                   progress=False)
     assert _metrics(resumed) == _metrics(whole)
+    done = results.read_json(resumed / "run.json")
+    assert done["status"] == "done" and "error" not in done  # the interruption is over
     h1 = results.read_json(whole / "history.json")
     h2 = results.read_json(resumed / "history.json")
     assert [h["val_score"] for h in h1] == [h["val_score"] for h in h2]
@@ -102,7 +104,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tm
         return (total * float("nan") if calls["n"] > 40 else total), parts
 
     monkeypatch.setitem(LOSSES._items, "pwiser", poisoned)
-    with pytest.raises(TrainingError, match=r"became nan.*checkpoint \(best\.pt"):
+    with pytest.raises(TrainingError, match=r"became nan.*checkpoint \(best\.pt.*lower learning rate"
+                                             r".*smaller pairwise weight \(--lambda\)"):
         train_mod.train_run(_cfg(epochs=3), data_dir=data_dir, out=tmp_path, progress=False)
     part = next((tmp_path / "runs").glob("*.partial"))
     assert (part / "best.pt").exists()  # epoch 1 finished before the NaN
@@ -142,3 +145,17 @@ def test_cvr_clipped_share_counts_clicked_rows_with_ctcvr_above_ctr(data_dir, tm
     assert _metrics(run)["cvr_clipped_share"] == expected
     capped = clicked[clicked["p_ctcvr"] > clicked["p_ctr"]]
     assert (capped["p_cvr"] == 1.0).all()
+
+
+def test_a_validation_split_without_conversions_fails_before_training(tmp_path):
+    """No conversion in validation: CTCVR AUC is undefined and no epoch could be chosen."""
+    from prlbench.errors import DataError
+
+    d = tmp_path / "tiny"
+    preprocess_synthetic(d, rows=1000, conversion_rate=0.01, seed=0, progress=False)
+    val = results.read_json(d / "synthetic" / "manifest.json")["splits"]["val"]
+    assert val["conversions"] == 0  # the premise of the test
+    with pytest.raises(DataError, match=r"validation split of synthetic has \d+ clicks and 0 "
+                                        r"conversions .* CTCVR AUC is undefined"):
+        train_mod.train_run(_cfg(), data_dir=d, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

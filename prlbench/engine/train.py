@@ -28,7 +28,7 @@ from prlbench.config import RunConfig, run_id
 from prlbench.data.cache import manifest_hash, open_cache
 from prlbench.data.loader import TensorData, batches, load_side, load_split
 from prlbench.engine.evaluate import autocast, evaluate_on_test, predict, validation_score
-from prlbench.errors import ConfigError, PrlbenchError, TrainingError
+from prlbench.errors import ConfigError, DataError, PrlbenchError, TrainingError
 from prlbench.losses import LOSSES
 from prlbench.models import create_model
 
@@ -228,9 +228,10 @@ class RunContext:
         kept = [n for n in ("best.pt", "state.pt") if (self.dir / n).exists()]
         where = (f"the last good checkpoint ({', '.join(kept)}) is kept in {self.dir}" if kept
                  else "no checkpoint had been saved yet")
+        weight = "" if self.cfg.loss.name == "bce" else ", or a smaller pairwise weight (--lambda)"
         message = (f"the training loss became {loss.item()} at epoch {state.epoch + 1}, batch "
-                   f"{state.step + 1}; {where}. Try a lower --lr, --precision fp32, or smaller "
-                   "loss weights (--lambda)")
+                   f"{state.step + 1}; {where}. Try a lower learning rate (train --lr, or "
+                   f"train.lr in a --config file), --precision fp32{weight}")
         self.write_record("failed", error=message)
         raise TrainingError(message)
 
@@ -243,6 +244,8 @@ class RunContext:
     def write_record(self, status: str, **extra) -> None:
         path = self.dir / "run.json"
         record = results.read_json(path) if path.exists() else {}
+        if status in ("running", "done"):  # an earlier attempt's error no longer applies
+            record.pop("error", None)
         record.update({"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                    time.gmtime()), **extra})
         results.write_json(path, record)
@@ -279,6 +282,19 @@ def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig):
             bar.advance(task)
 
 
+def _check_validation_split(manifest: dict, dataset: str) -> None:
+    """Early stopping watches the CTR and CTCVR AUC on validation: both need each class."""
+    val = manifest.get("splits", {}).get("val", {})
+    rows, clicks, conv = val.get("rows"), val.get("clicks"), val.get("conversions")
+    if rows is None or clicks is None or conv is None:
+        return
+    if not (0 < clicks < rows and 0 < conv < rows):
+        raise DataError(f"the validation split of {dataset} has {clicks:,} clicks and {conv:,} "
+                        f"conversions in {rows:,} rows: its CTR or CTCVR AUC is undefined, so no "
+                        "epoch could be chosen. Use a larger data set (synthetic: a larger "
+                        "--rows or --conversion-rate)")
+
+
 def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
               restart: bool = False, progress: bool = True) -> Path:
     """Train and evaluate one run; returns its finished folder (reused if already finished)."""
@@ -297,6 +313,7 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
         raise ConfigError(f"an interrupted run of this configuration is in {part}; add --resume "
                           "to continue it or --restart to discard it")
     resolve_device(cfg.train.device)
+    _check_validation_split(manifest, cfg.data.dataset)
     if part.exists() and restart:
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)
