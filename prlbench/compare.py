@@ -81,7 +81,7 @@ def compare(grid: Grid, *, executor, data_dir: Path, out: Path, formats: tuple[s
         outcomes = run_grid(grid, executor=executor, data_dir=data_dir, out=out, train=train,
                             on_event=live)
     res = CompareResult(outcomes)
-    done = [o.run_dir for o in outcomes if o.run_dir is not None]
+    done = [o.run_dir for o in outcomes if o.run_dir is not None and o.role == "table"]
     if not train and not done:
         raise ConfigError(f"--tables-only: none of the {len(outcomes)} runs of this grid has "
                           f"finished under {out}; run the same command without --tables-only "
@@ -89,7 +89,7 @@ def compare(grid: Grid, *, executor, data_dir: Path, out: Path, formats: tuple[s
     if train:  # --tables-only leaves the record of the compare that trained the runs
         _write_record(grid, res, out, time.perf_counter() - t0)
     if done:
-        _report(res, done, out, formats, stats_options or {})
+        _report(res, done, out, formats, stats_options or {}, _selection(grid))
     else:
         from prlbench.report import clear_report
 
@@ -97,14 +97,26 @@ def compare(grid: Grid, *, executor, data_dir: Path, out: Path, formats: tuple[s
     return res
 
 
+def _selection(grid: Grid) -> dict:
+    """loss -> {parameter: candidates} for every setting chosen on validation."""
+    out = {}
+    for loss in grid.losses:
+        cands = grid.candidates(loss)
+        if len(cands) > 1:
+            out[loss] = {k: sorted({c[k] for c in cands}) for k in cands[0]
+                         if len({c[k] for c in cands}) > 1}
+    return {"seed": grid.seeds[0], "losses": out} if out else {}
+
+
 def _report(res: CompareResult, run_dirs: list[Path], out: Path, formats: tuple[str, ...],
-            stats_options: dict) -> None:
+            stats_options: dict, selection: dict | None = None) -> None:
     from prlbench.report import analysis, plots, write_report
     from prlbench.report.markdown import to_markdown
     from prlbench.report.table import build_table
 
     runs = analysis.load_runs(run_dirs)
     summary = analysis.summarise(runs, **stats_options)
+    summary.selection = selection or {}
     res.warnings = list(summary.warnings)
     res.written = write_report(summary, out, formats=formats)
     res.markdown = to_markdown(build_table(summary))
@@ -115,12 +127,18 @@ def _report(res: CompareResult, run_dirs: list[Path], out: Path, formats: tuple[
     res.written += sorted(plot_dir.iterdir())
 
 
+def _val_score(run_dir: Path | None) -> float | None:
+    record = run_dir / "run.json" if run_dir is not None else None
+    return results.read_json(record).get("best_val_score") if record and record.exists() else None
+
+
 def _write_record(grid: Grid, res: CompareResult, out: Path, seconds: float) -> None:
     results.write_json(out / "compare.json", {
         "datasets": grid.datasets, "models": grid.models, "losses": grid.losses,
         "seeds": grid.seeds, "loss_grid": grid.loss_grid, "base": grid.base.to_dict(),
         "seconds": seconds,
-        "runs": [{"run_id": o.run_id, "status": o.status, "error": o.error,
+        "runs": [{"run_id": o.run_id, "status": o.status, "role": o.role, "error": o.error,
+                  "best_val_score": _val_score(o.run_dir),
                   "seconds": o.seconds, "dataset": o.cfg.data.dataset, "model": o.cfg.model.name,
                   "loss": o.cfg.loss.name, "seed": o.cfg.train.seed,
                   "run_dir": str(o.run_dir) if o.run_dir else None} for o in res.outcomes],

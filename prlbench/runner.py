@@ -71,6 +71,9 @@ class Outcome:
     run_dir: Path | None = None
     error: str = ""
     seconds: float = 0.0
+    # "table": a run the tables report; "candidate": a loss setting tried on the first seed and
+    # not chosen on validation (kept in compare.json, never in the tables)
+    role: str = "table"
 
 
 # ------------------------------------------------------------------------------ one run
@@ -235,7 +238,8 @@ def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
 def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = True,
              on_event: Callable | None = None) -> list[Outcome]:
     """Run (or reuse) every run of the grid; returns one Outcome per run of the table, then
-    one per candidate setting that failed on the first seed (so that its error is reported)."""
+    one per candidate setting not chosen on the first seed (role "candidate": recorded with its
+    validation score or error, never reported in the tables)."""
     on_event = on_event or (lambda *a: None)
     first, rest = grid.seeds[0], grid.seeds[1:]
     phase1 = [grid.config(d, m, l, first, p) for d, m, l in _arms(grid)
@@ -244,8 +248,9 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
     chosen = _select(grid, phase1, outcomes)
     phase2 = [replace(c, train=replace(c.train, seed=s)) for c in chosen for s in rest]
     outcomes.update(_execute(phase2, executor, data_dir, out, train, on_event))
-    lost = [c for c in phase1 if outcomes[id(c)].status == "failed"
-            and not any(c is k for k in chosen)]
+    lost = [c for c in phase1 if not any(c is k for k in chosen)]
+    for c in lost:
+        outcomes[id(c)].role = "candidate"
     return [outcomes[id(c)] for c in chosen + phase2 + lost]
 
 

@@ -342,8 +342,15 @@ def test_f_a_lambda_list_is_chosen_on_validation_with_the_first_seed(data_dir, t
     winner = max(score, key=score.get)
     assert sorted(pw) == sorted([(1, 0.1), (1, 1.0), (2, winner)])
 
-    listed = {x["run_id"] for x in results.read_json(out / "compare.json")["runs"]}
-    assert listed == set(bce) | {pw[1, winner], pw[2, winner]}
+    record = results.read_json(out / "compare.json")["runs"]
+    listed = {x["run_id"]: x for x in record}
+    assert {i for i, x in listed.items() if x["role"] == "table"} == set(bce) | {
+        pw[1, winner], pw[2, winner]}
+    loser = pw[1, 1.0 if winner == 0.1 else 0.1]
+    assert listed[loser]["role"] == "candidate"  # recorded with its score, not in the tables
+    assert listed[loser]["best_val_score"] == score[1.0 if winner == 0.1 else 0.1]
+    caption = (out / "tables" / "auc.md").read_text()
+    assert "λ from {0.1, 1}, chosen on the validation split with seed 1" in caption
     cells = pd.read_csv(out / "tables" / "cells.csv")
     assert sorted(cells["arm"].unique()) == ["bce", "pwiser"]
     params = cells.loc[cells["arm"] == "pwiser", "params"].unique()

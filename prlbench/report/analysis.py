@@ -144,6 +144,9 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     boot_seed: int = BOOT_SEED
     split: str = "test"
+    # Loss settings chosen on validation: {"seed": first seed, "losses": {loss: {param:
+    # candidates}}} (empty when every setting was fixed); compare fills it in.
+    selection: dict = field(default_factory=dict)
 
     @property
     def n_seeds(self) -> int:

@@ -220,7 +220,14 @@ def _settings_text(summary: Summary, arm: str) -> str:
             varied = True
             items.append(f"{name} ∈ {{{', '.join(shown)}}}")
     text = f"{arm_name(arm)} settings: {', '.join(items)}"
-    if varied:
+    chosen = summary.selection.get("losses", {}).get(loss, {})
+    if chosen:
+        grid = "; ".join(f"{PARAM_NAMES.get(k, k)} from {{{', '.join(f'{v:g}' for v in vals)}}}"
+                         for k, vals in chosen.items())
+        text += (f" ({grid}, chosen on the validation split with seed "
+                 f"{summary.selection['seed']} per data set and model"
+                 + ("; each cell's in cells.csv)" if varied else ")"))
+    elif varied:
         text += " (chosen on validation per data set and model; each cell's in cells.csv)"
     if loss == "pwiser":
         text += " (this project's reconstruction; the paper does not publish them)"
