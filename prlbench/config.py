@@ -249,13 +249,13 @@ def _validate_model_and_loss(cfg: RunConfig) -> None:
     resolve_params(cfg.loss.name, dict(cfg.loss.params))
 
 
-def config_hash(cfg: RunConfig, manifest_sha: str = "") -> str:
-    payload = json.dumps({"config": cfg.identity(), "data": manifest_sha}, sort_keys=True)
+def config_hash(cfg: RunConfig, data_sha: str = "") -> str:
+    payload = json.dumps({"config": cfg.identity(), "data": data_sha}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def run_id(cfg: RunConfig, manifest_sha: str = "") -> str:
+def run_id(cfg: RunConfig, data_sha: str = "") -> str:
     """Stable, readable id: dataset-model-loss-seed plus 10 hex digits of the config hash."""
     c = cfg
     return (f"{c.data.dataset}-{c.model.name}-{c.loss.name}-s{c.train.seed}-"
-            f"{config_hash(cfg, manifest_sha)[:10]}")
+            f"{config_hash(cfg, data_sha)[:10]}")

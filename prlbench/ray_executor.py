@@ -95,10 +95,10 @@ class RayExecutor:
 
 def _finished(cfg: RunConfig, data_dir: Path, out: Path) -> dict | None:
     """The result of a run already finished in the driver's store, else None."""
-    from prlbench.data.cache import manifest_hash
+    from prlbench.data.cache import data_hash
 
     try:
-        rid = run_id(cfg, manifest_hash(data_dir / cfg.data.dataset))
+        rid = run_id(cfg, data_hash(data_dir / cfg.data.dataset))
     except OSError:  # not preprocessed here: the task reports it as the run's error
         return None
     final = results.finished_dir(out, rid)

@@ -103,7 +103,7 @@ def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
 def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
     import torch
 
-    from prlbench.data.cache import manifest_hash, open_cache
+    from prlbench.data.cache import data_hash, open_cache
     from prlbench.engine.train import Interrupted, train_run
 
     torch.set_num_threads(threads)
@@ -112,7 +112,7 @@ def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> dict:
     rid = cfg_dict.get("_run_id", "?")
     try:
         manifest = open_cache(Path(data_dir), cfg.data.dataset, verify=False)
-        rid = run_id(cfg, manifest_hash(Path(manifest["_dir"])))
+        rid = run_id(cfg, data_hash(Path(manifest["_dir"])))
         with run_lock(Path(out), rid):
             finished = results.is_finished(results.finished_dir(Path(out), rid))
             # An earlier attempt's failure record must not travel into the finished folder.
@@ -275,9 +275,9 @@ def _execute(cfgs: list[RunConfig], executor, data_dir: Path, out: Path, train: 
 
 def _lookup(cfg: RunConfig, data_dir: Path, out: Path) -> Outcome:
     """--tables-only: a finished run of this config, or 'missing'."""
-    from prlbench.data.cache import manifest_hash
+    from prlbench.data.cache import data_hash
 
-    rid = run_id(cfg, manifest_hash(Path(data_dir) / cfg.data.dataset))
+    rid = run_id(cfg, data_hash(Path(data_dir) / cfg.data.dataset))
     d = results.finished_dir(out, rid)
     return Outcome(rid, cfg, "reused" if results.is_finished(d) else "missing",
                    d if results.is_finished(d) else None)

@@ -23,7 +23,7 @@ from prlbench import results
 from prlbench.cli import app
 from prlbench.compare import compare
 from prlbench.config import resolve, run_id
-from prlbench.data.cache import manifest_hash
+from prlbench.data.cache import data_hash
 from prlbench.engine import train as train_mod
 from prlbench.errors import ConfigError
 from prlbench.losses import LOSSES
@@ -52,7 +52,7 @@ def run_compare(grid: Grid, data_dir: Path, out: Path, executor=None):
 
 def expected_ids(data_dir: Path, models=("shared_bottom",)) -> list[str]:
     """The table's runs in the grid's order: per model, seed 1 of every loss, then seed 2."""
-    grid, sha = make_grid(models), manifest_hash(data_dir / "synthetic")
+    grid, sha = make_grid(models), data_hash(data_dir / "synthetic")
     ids = []
     for seeds in (SEEDS[:1], SEEDS[1:]):
         ids += [run_id(grid.config("synthetic", m, loss, s, {}), sha)

@@ -1,6 +1,7 @@
 """The engine end to end on a small synthetic data set: learning, determinism, resume, NaN."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_training_learns_and_writes_a_complete_run_folder(data_dir, tmp_path):
     assert max(h["val_ctr_auc"] for h in history) > 0.6
     assert _metrics(run)["ctr_auc"] > 0.6
     record = results.read_json(run / "run.json")
-    assert record["status"] == "done" and record["manifest_sha256"]
+    assert record["status"] == "done" and record["data_sha256"]
     state = torch.load(run / "best.pt", weights_only=True)
     assert isinstance(state, dict) and state
 
@@ -159,3 +160,41 @@ def test_a_validation_split_without_conversions_fails_before_training(tmp_path):
                                         r"conversions .* CTCVR AUC is undefined"):
         train_mod.train_run(_cfg(), data_dir=d, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_preprocessing_the_same_data_again_keeps_the_run_ids(tmp_path):
+    """The run id hashes the data, not the manifest's date or source path."""
+    from prlbench.data.cache import data_hash
+
+    preprocess_synthetic(tmp_path / "a", rows=3000, seed=0, progress=False)
+    first = data_hash(tmp_path / "a" / "synthetic")
+    manifest = (tmp_path / "a" / "synthetic" / "manifest.json").read_text()
+    time.sleep(1.1)  # a later "created" stamp
+    preprocess_synthetic(tmp_path / "a", rows=3000, seed=0, progress=False)
+    assert (tmp_path / "a" / "synthetic" / "manifest.json").read_text() != manifest
+    assert data_hash(tmp_path / "a" / "synthetic") == first
+    preprocess_synthetic(tmp_path / "b", rows=3000, seed=1, progress=False)
+    assert data_hash(tmp_path / "b" / "synthetic") != first  # other data, other runs
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"[1, 2]", "is not a JSON object"),
+    (b"\xff\xfe{", "is not valid JSON"),
+    (b"{}", "lacks its columns section"),
+    (None, "has a malformed entry for train"),
+])
+def test_a_damaged_manifest_is_a_cache_error(data_dir, tmp_path, content, fragment):
+    import shutil
+
+    from prlbench.data.cache import open_cache
+    from prlbench.errors import CacheError
+
+    d = Path(shutil.copytree(data_dir, tmp_path / "d"))
+    path = d / "synthetic" / "manifest.json"
+    if content is None:
+        m = json.loads(path.read_text())
+        del m["splits"]["train"]["bytes"]
+        content = json.dumps(m).encode()
+    path.write_bytes(content)
+    with pytest.raises(CacheError, match=f"{fragment}.*rerun: prlbench preprocess synthetic"):
+        open_cache(d, "synthetic")

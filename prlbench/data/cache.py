@@ -388,8 +388,21 @@ def _swap_into_place(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def manifest_hash(cache_dir: Path) -> str:
-    return sha256_file(Path(cache_dir) / MANIFEST)
+# What defines a cache's data (and so a run's): not when or from which path it was built.
+_IDENTITY_KEYS = ("format", "dataset", "columns", "has_groups", "vocab_sizes", "vocabulary",
+                  "validation")
+
+
+def data_hash(cache_dir: Path) -> str:
+    """sha256 of what the cache holds: every split file's (and side file's) sha256, the columns,
+    vocabulary and validation split. Preprocessing the same data again (another day, another
+    source path) gives the same hash, so runs trained on it are found again."""
+    path = Path(cache_dir) / MANIFEST
+    manifest = _read_manifest(path, Path(cache_dir).name)
+    files = {k: {s: e.get("sha256") for s, e in manifest.get(k, {}).items()}
+             for k in ("splits", "side_files")}
+    identity = {k: manifest.get(k) for k in _IDENTITY_KEYS} | files
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
@@ -399,16 +412,38 @@ def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
     if not mpath.exists():
         raise CacheError(f"data set {name!r} is not preprocessed in {cache} (no {MANIFEST}); "
                          f"run: prlbench preprocess {name} --data-dir {shlex.quote(str(data_dir))}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise CacheError(f"{mpath} is not valid JSON ({e}); rerun: prlbench preprocess {name}"
-                         ) from e
-    entries = list(manifest.get("splits", {}).values()) + list(
-        manifest.get("side_files", {}).values())
+    manifest = _read_manifest(mpath, name)
+    entries = list(manifest["splits"].values()) + list(manifest.get("side_files", {}).values())
     for entry in entries:
         _verify_file(cache / entry["file"], entry, name, full=verify)
     manifest["_dir"] = str(cache)
+    return manifest
+
+
+def _read_manifest(path: Path, name: str) -> dict:
+    """The manifest, its layout checked: a damaged one is a CacheError that says what to do."""
+    fix = f"rerun: prlbench preprocess {name}"
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"{path} is not valid JSON ({e}); {fix}") from None
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = "is not a JSON object"
+    elif not isinstance(manifest.get("columns"), dict) or not {
+            "group", "categorical", "numerical", "click", "conversion"} <= manifest["columns"].keys():
+        problem = "lacks its columns section (group, categorical, numerical, click, conversion)"
+    elif not isinstance(manifest.get("splits"), dict) or set(manifest["splits"]) != set(SPLITS):
+        problem = f"lacks its splits section ({', '.join(SPLITS)})"
+    else:
+        entries = [(s, e) for s, e in manifest["splits"].items()] + [
+            (f"{s} side file", e) for s, e in (manifest.get("side_files") or {}).items()]
+        for split, entry in entries:
+            if not isinstance(entry, dict) or not {"file", "bytes", "sha256"} <= entry.keys():
+                problem = f"has a malformed entry for {split} (needs file, bytes, sha256)"
+                break
+    if problem:
+        raise CacheError(f"{path} {problem}: the cache was modified or damaged; {fix}")
     return manifest
 
 

@@ -25,7 +25,7 @@ import torch
 
 from prlbench import __version__, results
 from prlbench.config import RunConfig, run_id
-from prlbench.data.cache import manifest_hash, open_cache
+from prlbench.data.cache import data_hash, open_cache
 from prlbench.data.loader import TensorData, batches, load_side, load_split
 from prlbench.engine.evaluate import autocast, evaluate_on_test, predict, validation_score
 from prlbench.errors import ConfigError, DataError, PrlbenchError, TrainingError
@@ -135,7 +135,7 @@ class RunContext:
         cfg = RunConfig.from_dict(results.read_json(run_dir / "config.json"))
         manifest = open_cache(data_dir, cfg.data.dataset)
         record = results.read_json(run_dir / "run.json")
-        if record.get("manifest_sha256") != manifest_hash(Path(manifest["_dir"])):
+        if record.get("data_sha256") != data_hash(Path(manifest["_dir"])):
             raise ConfigError(f"{run_dir} was trained on a different version of "
                               f"{cfg.data.dataset!r} than the one in {data_dir}; preprocess it "
                               "again as it was, or retrain")
@@ -304,8 +304,8 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     manifest = open_cache(data_dir, cfg.data.dataset)
-    msha = manifest_hash(Path(manifest["_dir"]))
-    rid = run_id(cfg, msha)
+    dsha = data_hash(Path(manifest["_dir"]))
+    rid = run_id(cfg, dsha)
     final, part = results.finished_dir(out, rid), results.partial_dir(out, rid)
     if results.is_finished(final):
         return final
@@ -319,7 +319,7 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     part.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
     results.write_json(part / "config.json", cfg.to_dict())
-    ctx.write_record("running", run_id=rid, manifest_sha256=msha, versions=versions(),
+    ctx.write_record("running", run_id=rid, data_sha256=dsha, versions=versions(),
                      data_dir=str(Path(data_dir).resolve()), pid=os.getpid(), argv=sys.argv)
     try:
         state = ctx.fit(resume=resume, progress=progress)
