@@ -597,3 +597,22 @@ def test_folder_of_aliccp_archives_is_unpacked(tmp_path):
     rec = _records(raw)
     assert rec["sample_skeleton_train.csv"]["source"].startswith("extracted from sample_train")
     dl.verify_raw(raw)
+
+
+def test_a_download_waits_while_another_works_on_the_data_set(tmp_path):
+    """Two imports into one raw/ (train and test archives in two terminals) take turns, so
+    neither sweeps the other's extraction nor loses the other's checksum record."""
+    from prlbench.data.cache import dataset_lock
+
+    src = tmp_path / "sample_skeleton_train.csv"
+    src.write_text("1,0\n")
+    done = []
+    with dataset_lock(tmp_path / "data", "aliccp"):
+        t = threading.Thread(target=lambda: done.append(
+            dl.download("aliccp", tmp_path / "data", from_path=src, progress=False)))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and not done
+    t.join(timeout=30)
+    assert done and _records(done[0])[src.name]["bytes"] == 4
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["aliccp"]

@@ -217,3 +217,44 @@ def test_sigterm_during_preprocess_leaves_nothing(tmp_path):
     assert proc.returncode == 130, out
     assert "interrupted: nothing was written; rerun the same command" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_preprocess_of_the_same_data_set_waits_for_the_first(tmp_path):
+    """One download or preprocess of a data set at a time: the second says it waits, then
+    runs; no lock file is left behind."""
+    from prlbench.data.cache import dataset_lock
+
+    with dataset_lock(tmp_path, "synthetic"):
+        proc = subprocess.Popen([sys.executable, "-m", "prlbench", "preprocess", "synthetic",
+                                 "--rows", "2000", "--data-dir", str(tmp_path), "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stderr.readline()  # blocks until the second process reaches the lock
+        assert "waiting for another prlbench download or preprocess" in line
+        time.sleep(0.3)
+        assert not (tmp_path / "synthetic").exists() and proc.poll() is None
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert (tmp_path / "synthetic" / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+def test_raw_downloads_in_a_killed_swaps_old_folder_are_put_back(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stranded = tmp_path / f".synthetic.old-{dead.pid}-x1"
+    (stranded / "raw").mkdir(parents=True)
+    (stranded / "raw" / "archive.zip").write_bytes(b"keep me")
+    preprocess("synthetic", tmp_path, progress=False, rows=2000)
+    assert (tmp_path / "synthetic" / "raw" / "archive.zip").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+def test_a_symlinked_cache_folder_is_rebuilt_where_it_points(tmp_path):
+    elsewhere = tmp_path / "big" / "synthetic"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "synthetic").symlink_to(elsewhere)
+    for seed in (0, 1):
+        preprocess("synthetic", tmp_path / "d", progress=False, rows=2000, seed=seed)
+    assert (tmp_path / "d" / "synthetic").is_symlink()
+    assert open_cache(tmp_path / "d", "synthetic")["params"]["seed"] == 1
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["synthetic"]

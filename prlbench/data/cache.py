@@ -13,17 +13,19 @@ bounded memory. `open_cache` reads a manifest back and checks that the files mat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -148,7 +150,9 @@ class CacheBuilder:
 
     def __init__(self, out_dir: Path, schema: Schema, *, min_count: int = 0,
                  has_groups: bool = True, carve_val: bool = True) -> None:
-        self.out_dir = Path(out_dir)
+        # A cache folder that is a symlink (a big data set on another disk) is rebuilt where
+        # it points, so that the link stays valid and the swap stays on one file system.
+        self.out_dir = Path(out_dir).resolve() if Path(out_dir).is_symlink() else Path(out_dir)
         self.schema = schema
         self.min_count = min_count
         self.has_groups = has_groups
@@ -157,17 +161,26 @@ class CacheBuilder:
         self._chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._side_chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._stage: Path | None = None
+        self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> "CacheBuilder":
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale(self.out_dir)
-        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.staging-{os.getpid()}-",
-                                            dir=self.out_dir.parent))
+        self._lock.enter_context(dataset_lock(self.out_dir.parent, self.out_dir.name))
+        try:
+            sweep_stale(self.out_dir)
+            self._stage = Path(tempfile.mkdtemp(
+                prefix=f".{self.out_dir.name}.staging-{os.getpid()}-", dir=self.out_dir.parent))
+        except BaseException:
+            self._lock.close()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._stage is not None:
-            shutil.rmtree(self._stage, ignore_errors=True)
+        try:
+            if self._stage is not None:
+                shutil.rmtree(self._stage, ignore_errors=True)
+        finally:
+            self._lock.close()
 
     def add(self, split: str, columns: Mapping[str, np.ndarray], *, source: str,
             first_line: int = 1, side: Mapping[str, np.ndarray] | None = None) -> None:
@@ -347,16 +360,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
+    """Hold `data_dir/.name.lock` exclusively: one download or preprocess of a data set at a
+    time (another one waits, and says so), so none moves raw/ or the records under another."""
+    import fcntl
+
+    path = Path(data_dir) / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    said = False
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not said:
+                print(f"waiting for another prlbench download or preprocess of "
+                      f"{Path(data_dir) / name} to finish...", file=sys.stderr, flush=True)
+                said = True
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:  # the holder before us removes the file on leaving: lock the file at the path
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # nothing left behind; whoever waits locks afresh
+        lock.close()
+
+
 def sweep_stale(target: Path) -> list[Path]:
     """Remove the staging / old folders of `target` left by a preprocess that was killed
-    (SIGKILL, power loss); folders of a process still running are left alone."""
+    (SIGKILL, power loss); folders of a process still running are left alone. Raw downloads
+    in an old folder are put back first (into `target/raw` if it has none)."""
     removed = []
-    for p in Path(target).parent.glob(f".{Path(target).name}.*"):
-        m = re.fullmatch(rf"\.{re.escape(Path(target).name)}\.(?:staging|old)-(\d+)(?:-.*)?",
-                         p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+    target = Path(target)
+    for p in target.parent.glob(f".{target.name}.*"):
+        m = re.fullmatch(rf"\.{re.escape(target.name)}\.(?:staging|old)-(\d+)(?:-.*)?", p.name)
+        if not (m and p.is_dir() and not _pid_alive(int(m.group(1)))):
+            continue
+        if ".old-" in p.name and (p / "raw").is_dir():
+            if not target.exists():
+                os.replace(p, target)  # the swap never happened: the old cache is the cache
+                continue
+            if not (target / "raw").exists():
+                os.replace(p / "raw", target / "raw")
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
     return removed
 
 
@@ -372,7 +425,11 @@ def _swap_into_place(new: Path, target: Path) -> None:
     if not target.is_dir():
         raise CacheError(f"{target} is a file, not a cache folder; move it away and rerun")
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
-    os.replace(target, old)  # onto the empty folder: one atomic rename
+    try:
+        os.replace(target, old)  # onto the empty folder: one atomic rename
+    except BaseException:
+        old.rmdir()
+        raise
     raw_moved = False
     try:
         if (old / "raw").exists():

@@ -38,7 +38,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from prlbench import __version__
-from prlbench.data.cache import sha256_file
+from prlbench.data.cache import dataset_lock, sha256_file
 from prlbench.data.csvio import check_zip_start
 from prlbench.data.datasets import DATASETS, DatasetSpec
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
@@ -79,17 +79,31 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise ConfigError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     raw = Path(data_dir) / name / "raw"
-    known = set(_load_records(raw)) if raw.is_dir() else set()
     url = url if url is not None or from_path is not None else spec.url
+    if from_path is None and url is None and not (
+            spec.raw_files and all((raw / f).is_file() for f in spec.raw_files)):
+        raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
+    if from_path is not None and not Path(from_path).expanduser().exists():
+        raise DownloadError(f"--from {from_path}: no such file or folder")
+    # One download or preprocess of a data set at a time: none moves raw/ or rewrites
+    # checksums.json under another (a second one waits).
+    with dataset_lock(Path(data_dir), name):
+        _download_locked(spec, raw, url=url, from_path=from_path, progress=progress,
+                         retries=retries, backoff=backoff, sha256=sha256)
+    return raw
+
+
+def _download_locked(spec: DatasetSpec, raw: Path, *, url: str | None, from_path: Path | None,
+                     progress: bool, retries: int, backoff: float, sha256: str | None) -> None:
+    known = set(_load_records(raw)) if raw.is_dir() else set()
     if from_path is not None:
-        given, single = _import(Path(from_path), raw, sha256=sha256, progress=progress)
+        given, single = _import(Path(from_path).expanduser(), raw, sha256=sha256,
+                                progress=progress)
     elif url is not None:
         given, single = [_download_url(url, raw, sha256, progress, retries, backoff)], True
-    elif spec.raw_files and all((raw / f).is_file() for f in spec.raw_files):
+    else:
         verify_raw(raw)  # imported earlier: check it, extract what is still unextracted
         given, single = [raw / f for f in spec.raw_files], True
-    else:
-        raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
     # Archives given alone, or named as raw files, are unpacked; so is every archive of a folder
     # when the raw files themselves are not archives (Ali-CCP's .tar.gz of CSVs).
     unpack_all = not any(_is_archive(Path(f)) for f in spec.raw_files)
@@ -103,7 +117,6 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
                                          f"{raw / CHECKSUMS} first") from None
                 _forget(raw, path)  # a new archive that is damaged or unsafe is not kept
                 raise ArchiveRefused(f"{e} ({path.name} was not kept)") from None
-    return raw
 
 
 def _forget(raw: Path, path: Path) -> None:
