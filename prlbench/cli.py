@@ -59,17 +59,22 @@ def friendly_errors(fn: Callable) -> Callable:
                              .rstrip(": "), soft_wrap=True)
             raise typer.Exit(130) from None
         except OSError as e:  # disk full, a path that is a file, no permission...
+            import errno
+
             where = f": {e.filename}" if e.filename else ""
-            _console().print(f"[bold red]error:[/] {_esc(e.strerror or e)}{_esc(where)}; free "
-                             "space, fix the path or its permissions, and rerun the same "
-                             "command", soft_wrap=True)
+            what = _esc(e.strerror or e)
+            if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+                what = "a file stands where a folder is needed (in the path)"
+            _console().print(f"[bold red]error:[/] {what}{_esc(where)}; free space, fix the path "
+                             "or its permissions, and rerun the same command", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
 
 
 _AFTER_INTERRUPT = {
-    "download": "rerun the same command to resume the download from where it stopped",
+    "download": "rerun the same command to go on (a --url download resumes from its .part "
+                "file; an import copies again)",
     "preprocess": "nothing was written; rerun the same command to start again",
     "train": "rerun the same command with --resume to go on from the last checkpoint",
     "evaluate": "nothing was written; rerun the same command",

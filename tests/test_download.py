@@ -616,3 +616,29 @@ def test_a_download_waits_while_another_works_on_the_data_set(tmp_path):
     t.join(timeout=30)
     assert done and _records(done[0])[src.name]["bytes"] == 4
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["aliccp"]
+
+
+def test_a_presigned_url_is_recorded_without_its_token(server, tmp_path):
+    base, st = server
+    st.files["/d/file.bin?token=SECRET&sig=x"] = _content(1_000)
+    raw = _get(f"{base}/d/file.bin?token=SECRET&sig=x", tmp_path)
+    assert _records(raw)["file.bin"]["source"] == f"{base}/d/file.bin"
+    assert "SECRET" not in (raw / dl.CHECKSUMS).read_text()
+
+
+def test_an_interrupted_import_keeps_no_partial_copy(tmp_path, monkeypatch):
+    import contextlib
+
+    src = tmp_path / "sample_skeleton_train.csv"
+    src.write_bytes(b"1,0\n" * 1000)
+
+    @contextlib.contextmanager
+    def interrupting(*args):
+        def advance(n):
+            raise KeyboardInterrupt
+        yield advance
+
+    monkeypatch.setattr(dl, "_bar", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        dl.download("aliccp", tmp_path / "data", from_path=src, progress=False)
+    assert _files(tmp_path / "data" / "aliccp" / "raw") == []

@@ -127,7 +127,7 @@ def _skeleton_line(raw, k, **change):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (dict(click="x"), "line 6, column 2 (click): 'x' is not a number"),
+    (dict(click="x"), "line 6, column 2 (click): 'x' is not a number; expected a label (0 or 1)"),
     (dict(purchase=2, click=1), "line 6, column 3 (purchase): purchase = 2"),
     (dict(index="ffffffffffffffff"), "line 6: common feature index 'ffffffffffffffff' is not"),
     (dict(feats=[("205", 7, "1.0"), ("206", 8, "x")]), None),  # a bad value is not an id: ok

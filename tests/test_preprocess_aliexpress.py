@@ -389,3 +389,12 @@ def test_processed_csv_missing_a_feature_column_is_refused(tmp_path, aliexpress_
         preprocess_aliexpress(tmp_path / "d", country="nl", source=tmp_path / "m",
                               progress=False)
     assert not (tmp_path / "d").exists() or list((tmp_path / "d").iterdir()) == []
+
+
+def test_a_processed_folder_without_test_csv_names_test_csv(tmp_path, aliexpress_raw):
+    write_processed(aliexpress_raw, tmp_path / "m")
+    (tmp_path / "m" / "test.csv").unlink()
+    with pytest.raises(DataError, match=r"missing test\.csv \(expected") as err:
+        preprocess_aliexpress(tmp_path / "d", country="nl", source=tmp_path / "m",
+                              progress=False)
+    assert "nl_user_train" not in str(err.value).split("(expected")[0]

@@ -62,6 +62,7 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
     if variant not in VARIANTS:
         raise ConfigError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     src = Path(source) if source is not None else Path(data_dir) / NAME / "raw"
+    limit = csvio.unmatched_limit(max_unmatched)  # a bad option fails before any hashing
     verified = src.exists() and csvio.verify_checksums(src)
     kind, entries = csvio.find_inputs(
         src, _classify, {"raw": (RAW_ROLES, ()), "processed": (("train", "test"), ("val",))},
@@ -71,7 +72,7 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
         label=_file_name)
     params = {"source": str(src.resolve()), "source_format": kind, "variant": variant,
               "checksums_verified": verified,
-              "max_unmatched": csvio.unmatched_limit(max_unmatched)}
+              "max_unmatched": limit}
     out = Path(data_dir) / NAME
     total = sum(e.size for e in entries.values())
     with csvio.ByteProgress(progress, total, f"preprocess {NAME}") as bar:
@@ -128,11 +129,11 @@ def _utf8(chunk: csvio.LineChunk, i: int) -> bool:
         return False
 
 
-def _ints(values: pa.Array, where: csvio.Where) -> np.ndarray:
+def _ints(values: pa.Array, where: csvio.Where, what: str = "an integer id") -> np.ndarray:
     try:
         return pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return csvio.int_values(np.asarray(values.to_pylist(), dtype=object), where)
+        return csvio.int_values(np.asarray(values.to_pylist(), dtype=object), where, what)
 
 
 def extract_fields(lists: pa.Array, where: csvio.Where) -> tuple[np.ndarray, np.ndarray, int]:
@@ -219,8 +220,8 @@ def _read_common(entry: csvio.Entry, bar, chunk_rows: int, stats: dict) -> _Comm
 # ------------------------------------------------------------------------------ skeleton
 def _skeleton_chunk(entry, chunk, cols, common: _Common, stats: dict) -> dict | None:
     """Schema columns of one chunk of skeleton rows (None when every row is dropped)."""
-    click = _ints(cols[1], _where(entry, chunk, "2 (click)"))
-    purchase = _ints(cols[2], _where(entry, chunk, "3 (purchase)"))
+    click = _ints(cols[1], _where(entry, chunk, "2 (click)"), "a label (0 or 1)")
+    purchase = _ints(cols[2], _where(entry, chunk, "3 (purchase)"), "a label (0 or 1)")
     csvio.check_binary(click, _where(entry, chunk, "2 (click)"), "click")
     csvio.check_binary(purchase, _where(entry, chunk, "3 (purchase)"), "purchase")
     count = _ints(cols[4], _where(entry, chunk, "5 (feature count)"))

@@ -54,6 +54,7 @@ def preprocess_aliexpress(data_dir: Path, *, country: str, source: Path | None =
         raise ConfigError(f"country {country!r}: expected one of {', '.join(COUNTRIES)}")
     name = f"aliexpress_{country}"
     src = Path(source) if source is not None else Path(data_dir) / name / "raw"
+    limit = csvio.unmatched_limit(max_unmatched)  # a bad option fails before any hashing
     verified = src.exists() and csvio.verify_checksums(src)
     others: list[str] = []
     try:
@@ -68,7 +69,7 @@ def preprocess_aliexpress(data_dir: Path, *, country: str, source: Path | None =
                         f"the data set name (prlbench preprocess {name}) or --source") from None
     params = {"source": str(src.resolve()), "source_format": kind, "country": country,
               "checksums_verified": verified,
-              "max_unmatched": csvio.unmatched_limit(max_unmatched)}
+              "max_unmatched": limit}
     out = Path(data_dir) / name
     total = sum(e.size for e in entries.values())
     with csvio.ByteProgress(progress, total, f"preprocess {name}") as bar:

@@ -195,8 +195,13 @@ def find_inputs(root: Path, classify: Callable[[Entry], str | None],
         for kind, (required, optional) in kinds.items():
             if all(r in found for r in required):
                 return kind, {r: _pick(found[r], r) for r in (*required, *optional) if r in found}
-    first_required = next(iter(kinds.values()))[0]
-    missing = [label(r) for r in first_required if r not in found]
+    # Name what is missing from the kind the folder comes closest to (the first on a tie):
+    # a processed folder without test.csv should hear about test.csv, not the raw files.
+    first = next(iter(kinds))
+    closest = max(kinds, key=lambda k: (sum(r in found for r in kinds[k][0]) / len(kinds[k][0]),
+                                        k == first))
+    missing = [label(r) if closest == first else f"{r}.csv"
+               for r in kinds[closest][0] if r not in found]
     raise DataError(f"{root}: no complete input found; missing {', '.join(missing)} "
                     f"(expected {describe})")
 

@@ -257,6 +257,9 @@ def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: b
     except OSError as e:
         part.unlink(missing_ok=True)
         raise DownloadError(f"cannot copy {src} to {part}: {e}") from e
+    except BaseException:  # Ctrl-C / SIGTERM: an import starts again, so keep no partial copy
+        part.unlink(missing_ok=True)
+        raise
     return _accept(raw, rel, part, str(src.resolve()), sha256)
 
 
@@ -285,13 +288,22 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
         _check(raw, name, records[name]["sha256"], sha256, None)
         return target
     if target.is_file():  # put there by hand: check it like a fresh download
-        return _accept(raw, name, target, url, sha256)
+        return _accept(raw, name, target, _without_query(url), sha256)
     part = raw / (name + PART)
     try:
         _fetch(url, part, retries, backoff, progress)
     except OSError as e:  # network errors are retried inside; this is the local disk
         raise DownloadError(f"cannot write {part}: {e}") from e
-    return _accept(raw, name, part, url, sha256)
+    return _accept(raw, name, part, _without_query(url), sha256)
+
+
+def _without_query(url: str) -> str:
+    """The URL as recorded in checksums.json: no query string or credentials (pre-signed
+    links carry tokens)."""
+    u = urlparse(url)
+    host = u.hostname or ""
+    return u._replace(netloc=host + (f":{u.port}" if u.port else ""), query="",
+                      fragment="").geturl()
 
 
 def _url_filename(url: str) -> str:
