@@ -528,3 +528,31 @@ def test_validation_plot_of_one_epoch_has_whole_epoch_ticks_and_error_bars(tmp_p
     assert ticks == ["1"]
     assert all(len(ax.containers) == 2 for ax in fig.axes)  # one error bar per arm
     assert plots.overlapping_texts(fig) == []
+
+
+def test_identical_deltas_leave_the_t_test_undefined_not_significant():
+    rows = []
+    for loss in ("bce", "pwiser"):
+        for seed in (1, 2):
+            row = {"dataset": "synthetic", "model": "mmoe", "loss": loss, "arm": loss,
+                   "params": json.dumps(PARAMS[loss], sort_keys=True), "seed": seed,
+                   "run_id": f"{loss}-s{seed}", "run_dir": ""}
+            for j, task in enumerate(("ctr", "ctcvr", "cvr")):  # the same step on both seeds
+                row[f"{task}_auc"] = 0.7 + 0.01 * seed + (0.00319 if loss == "pwiser" else 0)
+                row[f"{task}_logloss"] = 0.4 + 0.01 * seed * (j + 1) * (1 + (loss == "pwiser"))
+            rows.append(row)
+    s = analysis.summarise(pd.DataFrame(rows), test="ttest", correction="bh", n_boot=200,
+                           delong=False)
+    auc = s.cells[(s.cells["arm"] == "pwiser") & s.cells["metric"].str.endswith("auc")]
+    assert auc["p"].isna().all() and (auc["outcome"] == "untested").all()
+    assert any("t-test undefined for 3 cell(s)" in w for w in s.warnings)
+
+
+def test_a_baseline_only_report_says_so():
+    s = small_summary()
+    base_only = analysis.summarise(s.runs[s.runs["arm"] == "bce"], test="ttest", n_boot=200,
+                                   delong=False)
+    md = to_markdown(build_table(base_only))
+    assert "Only BCE was run: no loss to compare with it." in md
+    assert "Δ" not in md and "2 seeds or more" not in md
+    assert plots._forest_xlabel(base_only) == "only BCE was run: no difference to show"

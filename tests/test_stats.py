@@ -209,7 +209,8 @@ def test_paired_tests_degenerate():
     same = paired_ttest([1.0, 2.0], [1.0, 2.0])
     assert (same.statistic, same.p) == (0.0, 1.0)
     assert np.isnan(paired_ttest([1.0], [0.0]).p)
-    assert paired_ttest([2.0, 3.0], [1.0, 2.0]).p == 0.0
+    constant = paired_ttest([2.0, 3.0], [1.0, 2.0])  # identical differences: zero variance
+    assert constant.statistic == np.inf and np.isnan(constant.p)  # undefined, not p = 0
     assert wilcoxon_signed_rank([1.0, 2.0], [1.0, 2.0]).p == 1.0
     with pytest.raises(DataError):
         paired_ttest([1.0, 2.0], [1.0])

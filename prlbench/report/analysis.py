@@ -215,6 +215,7 @@ def summarise(runs: pd.DataFrame, *, baseline: str = "bce", metrics: tuple[str, 
     seeds = sorted(int(s) for s in runs["seed"].unique())
     warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, seeds, test, correction,
                                                                   alpha)
+    warnings += _undefined_test_warnings(cells, test)
     return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
                    metrics=metrics, seeds=seeds, test=test, correction=correction, alpha=alpha,
                    n_boot=n_boot, settings=_settings(runs), losses=_arm_losses(runs),
@@ -324,6 +325,19 @@ def _pairing_warnings(cells: pd.DataFrame, seeds: list[int]) -> list[str]:
                        f"{r.n_pairs} of {len(seeds)} seeds (unpaired: "
                        f"{', '.join(map(str, missing))})")
     return out
+
+
+def _undefined_test_warnings(cells: pd.DataFrame, test: str) -> list[str]:
+    """The t-test is undefined when every seed's difference is the same (zero variance)."""
+    c = cells[~cells["is_baseline"] & (cells["n_pairs"] >= 2) & cells["p"].isna()
+              & (cells["delta_mean"] != 0)]
+    if test != "ttest" or c.empty:
+        return []
+    where = ", ".join(f"{r.dataset}/{r.model}/{r.arm}/{r.metric}" for r in c.head(3).itertuples())
+    more = f" and {len(c) - 3} more" if len(c) > 3 else ""
+    return [f"t-test undefined for {len(c)} cell(s) ({where}{more}): every seed's difference "
+            "was the same (zero variance, as AUCs on few positives move in steps); they are "
+            "left untested; use more seeds or --test wilcoxon"]
 
 
 def _power_warnings(cells: pd.DataFrame, seeds: list[int], test: str, correction: str,

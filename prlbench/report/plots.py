@@ -127,9 +127,14 @@ def _dataset_separators(ax, groups: list) -> None:
 def _forest_xlabel(summary: Summary) -> str:
     base = tm.loss_name(summary.baseline)
     conf = f"{(1 - summary.alpha) * 100:g} %"
-    if summary.n_comparisons == 0:
-        return (f"AUC difference to {base}, {tm.seed_list(summary.seeds)}: one seed, "
+    if summary.cells["is_baseline"].all():
+        return f"only {base} was run: no difference to show"
+    if summary.n_seeds < 2:
+        return (f"AUC difference to {base}, seed {tm.seed_list(summary.seeds)}: one seed, "
                 "no CI and no test")
+    if summary.n_comparisons == 0:
+        return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {conf} bootstrap "
+                "CI); no test could be computed")
     test = tm.TEST_NAMES[summary.test]
     return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {conf} bootstrap CI); "
             f"filled: {test} significant after {tm.CORRECTION_NAMES[summary.correction]}")

@@ -142,6 +142,9 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
         parts = [f"Test-split {what}, mean ± std over {_seed_text(summary)}.",
                  f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
                  f"({summary.n_boot:,} resamples of the per-seed differences){relaimpr}"]
+    if summary.cells["is_baseline"].all():  # nothing to take a difference to
+        parts = [parts[0].replace(": no std, CI or test with one seed.", ": no std with one "
+                                  "seed.")]
     parts.append(_test_text(summary, base, metrics))
     if kind == "auc":
         c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
@@ -189,8 +192,13 @@ def seed_list(seeds: list[int]) -> str:
 def _test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
     k = summary.n_comparisons_in(metrics)
     if k == 0:
-        return ("No significance test: a paired test over seeds needs 2 seeds or more "
-                "(use 6 or more).")
+        others = summary.cells[~summary.cells["is_baseline"]]
+        if others.empty:
+            return f"Only {base} was run: no loss to compare with it."
+        if others["n_pairs"].fillna(0).max() < 2:
+            return ("No significance test: a paired test over seeds needs 2 seeds or more "
+                    "(use 6 or more).")
+        return "No significance test could be computed (see the warnings below the table)."
     c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
     family = " × ".join(_count(c[col].nunique(), word) for col, word in (
         ("dataset", "data set"), ("model", "model"), ("metric", "metric"), ("arm", "loss")))

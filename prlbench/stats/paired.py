@@ -24,7 +24,9 @@ def paired_ttest(a, b) -> TestResult:
     """Two-sided paired t-test of mean(a - b) == 0 (``scipy.stats.ttest_rel``).
 
     n < 2 -> nan, nan. Differences all equal: all zero -> statistic 0, p 1 (no evidence of a
-    difference); a non-zero constant -> statistic +-inf, p 0 (scipy's limit).
+    difference); a non-zero constant -> statistic +-inf, p nan: the variance is zero, so the test
+    is undefined (scipy's limit p = 0 would call two seeds whose AUCs moved by the same step, as
+    AUCs on few positives do, infinitely significant).
     """
     a, b = _checks.same_length(a, b, ("a", "b"))
     d = a - b
@@ -33,7 +35,7 @@ def paired_ttest(a, b) -> TestResult:
     if np.all(d == d[0]):
         if d[0] == 0:
             return TestResult(0.0, 1.0)
-        return TestResult(float(np.copysign(np.inf, d[0])), 0.0)
+        return TestResult(float(np.copysign(np.inf, d[0])), float("nan"))
     res = stats.ttest_rel(a, b)
     return TestResult(float(res.statistic), float(res.pvalue))
 
