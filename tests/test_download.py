@@ -37,6 +37,7 @@ class _State:
         self.ignore_range = False           # answer 200 with the whole file to a Range request
         self.misalign = False               # answer the next Range request from byte 0 (206)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,6 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
         st.requests.append((self.path, self.headers.get("Range")))
         if st.fail:
             return self._empty(st.fail.pop(0))
+        if self.path in st.redirects:
+            return self._empty(302, {"Location": st.redirects[self.path]})
         body = st.files.get(self.path)
         if body is None:
             return self._empty(404)
@@ -642,3 +645,22 @@ def test_an_interrupted_import_keeps_no_partial_copy(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dl.download("aliccp", tmp_path / "data", from_path=src, progress=False)
     assert _files(tmp_path / "data" / "aliccp" / "raw") == []
+
+
+def test_a_redirecting_download_endpoint_keeps_the_files_own_name(server, aliexpress_archive,
+                                                                  tmp_path):
+    base, st = server
+    outer, inner = aliexpress_archive
+    st.files[f"/files/{OUTER}"] = outer.read_bytes()
+    st.redirects["/dl"] = f"{base}/files/{OUTER}"
+    raw = _get(f"{base}/dl", tmp_path)
+    assert not (raw / "dl").exists()
+    _check_aliexpress_raw(raw, inner)  # named as served, so recognised and extracted
+
+
+def test_an_html_page_is_not_taken_for_data(server, tmp_path):
+    base, st = server
+    st.files["/aliexpress_NL_datasets.zip"] = b"\n  <!DOCTYPE html><html>Please log in</html>"
+    with pytest.raises(DownloadError, match="sent an HTML page, not a data file.*--from PATH"):
+        _get(f"{base}/aliexpress_NL_datasets.zip", tmp_path)
+    assert _files(tmp_path / NAME / "raw") == [] and _records(tmp_path / NAME / "raw") == {}

@@ -290,11 +290,32 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
     if target.is_file():  # put there by hand: check it like a fresh download
         return _accept(raw, name, target, _without_query(url), sha256)
     part = raw / (name + PART)
+    seen: dict = {}
     try:
-        _fetch(url, part, retries, backoff, progress)
+        _fetch(url, part, retries, backoff, progress, seen)
     except OSError as e:  # network errors are retried inside; this is the local disk
         raise DownloadError(f"cannot write {part}: {e}") from e
+    _refuse_html(part, url)
+    served = seen.get("name")
+    if "." not in name and served and "." in served and _usable_name(served):
+        name = served  # a download endpoint (/dl?id=..., a redirect): the file's own name
     return _accept(raw, name, part, _without_query(url), sha256)
+
+
+def _usable_name(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name \
+        and name != CHECKSUMS and not name.endswith(PART)
+
+
+def _refuse_html(part: Path, url: str) -> None:
+    """A login or error page served with status 200 is not a data file: say so, keep nothing."""
+    with open(part, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        part.unlink()
+        raise DownloadError(f"{_without_query(url)} sent an HTML page, not a data file (a login "
+                            "or error page?); Tianchi needs a login: download by hand in a "
+                            "browser and import the file with --from PATH")
 
 
 def _without_query(url: str) -> str:
@@ -318,11 +339,12 @@ def _url_filename(url: str) -> str:
     return name
 
 
-def _fetch(url: str, part: Path, retries: int, backoff: float, progress: bool) -> None:
+def _fetch(url: str, part: Path, retries: int, backoff: float, progress: bool,
+           seen: dict | None = None) -> None:
     last: _Retryable | None = None
     for attempt in range(retries + 1):
         try:
-            return _fetch_once(url, part, progress)
+            return _fetch_once(url, part, progress, seen)
         except _Retryable as e:
             last = e
             if attempt < retries:
@@ -338,7 +360,7 @@ def _fetch(url: str, part: Path, retries: int, backoff: float, progress: bool) -
                         "to resume")
 
 
-def _fetch_once(url: str, part: Path, progress: bool) -> None:
+def _fetch_once(url: str, part: Path, progress: bool, seen: dict | None = None) -> None:
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"prlbench/{__version__}"}
     if offset:
@@ -351,6 +373,9 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
         return _http_error(e, url, part, offset, progress)
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
         raise _Retryable(f"connection error: {e}") from e
+    if seen is not None:  # the name the server gives (Content-Disposition, or after redirects)
+        seen["name"] = resp.headers.get_filename() or PurePosixPath(
+            unquote(urlparse(resp.geturl()).path)).name
     with resp:
         if resp.status == 206:
             first, last, total = _content_range(resp.headers.get("Content-Range"))
