@@ -424,7 +424,8 @@ def compare(
     correction: str = typer.Option("holm", help="Multiple-testing correction: holm or bh."),
     config: Optional[Path] = ConfigFile,
     data_dir: Path = DataDir,
-    out: Path = typer.Option(Path("results/compare"), "--out", help="The experiment folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The experiment folder (default "
+                                       "results/compare, or $PRLBENCH_OUT/compare)."),
     quiet: bool = Quiet,
 ) -> None:
     """Run the grid data sets x models x losses x seeds (resumably) and write significance-tested
@@ -443,6 +444,10 @@ def compare(
     from prlbench.compare import compare as run_compare
     from prlbench.runner import make_executor
 
+    if out is None:
+        import os
+
+        out = Path(os.environ.get("PRLBENCH_OUT") or "results") / "compare"
     grid = _grid(datasets, models, losses, seeds, config, dict(
         lam=_floats(lam, "--lambda"), m1=_floats(m1, "--m1"), m2=_floats(m2, "--m2")),
         {"phi": phi, "score": score, "head": head},

@@ -574,3 +574,10 @@ def test_config_file_naming_the_grid_is_refused(data_dir, tmp_path, fits, yaml_t
     r, text = invoke_compare(data_dir, tmp_path / "out", "--config", str(cfg))
     assert r.exit_code == 1 and fragment in text, text
     assert fits == [] and not (tmp_path / "out").exists()
+
+
+def test_compare_out_defaults_under_prlbench_out(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRLBENCH_OUT", str(tmp_path / "res"))
+    r = CliRunner().invoke(app, ["compare", "--data-dir", str(data_dir), "--seeds", "1",
+                                 "--tables-only", "-q"])
+    assert r.exit_code == 1 and str(tmp_path / "res" / "compare") in " ".join(r.output.split())
