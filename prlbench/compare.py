@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prlbench import results
 from prlbench.errors import ConfigError
-from prlbench.runner import Grid, Outcome, run_grid
+from prlbench.runner import Grid, Outcome, best_val_score, run_grid
 
 
 @dataclass
@@ -127,18 +127,13 @@ def _report(res: CompareResult, run_dirs: list[Path], out: Path, formats: tuple[
     res.written += sorted(plot_dir.iterdir())
 
 
-def _val_score(run_dir: Path | None) -> float | None:
-    record = run_dir / "run.json" if run_dir is not None else None
-    return results.read_json(record).get("best_val_score") if record and record.exists() else None
-
-
 def _write_record(grid: Grid, res: CompareResult, out: Path, seconds: float) -> None:
     results.write_json(out / "compare.json", {
         "datasets": grid.datasets, "models": grid.models, "losses": grid.losses,
         "seeds": grid.seeds, "loss_grid": grid.loss_grid, "base": grid.base.to_dict(),
         "seconds": seconds,
         "runs": [{"run_id": o.run_id, "status": o.status, "role": o.role, "error": o.error,
-                  "best_val_score": _val_score(o.run_dir),
+                  "best_val_score": best_val_score(o.run_dir),
                   "seconds": o.seconds, "dataset": o.cfg.data.dataset, "model": o.cfg.model.name,
                   "loss": o.cfg.loss.name, "seed": o.cfg.train.seed,
                   "run_dir": str(o.run_dir) if o.run_dir else None} for o in res.outcomes],

@@ -295,7 +295,12 @@ def _select(grid: Grid, phase1: list[RunConfig], outcomes: dict[int, Outcome]) -
     return chosen
 
 
+def best_val_score(run_dir: Path | None) -> float | None:
+    """The validation score a finished run chose its epoch by (None when unknown)."""
+    record = run_dir / "run.json" if run_dir is not None else None
+    return results.read_json(record).get("best_val_score") if record and record.exists() else None
+
+
 def _val_score(o: Outcome) -> float:
-    if o.run_dir is None:
-        return float("-inf")
-    return float(results.read_json(o.run_dir / "run.json").get("best_val_score", float("-inf")))
+    score = best_val_score(o.run_dir)
+    return float("-inf") if score is None else float(score)
