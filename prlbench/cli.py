@@ -58,6 +58,11 @@ def friendly_errors(fn: Callable) -> Callable:
             _console().print(f"[yellow]interrupted[/]: {_AFTER_INTERRUPT.get(fn.__name__, '')}"
                              .rstrip(": "), soft_wrap=True)
             raise typer.Exit(130) from None
+        except ConnectionError as e:  # e.g. a Ray cluster that cannot be reached
+            _console().print(f"[bold red]error:[/] connection failed: {_esc(e)}; check the "
+                             "address and the network, then rerun the same command",
+                             soft_wrap=True)
+            raise typer.Exit(1) from None
         except OSError as e:  # disk full, a path that is a file, no permission...
             import errno
 
@@ -507,10 +512,14 @@ def _grid(datasets, models, losses, seeds, config, lists, loss_fixed, model_flag
         raise ConfigError("--losses must include bce, the baseline every loss is compared to")
     # Each loss takes the parameters it knows from this grid (Grid.candidates filters);
     # flags win over the file's loss.params.
-    loss_grid = {k: v for k, v in lists.items() if v}
+    loss_grid = {k: list(dict.fromkeys(v)) for k, v in lists.items() if v}  # no repeats
     loss_grid.update({k: [v] for k, v in loss_fixed.items() if v is not None})
     for key, value in file_params.items():
-        loss_grid.setdefault(key, list(value) if isinstance(value, list) else [value])
+        if value == [] or value is None:
+            raise ConfigError(f"{config}: loss.params.{key} is empty; give a value or a list of "
+                              "candidates, or remove the key")
+        values = list(dict.fromkeys(value)) if isinstance(value, list) else [value]
+        loss_grid.setdefault(key, values)
         if not any(key in loss_params(n) for n in loss_names):
             raise ConfigError(f"{config}: loss.params.{key}: none of the losses "
                               f"{', '.join(loss_names)} takes it; remove it or add a loss that "

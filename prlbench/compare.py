@@ -103,7 +103,7 @@ def _selection(grid: Grid) -> dict:
     for loss in grid.losses:
         cands = grid.candidates(loss)
         if len(cands) > 1:
-            out[loss] = {k: sorted({c[k] for c in cands}) for k in cands[0]
+            out[loss] = {k: sorted({c[k] for c in cands}, key=str) for k in cands[0]
                          if len({c[k] for c in cands}) > 1}
     return {"seed": grid.seeds[0], "losses": out} if out else {}
 

@@ -2,7 +2,7 @@
 
 A run folder `runs/<run-id>/` holds:
   config.json        the resolved RunConfig (see prlbench.config)
-  run.json           status, run id, versions, data manifest hash, timings, error if any
+  run.json           status, run id, versions, data content hash, timings, error if any
   history.json       validation metrics per epoch (and train loss, samples/s)
   best.pt            the best model's state_dict (torch.load(..., weights_only=True))
   state.pt           the resume state (model, optimizer, RNG states, position in the epoch)

@@ -1,6 +1,6 @@
 """The experiment grid: data sets x models x losses (x loss settings) x seeds, run resumably.
 
-Each run's id is the hash of its resolved config (and of the data manifest), so a finished run
+Each run's id is the hash of its resolved config (and of the cached data's content), so a finished run
 is found again and reused: an interrupted compare continues where it stopped, and a second
 compare with one more model trains only that model. A failed run is recorded with its error and
 the rest of the grid goes on. Two compare processes on one folder never train the same run at

@@ -581,3 +581,22 @@ def test_compare_out_defaults_under_prlbench_out(data_dir, tmp_path, monkeypatch
     r = CliRunner().invoke(app, ["compare", "--data-dir", str(data_dir), "--seeds", "1",
                                  "--tables-only", "-q"])
     assert r.exit_code == 1 and str(tmp_path / "res" / "compare") in " ".join(r.output.split())
+
+
+def test_config_file_with_an_empty_candidate_list_is_refused(data_dir, tmp_path, fits):
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("loss:\n  params:\n    lam: []\n")
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--config", str(cfg))
+    assert r.exit_code == 1 and "loss.params.lam is empty" in text, text
+    assert fits == []
+
+
+def test_repeated_candidates_are_tried_once(data_dir, tmp_path):
+    from prlbench import cli
+
+    grid = cli._grid("synthetic", "mmoe", "bce,pwiser", "2", None,
+                     {"lam": [0.5, 0.5, 1.0], "m1": None, "m2": None},
+                     {"phi": None, "score": None, "head": None}, {"preset": None},
+                     {"epochs": None, "batch_size": None, "patience": None, "precision": None,
+                      "device": None})
+    assert grid.candidates("pwiser") == [{"lam": 0.5}, {"lam": 1.0}]

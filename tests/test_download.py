@@ -139,7 +139,8 @@ def test_download_streams_and_records(server, tmp_path):
     assert _files(raw) == ["file.bin"]  # no .part left
     rec = _records(raw)["file.bin"]
     assert rec == {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body),
-                   "source": f"{base}/d/file.bin"}
+                   "source": f"{base}/d/file.bin",
+                   "url_sha256": hashlib.sha256(f"{base}/d/file.bin".encode()).hexdigest()}
     _get(f"{base}/d/file.bin", tmp_path)  # already there and intact: not fetched again
     assert len(st.requests) == 1
 
@@ -645,6 +646,15 @@ def test_an_interrupted_import_keeps_no_partial_copy(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dl.download("aliccp", tmp_path / "data", from_path=src, progress=False)
     assert _files(tmp_path / "data" / "aliccp" / "raw") == []
+    monkeypatch.undo()
+
+    def interrupted_hash(path, *a, **k):  # Ctrl-C while the copy is being hashed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl, "sha256_file", interrupted_hash)
+    with pytest.raises(KeyboardInterrupt):
+        dl.download("aliccp", tmp_path / "data", from_path=src, progress=False)
+    assert _files(tmp_path / "data" / "aliccp" / "raw") == []
 
 
 def test_a_redirecting_download_endpoint_keeps_the_files_own_name(server, aliexpress_archive,
@@ -656,6 +666,14 @@ def test_a_redirecting_download_endpoint_keeps_the_files_own_name(server, aliexp
     raw = _get(f"{base}/dl", tmp_path)
     assert not (raw / "dl").exists()
     _check_aliexpress_raw(raw, inner)  # named as served, so recognised and extracted
+    n = len(st.requests)
+    _get(f"{base}/dl", tmp_path)  # found again under its own name: not fetched again
+    assert len(st.requests) == n
+
+
+def test_recorded_urls_keep_ipv6_brackets_and_drop_credentials():
+    assert dl._without_query("http://[::1]:8080/x.zip?sig=1") == "http://[::1]:8080/x.zip"
+    assert dl._without_query("https://u:pw@h.example/a.zip#f") == "https://h.example/a.zip"
 
 
 def test_an_html_page_is_not_taken_for_data(server, tmp_path):

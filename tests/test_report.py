@@ -556,3 +556,18 @@ def test_a_baseline_only_report_says_so():
     assert "Only BCE was run: no loss to compare with it." in md
     assert "Δ" not in md and "2 seeds or more" not in md
     assert plots._forest_xlabel(base_only) == "only BCE was run: no difference to show"
+
+
+def test_a_text_setting_chosen_on_validation_is_named_in_the_caption():
+    s = small_summary()
+    s.selection = {"seed": 1, "losses": {"pwiser": {"phi": ["hinge", "squared_hinge"]}}}
+    assert "φ from {hinge, squared hinge}, chosen on the validation split with seed 1" in \
+        to_markdown(build_table(s))
+
+
+def test_differences_equal_up_to_rounding_leave_the_t_test_undefined():
+    from prlbench.stats import paired_ttest
+
+    t = paired_ttest([0.7, 0.8], [0.6, 0.7])  # 0.1 and 0.1, apart in the last bits
+    assert t.statistic == np.inf and np.isnan(t.p)
+    assert paired_ttest([0.7, 0.8], [0.7, 0.8]).p == 1.0

@@ -258,3 +258,40 @@ def test_a_symlinked_cache_folder_is_rebuilt_where_it_points(tmp_path):
     assert (tmp_path / "d" / "synthetic").is_symlink()
     assert open_cache(tmp_path / "d", "synthetic")["params"]["seed"] == 1
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["synthetic"]
+
+
+def test_a_swap_killed_between_its_renames_keeps_the_raw_downloads(tmp_path):
+    """Killed after the old cache moved aside and raw/ moved into the new one: the next
+    preprocess puts the old cache back and raw/ with it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = tmp_path / f".synthetic.old-{dead.pid}-x1"
+    (old / "old-cache-file").parent.mkdir(parents=True)
+    (old / "old-cache-file").write_text("old")
+    staged_raw = tmp_path / f".synthetic.staging-{dead.pid}-x2" / "final" / "raw"
+    staged_raw.mkdir(parents=True)
+    (staged_raw / "archive.zip").write_bytes(b"keep me")
+    preprocess("synthetic", tmp_path, progress=False, rows=2000)
+    assert (tmp_path / "synthetic" / "raw" / "archive.zip").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+def test_preprocess_waits_for_a_download_before_reading_its_inputs(tmp_path):
+    """The lock is taken before the raw files are looked for, also through a symlinked
+    cache folder (download and preprocess lock the same file)."""
+    import threading
+
+    from prlbench.data.cache import dataset_lock
+
+    (tmp_path / "big" / "store").mkdir(parents=True)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "synthetic").symlink_to(tmp_path / "big" / "store")
+    result = []
+    with dataset_lock(tmp_path / "d", "synthetic"):
+        t = threading.Thread(target=lambda: result.append(
+            preprocess("synthetic", tmp_path / "d", progress=False, rows=2000)))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and not result  # waiting, not failing
+    t.join(timeout=60)
+    assert result and (tmp_path / "big" / "store" / "manifest.json").exists()

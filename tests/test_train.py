@@ -182,6 +182,7 @@ def test_preprocessing_the_same_data_again_keeps_the_run_ids(tmp_path):
     (b"\xff\xfe{", "is not valid JSON"),
     (b"{}", "lacks its columns section"),
     (None, "has a malformed entry for train"),
+    (b"side_files null", "has a malformed side_files section"),
 ])
 def test_a_damaged_manifest_is_a_cache_error(data_dir, tmp_path, content, fragment):
     import shutil
@@ -195,6 +196,22 @@ def test_a_damaged_manifest_is_a_cache_error(data_dir, tmp_path, content, fragme
         m = json.loads(path.read_text())
         del m["splits"]["train"]["bytes"]
         content = json.dumps(m).encode()
+    elif content == b"side_files null":
+        m = json.loads(path.read_text())
+        m["side_files"] = None
+        content = json.dumps(m).encode()
     path.write_bytes(content)
     with pytest.raises(CacheError, match=f"{fragment}.*rerun: prlbench preprocess synthetic"):
         open_cache(d, "synthetic")
+
+
+def test_evaluating_a_run_of_an_earlier_prlbench_says_to_retrain(data_dir, tmp_path):
+    import shutil
+
+    run = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
+    old = Path(shutil.copytree(run, tmp_path / "old"))
+    record = results.read_json(old / "run.json")
+    record["manifest_sha256"] = record.pop("data_sha256")
+    results.write_json(old / "run.json", record)
+    with pytest.raises(ConfigError, match="trained by an earlier prlbench.*retrain it"):
+        evaluate_run(old, data_dir)

@@ -161,26 +161,18 @@ class CacheBuilder:
         self._chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._side_chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._stage: Path | None = None
-        self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> "CacheBuilder":
+        # (`preprocess` holds the data set's lock around all of this)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._lock.enter_context(dataset_lock(self.out_dir.parent, self.out_dir.name))
-        try:
-            sweep_stale(self.out_dir)
-            self._stage = Path(tempfile.mkdtemp(
-                prefix=f".{self.out_dir.name}.staging-{os.getpid()}-", dir=self.out_dir.parent))
-        except BaseException:
-            self._lock.close()
-            raise
+        sweep_stale(self.out_dir)
+        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.staging-{os.getpid()}-",
+                                            dir=self.out_dir.parent))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
-            if self._stage is not None:
-                shutil.rmtree(self._stage, ignore_errors=True)
-        finally:
-            self._lock.close()
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
 
     def add(self, split: str, columns: Mapping[str, np.ndarray], *, source: str,
             first_line: int = 1, side: Mapping[str, np.ndarray] | None = None) -> None:
@@ -394,22 +386,26 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
 
 def sweep_stale(target: Path) -> list[Path]:
     """Remove the staging / old folders of `target` left by a preprocess that was killed
-    (SIGKILL, power loss); folders of a process still running are left alone. Raw downloads
-    in an old folder are put back first (into `target/raw` if it has none)."""
-    removed = []
+    (SIGKILL, power loss); folders of a process still running are left alone. A swap killed
+    halfway is undone first: the old cache is put back, and raw downloads found in either
+    folder go back into `target/raw`."""
     target = Path(target)
+    dead = []
     for p in target.parent.glob(f".{target.name}.*"):
-        m = re.fullmatch(rf"\.{re.escape(target.name)}\.(?:staging|old)-(\d+)(?:-.*)?", p.name)
-        if not (m and p.is_dir() and not _pid_alive(int(m.group(1)))):
+        m = re.fullmatch(rf"\.{re.escape(target.name)}\.(staging|old)-(\d+)(?:-.*)?", p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+            dead.append((m.group(1), p))
+    for kind, p in sorted(dead, key=lambda kp: kp[0] != "old"):  # old folders first
+        if kind == "old" and not target.exists():
+            os.replace(p, target)  # the new cache never arrived: the old one is the cache
             continue
-        if ".old-" in p.name and (p / "raw").is_dir():
-            if not target.exists():
-                os.replace(p, target)  # the swap never happened: the old cache is the cache
-                continue
-            if not (target / "raw").exists():
-                os.replace(p / "raw", target / "raw")
+        raw = p / "raw" if kind == "old" else p / "final" / "raw"
+        if raw.is_dir() and not (target / "raw").exists():
+            target.mkdir(exist_ok=True)
+            os.replace(raw, target / "raw")
+    removed = [p for _, p in dead if p.exists()]
+    for p in removed:
         shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
     return removed
 
 
@@ -493,11 +489,15 @@ def _read_manifest(path: Path, name: str) -> dict:
     elif not isinstance(manifest.get("splits"), dict) or set(manifest["splits"]) != set(SPLITS):
         problem = f"lacks its splits section ({', '.join(SPLITS)})"
     else:
+        side = manifest.get("side_files", {})
         entries = [(s, e) for s, e in manifest["splits"].items()] + [
-            (f"{s} side file", e) for s, e in (manifest.get("side_files") or {}).items()]
+            (f"{s} side file", e) for s, e in (side.items() if isinstance(side, dict) else [])]
+        if not isinstance(side, dict):
+            problem = "has a malformed side_files section (not a mapping)"
         for split, entry in entries:
             if not isinstance(entry, dict) or not {"file", "bytes", "sha256"} <= entry.keys():
-                problem = f"has a malformed entry for {split} (needs file, bytes, sha256)"
+                problem = problem or (f"has a malformed entry for {split} (needs file, bytes, "
+                                      "sha256)")
                 break
     if problem:
         raise CacheError(f"{path} {problem}: the cache was modified or damaged; {fix}")

@@ -80,14 +80,16 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
         raise ConfigError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     raw = Path(data_dir) / name / "raw"
     url = url if url is not None or from_path is not None else spec.url
-    if from_path is None and url is None and not (
-            spec.raw_files and all((raw / f).is_file() for f in spec.raw_files)):
+    if from_path is None and url is None and not raw.parent.is_dir():
         raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
     if from_path is not None and not Path(from_path).expanduser().exists():
         raise DownloadError(f"--from {from_path}: no such file or folder")
     # One download or preprocess of a data set at a time: none moves raw/ or rewrites
     # checksums.json under another (a second one waits).
     with dataset_lock(Path(data_dir), name):
+        if from_path is None and url is None and not (
+                spec.raw_files and all((raw / f).is_file() for f in spec.raw_files)):
+            raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
         _download_locked(spec, raw, url=url, from_path=from_path, progress=progress,
                          retries=retries, backoff=backoff, sha256=sha256)
     return raw
@@ -207,7 +209,8 @@ def _check(raw: Path, rel: str, digest: str, expected: str | None, old: dict | N
             "pass the original file")
 
 
-def _accept(raw: Path, rel: str, staged: Path, source: str, expected: str | None) -> Path:
+def _accept(raw: Path, rel: str, staged: Path, source: str, expected: str | None,
+            **extra: str) -> Path:
     """Check a complete staged file, rename it to its final name and record it."""
     records = _load_records(raw)
     digest, size = sha256_file(staged), staged.stat().st_size
@@ -217,7 +220,7 @@ def _accept(raw: Path, rel: str, staged: Path, source: str, expected: str | None
         staged.unlink(missing_ok=True)
         raise DownloadError(f"{e} (the new file was not kept)") from None
     os.replace(staged, raw / rel)
-    records[rel] = {"sha256": digest, "bytes": size, "source": source}
+    records[rel] = {"sha256": digest, "bytes": size, "source": source, **extra}
     _save_records(raw, records)
     return raw / rel
 
@@ -254,13 +257,13 @@ def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: b
             while block := fin.read(CHUNK):
                 fout.write(block)
                 advance(len(block))
+        return _accept(raw, rel, part, str(src.resolve()), sha256)
     except OSError as e:
         part.unlink(missing_ok=True)
         raise DownloadError(f"cannot copy {src} to {part}: {e}") from e
-    except BaseException:  # Ctrl-C / SIGTERM: an import starts again, so keep no partial copy
+    except BaseException:  # Ctrl-C / SIGTERM, also while hashing: an import starts again
         part.unlink(missing_ok=True)
         raise
-    return _accept(raw, rel, part, str(src.resolve()), sha256)
 
 
 @contextlib.contextmanager
@@ -282,7 +285,12 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
                   backoff: float) -> Path:
     name = _url_filename(url)
     raw.mkdir(parents=True, exist_ok=True)
-    target, records = raw / name, _load_records(raw)
+    records = _load_records(raw)
+    key = _url_key(url)
+    served = [n for n, e in records.items() if isinstance(e, dict) and e.get("url_sha256") == key]
+    if served and (raw / served[0]).is_file():  # an endpoint fetched before under its own name
+        name = served[0]
+    target = raw / name
     if target.is_file() and name in records:  # fetched before: check it, do not fetch again
         _verify_one(raw, name, records[name])
         _check(raw, name, records[name]["sha256"], sha256, None)
@@ -296,10 +304,21 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
     except OSError as e:  # network errors are retried inside; this is the local disk
         raise DownloadError(f"cannot write {part}: {e}") from e
     _refuse_html(part, url)
-    served = seen.get("name")
-    if "." not in name and served and "." in served and _usable_name(served):
-        name = served  # a download endpoint (/dl?id=..., a redirect): the file's own name
-    return _accept(raw, name, part, _without_query(url), sha256)
+    given = seen.get("name")
+    if "." not in name and given and "." in given and _usable_name(given):
+        name = given  # a download endpoint (/dl?id=..., a redirect): the file's own name
+        if (raw / name).is_file() and name not in records and \
+                sha256_file(raw / name) != sha256_file(part):
+            part.unlink()
+            raise DownloadError(f"{raw / name} is there already, unrecorded, and differs from "
+                                f"what {_without_query(url)} sent; move it away and rerun (the "
+                                "download was not kept)")
+    return _accept(raw, name, part, _without_query(url), sha256, url_sha256=key)
+
+
+def _url_key(url: str) -> str:
+    """The full URL, hashed: finds an endpoint's file again without storing its token."""
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 def _usable_name(name: str) -> bool:
@@ -323,6 +342,7 @@ def _without_query(url: str) -> str:
     links carry tokens)."""
     u = urlparse(url)
     host = u.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
     return u._replace(netloc=host + (f":{u.port}" if u.port else ""), query="",
                       fragment="").geturl()
 

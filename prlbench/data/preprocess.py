@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prlbench.data.cache import dataset_lock
 from prlbench.data.datasets import DATASETS
 from prlbench.errors import ConfigError
 
@@ -29,7 +30,10 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
         if source is not None:
             given["source"] = Path(source).expanduser()
             _check_source_outside_cache(given["source"], Path(data_dir) / name)
-    return spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **given)
+    # One download or preprocess of a data set at a time, from before the inputs are read
+    # (a download still writing raw/ is waited for) until the new cache is in place.
+    with dataset_lock(Path(data_dir), name):
+        return spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **given)
 
 
 def _check_source_outside_cache(source: Path, cache: Path) -> None:
@@ -44,5 +48,9 @@ def _check_source_outside_cache(source: Path, cache: Path) -> None:
 
 def ensure_synthetic(data_dir: Path, *, progress: bool = True) -> None:
     """The default data set is generated on first use, so everything runs out of the box."""
-    if not (Path(data_dir) / "synthetic" / "manifest.json").exists():
-        preprocess("synthetic", data_dir, progress=progress)
+    manifest = Path(data_dir) / "synthetic" / "manifest.json"
+    if manifest.exists():
+        return
+    with dataset_lock(Path(data_dir), "synthetic"):
+        if not manifest.exists():  # another process may have built it while we waited
+            DATASETS.get("synthetic").preprocess_fn()(Path(data_dir), progress=progress)

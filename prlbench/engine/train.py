@@ -135,6 +135,10 @@ class RunContext:
         cfg = RunConfig.from_dict(results.read_json(run_dir / "config.json"))
         manifest = open_cache(data_dir, cfg.data.dataset)
         record = results.read_json(run_dir / "run.json")
+        if "data_sha256" not in record and "manifest_sha256" in record:
+            raise ConfigError(f"{run_dir} was trained by an earlier prlbench, whose run ids "
+                              "hashed the manifest file rather than the data; retrain it (its "
+                              "numbers stay readable in metrics.json)")
         if record.get("data_sha256") != data_hash(Path(manifest["_dir"])):
             raise ConfigError(f"{run_dir} was trained on a different version of "
                               f"{cfg.data.dataset!r} than the one in {data_dir}; preprocess it "

@@ -212,6 +212,11 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
+def _value(v) -> str:
+    """A loss setting as the caption shows it: 0.5, "squared hinge", "probability"."""
+    return VALUE_NAMES.get(v, str(v)) if isinstance(v, str) else f"{v:g}"
+
+
 def _settings_text(summary: Summary, arm: str) -> str:
     loss = summary.losses.get(arm, arm)
     items = []
@@ -221,7 +226,7 @@ def _settings_text(summary: Summary, arm: str) -> str:
                                                else len(PARAM_ORDER), k)):
         values = settings[key]
         name = PARAM_NAMES.get(key, key)
-        shown = [VALUE_NAMES.get(v, str(v)) if isinstance(v, str) else f"{v:g}" for v in values]
+        shown = [_value(v) for v in values]
         if len(shown) == 1:
             items.append(f"{name}={shown[0]}")
         else:
@@ -230,7 +235,7 @@ def _settings_text(summary: Summary, arm: str) -> str:
     text = f"{arm_name(arm)} settings: {', '.join(items)}"
     chosen = summary.selection.get("losses", {}).get(loss, {})
     if chosen:
-        grid = "; ".join(f"{PARAM_NAMES.get(k, k)} from {{{', '.join(f'{v:g}' for v in vals)}}}"
+        grid = "; ".join(f"{PARAM_NAMES.get(k, k)} from {{{', '.join(map(_value, vals))}}}"
                          for k, vals in chosen.items())
         text += (f" ({grid}, chosen on the validation split with seed "
                  f"{summary.selection['seed']} per data set and model"
