@@ -571,3 +571,17 @@ def test_differences_equal_up_to_rounding_leave_the_t_test_undefined():
     t = paired_ttest([0.7, 0.8], [0.6, 0.7])  # 0.1 and 0.1, apart in the last bits
     assert t.statistic == np.inf and np.isnan(t.p)
     assert paired_ttest([0.7, 0.8], [0.7, 0.8]).p == 1.0
+
+
+def test_runs_trained_with_different_thread_counts_are_flagged(tmp_path):
+    paths = make_tree(tmp_path, seeds=(1, 2), datasets=("synthetic",), models=("mmoe",),
+                      losses=("bce", "pwiser"))
+    for i, d in enumerate(paths):
+        record = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**record, "threads": 1 + (i == 0)}))
+    s = analysis.summarise(analysis.load_runs(paths), n_boot=200, delong=False)
+    assert any("different torch thread counts (1 thread (3 runs), 2 threads (1 runs))" in w
+               for w in s.warnings)
+    same = [p for p in paths[1:]]
+    assert not any("thread" in w for w in analysis.summarise(
+        analysis.load_runs(same), n_boot=200, delong=False).warnings)

@@ -215,3 +215,8 @@ def test_evaluating_a_run_of_an_earlier_prlbench_says_to_retrain(data_dir, tmp_p
     results.write_json(old / "run.json", record)
     with pytest.raises(ConfigError, match="trained by an earlier prlbench.*retrain it"):
         evaluate_run(old, data_dir)
+
+
+def test_run_json_records_the_thread_count(data_dir, tmp_path):
+    run = train_mod.train_run(_cfg(threads=1), data_dir=data_dir, out=tmp_path, progress=False)
+    assert results.read_json(run / "run.json")["threads"] == 1

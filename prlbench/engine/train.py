@@ -323,8 +323,11 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     part.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
     results.write_json(part / "config.json", cfg.to_dict())
+    # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
+    # so that a report can say when its runs were trained with different counts.
     ctx.write_record("running", run_id=rid, data_sha256=dsha, versions=versions(),
-                     data_dir=str(Path(data_dir).resolve()), pid=os.getpid(), argv=sys.argv)
+                     data_dir=str(Path(data_dir).resolve()), pid=os.getpid(), argv=sys.argv,
+                     threads=torch.get_num_threads())
     try:
         state = ctx.fit(resume=resume, progress=progress)
         t0 = time.perf_counter()

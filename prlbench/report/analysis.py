@@ -88,7 +88,8 @@ def _read_run(d: Path) -> dict:
            "loss": cfg["loss"]["name"],
            "params": json.dumps(cfg["loss"].get("params") or {}, sort_keys=True),
            "seed": int(cfg["train"]["seed"]), "run_id": run.get("run_id", d.name),
-           "run_dir": str(d), "best_epoch": run.get("best_epoch")}
+           "run_dir": str(d), "best_epoch": run.get("best_epoch"),
+           "threads": run.get("threads")}
     row.update({k: float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row
@@ -215,7 +216,7 @@ def summarise(runs: pd.DataFrame, *, baseline: str = "bce", metrics: tuple[str, 
     seeds = sorted(int(s) for s in runs["seed"].unique())
     warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, seeds, test, correction,
                                                                   alpha)
-    warnings += _undefined_test_warnings(cells, test)
+    warnings += _undefined_test_warnings(cells, test) + _thread_warnings(runs)
     return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
                    metrics=metrics, seeds=seeds, test=test, correction=correction, alpha=alpha,
                    n_boot=n_boot, settings=_settings(runs), losses=_arm_losses(runs),
@@ -325,6 +326,19 @@ def _pairing_warnings(cells: pd.DataFrame, seeds: list[int]) -> list[str]:
                        f"{r.n_pairs} of {len(seeds)} seeds (unpaired: "
                        f"{', '.join(map(str, missing))})")
     return out
+
+
+def _thread_warnings(runs: pd.DataFrame) -> list[str]:
+    """On CPU a run's numbers depend on its torch thread count: say when the runs mix counts."""
+    if "threads" not in runs:
+        return []
+    counts = runs["threads"].dropna().astype(int).value_counts().sort_index()
+    if len(counts) < 2:
+        return []
+    mix = ", ".join(f"{n} thread{'s' if n != 1 else ''} ({k} runs)" for n, k in counts.items())
+    return [f"the runs were trained with different torch thread counts ({mix}); on CPU the "
+            "numbers depend on it (float sums in another order), so paired runs may differ by "
+            "more than their seeds do: retrain them with one --threads setting"]
 
 
 def _undefined_test_warnings(cells: pd.DataFrame, test: str) -> list[str]:

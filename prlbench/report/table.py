@@ -133,7 +133,8 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     """Plain-text (Unicode) caption; every number is computed from the summary."""
     base = loss_name(summary.baseline)
     what = "AUC" if kind == "auc" else "logloss (lower is better)"
-    relaimpr = f"; RelaImpr relative to {base}." if kind == "auc" else "."
+    relaimpr = (f"; in parentheses RelaImpr relative to {base}, ((AUC − 0.5) / (AUC_{base} − 0.5)"
+                " − 1) × 100 %." if kind == "auc" else ".")
     if summary.cells["n"].max() <= 1:
         parts = [f"Test-split {what} of one run per cell (seed {seed_list(summary.seeds)}): no "
                  "std, CI or test with one seed.", f"Δ: difference to {base}{relaimpr}"]
@@ -141,7 +142,8 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
         conf = f"{(1 - summary.alpha) * 100:g} %"
         parts = [f"Test-split {what}, mean ± std over {_seed_text(summary)}.",
                  f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
-                 f"({summary.n_boot:,} resamples of the per-seed differences){relaimpr}"]
+                 f"(expanded percentile, {summary.n_boot:,} resamples of the per-seed "
+                 f"differences; not corrected for multiple comparisons){relaimpr}"]
     if summary.cells["is_baseline"].all():  # nothing to take a difference to
         parts = [parts[0].replace(": no std, CI or test with one seed.", ": no std with one "
                                   "seed.")]

@@ -93,11 +93,14 @@ class _Ranked:
 
 def bootstrap_mean_ci(values, *, n_boot: int = 10000, seed: int = 0,
                       alpha: float = 0.05) -> MeanCI:
-    """Mean of ``values`` (e.g. per-seed paired AUC deltas) with a percentile bootstrap CI.
+    """Mean of ``values`` (e.g. per-seed paired AUC deltas) with an expanded percentile
+    bootstrap CI (Hesterberg 2015): the percentile interval at the level whose normal quantile
+    equals sqrt(n / (n - 1)) times Student's t quantile with n - 1 degrees of freedom. The plain
+    percentile interval is too narrow with few values (it covers ~88 % instead of 95 % at n = 8
+    on normal data, ~74 % at n = 3); the expansion brings it back to ~95 %.
 
-    Empty input -> all nan; one value -> (v, v, v). NaN values raise DataError. With few seeds
-    the interval is narrow-biased (it cannot be wider than the spread of the values); report
-    the seed count beside it.
+    Empty input -> all nan; one value -> (v, v, v). NaN values raise DataError. The interval never
+    leaves the range of the values, so with 2 or 3 seeds it is at most their spread.
     """
     _check_boot(n_boot, alpha)
     v = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -111,8 +114,19 @@ def bootstrap_mean_ci(values, *, n_boot: int = 10000, seed: int = 0,
     for i in range(0, n_boot, chunk):
         k = min(chunk, n_boot - i)
         means[i:i + k] = v[rng.integers(0, len(v), (k, len(v)))].mean(axis=1)  # [k]
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    level = expanded_alpha(len(v), alpha)
+    lo, hi = np.quantile(means, [level / 2, 1 - level / 2])
     return MeanCI(float(v.mean()), float(lo), float(hi))
+
+
+def expanded_alpha(n: int, alpha: float = 0.05) -> float:
+    """The tail level of the expanded percentile interval for n values (alpha itself for n < 2)."""
+    from scipy import stats
+
+    if n < 2:
+        return alpha
+    z = np.sqrt(n / (n - 1)) * stats.t.ppf(1 - alpha / 2, n - 1)
+    return float(2 * stats.norm.sf(z))
 
 
 def _check_boot(n_boot: int, alpha: float) -> None:
