@@ -206,8 +206,8 @@ def preprocess(
                                           "processed CSV folder (default: DATA_DIR/NAME/raw)."),
     # The defaults named are preprocess_synthetic's and csvio.MAX_UNMATCHED (a test checks);
     # None means "not given", so the library's defaults apply.
-    rows: Optional[int] = typer.Option(None, help="synthetic: training impressions (default "
-                                       "100000)."),
+    rows: Optional[int] = typer.Option(None, help="synthetic: training impressions, the "
+                                       "validation split included (default 100000)."),
     seed: Optional[int] = typer.Option(None, help="synthetic: generator seed (default 0)."),
     click_rate: Optional[float] = typer.Option(None, help="synthetic: P(click) (default 0.05)."),
     conversion_rate: Optional[float] = typer.Option(None, help="synthetic: P(conversion | click) "
@@ -279,7 +279,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3)."),
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs "
                                            "(default 2)."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
     resume: bool = typer.Option(False, "--resume", metavar="",
@@ -343,7 +343,7 @@ def _print_metrics(run_dir: Path) -> None:
 @friendly_errors
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder, e.g. results/runs/<run-id>."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", envvar="PRLBENCH_DATA_DIR",
         help="The Parquet cache; default: the one the run was trained on (its run.json)."),
@@ -414,7 +414,7 @@ def compare(
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs "
                                            "(default 2)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     executor: str = typer.Option("local", help="local (process pool) or ray."),
     jobs: Optional[int] = typer.Option(None, help="Runs at once (default: min(cores, 2))."),
     threads: Optional[int] = typer.Option(None, help="torch threads per run (default: "
@@ -427,7 +427,10 @@ def compare(
                                      "tables from the finished runs only."),
     test: str = typer.Option("wilcoxon", help="Paired test over seeds: wilcoxon or ttest."),
     correction: str = typer.Option("holm", help="Multiple-testing correction: holm or bh."),
-    config: Optional[Path] = ConfigFile,
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="A YAML file of what every run shares: model (preset, overrides), "
+        "loss (params: values or candidate lists) and train sections; flags win. The grid "
+        "itself comes from --datasets / --models / --losses / --seeds."),
     data_dir: Path = DataDir,
     out: Optional[Path] = typer.Option(None, "--out", help="The experiment folder (default "
                                        "results/compare, or $PRLBENCH_OUT/compare)."),

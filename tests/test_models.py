@@ -364,3 +364,14 @@ def test_one_layer_bottom_and_tower(name):
     model = build(name, bottom_dims=(8,), tower_dims=(4,))
     bce_total(model(cat, num), click, conversion).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_create_model_takes_the_manifests_vocab_mapping():
+    from prlbench.models import create_model
+
+    sizes = {"categorical_1": 5, "categorical_2": 7}
+    a = create_model("mmoe", vocab_sizes=sizes, num_numerical=3)
+    b = create_model("mmoe", vocab_sizes=[5, 7], num_numerical=3)
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    with pytest.raises(ConfigError, match="vocab_sizes: expected sizes"):
+        create_model("mmoe", vocab_sizes=["a", "b"], num_numerical=3)

@@ -239,7 +239,9 @@ def test_wilcoxon_and_holm_say_when_significance_is_out_of_reach(summary_w, runs
                for w in summary_w.warnings)
     assert not summary_w.cells["significant"].any()
     five = analysis.summarise(runs[runs.seed <= 5], n_boot=200, delong=False)
-    assert any("smallest possible p is 0.0625" in w for w in five.warnings)
+    # the advice counts the correction: 2 / 2**n < 0.05 / 24 needs n = 10
+    assert any("smallest possible p is 0.0625; use 10 seeds or more (with this table's holm"
+               in w for w in five.warnings)
     # Benjamini-Hochberg has no such floor (48 p values of 2/2**6 would all pass).
     bh = analysis.summarise(runs, correction="bh", n_boot=200, delong=False)
     assert not any("cannot reach" in w for w in bh.warnings)

@@ -9,7 +9,7 @@ applies the overrides (None-valued ones are dropped, as in timm, so a config who
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
@@ -61,7 +61,8 @@ def hyperparameters(name: str) -> list[str]:
 
 
 def create_model(
-    name: str, *, vocab_sizes: Sequence[int], num_numerical: int, preset: str = "small",
+    name: str, *, vocab_sizes: Sequence[int] | Mapping[str, int], num_numerical: int,
+    preset: str = "small",
     **overrides: Any,
 ) -> nn.Module:
     """Build model `name` for a data set with these categorical vocabularies / numericals."""
@@ -120,8 +121,15 @@ def _check(model: str, key: str, value: Any) -> Any:
     return value
 
 
-def _check_vocab(vocab_sizes: Sequence[int], num_numerical: int) -> list[int]:
-    sizes = [int(v) for v in vocab_sizes]
+def _check_vocab(vocab_sizes: Sequence[int] | Mapping[str, int], num_numerical: int
+                 ) -> list[int]:
+    # The manifest's {column: size} mapping is accepted as is (its order is the columns' order).
+    values = vocab_sizes.values() if isinstance(vocab_sizes, Mapping) else vocab_sizes
+    try:
+        sizes = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"vocab_sizes: expected sizes (a list in column order, or the "
+                          f"manifest's mapping of column to size), got {vocab_sizes!r}") from None
     if any(v < 1 for v in sizes):
         raise ConfigError(f"vocab_sizes must be positive (got {sizes}); check the cache manifest")
     if int(num_numerical) < 0 or (not sizes and int(num_numerical) == 0):

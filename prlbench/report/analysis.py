@@ -362,12 +362,14 @@ def _power_warnings(cells: pd.DataFrame, seeds: list[int], test: str, correction
         return []
     n = int(tested["n_pairs"].max())
     p_min = stats.min_wilcoxon_p(n)
+    k = int(tested.groupby(tested["metric"].map(family)).size().max())
+    # seeds needed: 2 / 2**n < alpha, times K under Holm (K = 1 otherwise)
+    need = int(np.floor(np.log2(2 * (k if correction == "holm" else 1) / alpha))) + 1
     if p_min >= alpha:
         return [f"Wilcoxon with n={n} seeds cannot reach p < {alpha:g}: the smallest possible "
-                f"p is {p_min:.4g}; use more seeds (6 or more) or --test ttest"]
-    k = int(tested.groupby(tested["metric"].map(family)).size().max())
+                f"p is {p_min:.4g}; use {need} seeds or more (with this table's "
+                f"{correction} correction) or --test ttest"]
     if correction == "holm" and k * p_min >= alpha:
-        need = int(np.floor(np.log2(2 * k / alpha))) + 1
         return [f"Wilcoxon with n={n} seeds and Holm over {k} comparisons cannot reach "
                 f"significance: the smallest possible adjusted p is min(1, {k} x {p_min:.4g}) = "
                 f"{min(1.0, k * p_min):.4g}; use {need} seeds or more, fewer metrics or arms, "
