@@ -132,7 +132,7 @@ def main(version: bool = typer.Option(False, "--version", metavar="", callback=_
 @app.command("ls")
 @friendly_errors
 def ls(what: str = typer.Argument(..., help="datasets, models or losses")) -> None:
-    """List the data sets, models or losses, a line each.
+    """List the data sets, models or losses, with a one-line description each.
 
     Example: prlbench ls models
     """
@@ -326,7 +326,8 @@ def _print_metrics(run_dir: Path) -> None:
 
     record = read_json(run_dir / "run.json")
     metrics = read_json(run_dir / "metrics.json")
-    table = Table(title=f"test metrics of {run_dir.name}", header_style="bold")
+    Console().print(f"[bold]test metrics of[/] {run_dir.name}", soft_wrap=True)
+    table = Table(header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():

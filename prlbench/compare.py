@@ -45,7 +45,8 @@ class _Live:
 
         self.counts = {"done": 0, "reused": 0, "running": 0, "failed": 0}
         self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), TextColumn("elapsed"),
+                                 TimeElapsedColumn(),
                                  TextColumn("left"), TimeRemainingColumn(), disable=not enabled,
                                  console=Console(stderr=True))
         self.task = self.progress.add_task(self._text(), total=total)
