@@ -682,3 +682,23 @@ def test_an_html_page_is_not_taken_for_data(server, tmp_path):
     with pytest.raises(DownloadError, match="sent an HTML page, not a data file.*--from PATH"):
         _get(f"{base}/aliexpress_NL_datasets.zip", tmp_path)
     assert _files(tmp_path / NAME / "raw") == [] and _records(tmp_path / NAME / "raw") == {}
+
+
+def test_two_endpoints_of_one_path_never_mix(server, tmp_path):
+    base, st = server
+    a, b = _content(20_000, seed=11), _content(20_000, seed=12)
+    st.files["/dl?id=1"], st.files["/dl?id=2"] = a, b
+    raw = _get(f"{base}/dl?id=1", tmp_path)
+    assert (raw / "dl").read_bytes() == a
+    with pytest.raises(DownloadError, match="differs from the one recorded"):
+        _get(f"{base}/dl?id=2", tmp_path)  # fetched, compared, refused: not id=1's file
+    assert (raw / "dl").read_bytes() == a and _files(raw) == ["dl"]
+    n = len(st.requests)
+    assert _get(f"{base}/dl?id=1", tmp_path) == raw and len(st.requests) == n  # found again
+
+
+def test_an_html_page_with_a_bom_is_refused_too(server, tmp_path):
+    base, st = server
+    st.files["/x.zip"] = b"\xef\xbb\xbf<!DOCTYPE html><html>log in</html>"
+    with pytest.raises(DownloadError, match="sent an HTML page"):
+        _get(f"{base}/x.zip", tmp_path)

@@ -398,3 +398,22 @@ def test_a_processed_folder_without_test_csv_names_test_csv(tmp_path, aliexpress
         preprocess_aliexpress(tmp_path / "d", country="nl", source=tmp_path / "m",
                               progress=False)
     assert "nl_user_train" not in str(err.value).split("(expected")[0]
+
+
+def test_a_killed_swap_is_undone_before_the_raw_files_are_looked_for(tmp_path, aliexpress_raw,
+                                                                     raw_builders):
+    import subprocess
+    import sys
+
+    from prlbench.data.preprocess import preprocess
+
+    raw_dir = tmp_path / "d" / "aliexpress_nl" / "raw"
+    raw_builders.write_aliexpress(aliexpress_raw, raw_dir, "inner")
+    preprocess("aliexpress_nl", tmp_path / "d", progress=False, max_unmatched=0.5)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # killed right after moving the old cache aside:
+    (tmp_path / "d" / "aliexpress_nl").rename(tmp_path / "d" / f".aliexpress_nl.old-{dead.pid}-x")
+    manifest = preprocess("aliexpress_nl", tmp_path / "d", progress=False, max_unmatched=0.5)
+    check_cache(tmp_path / "d" / "aliexpress_nl", aliexpress_raw, manifest)
+    assert raw_dir.is_dir() and sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "aliexpress_nl"]

@@ -583,7 +583,15 @@ def test_runs_trained_with_different_thread_counts_are_flagged(tmp_path):
         (d / "run.json").write_text(json.dumps({**record, "threads": 1 + (i == 0)}))
     s = analysis.summarise(analysis.load_runs(paths), n_boot=200, delong=False)
     assert any("different torch thread counts (1 thread (3 runs), 2 threads (1 runs))" in w
-               for w in s.warnings)
+               and "delete the runs of the other count" in w for w in s.warnings)
     same = [p for p in paths[1:]]
     assert not any("thread" in w for w in analysis.summarise(
         analysis.load_runs(same), n_boot=200, delong=False).warnings)
+
+
+def test_ci_bounds_keep_their_sign_when_they_round_to_zero():
+    from prlbench.report.table import bound, signed
+
+    assert (bound(0.00004, 4), bound(-0.00004, 4), bound(0.0, 4)) == ("+0.0000", "-0.0000",
+                                                                      "0.0000")
+    assert signed(0.00004, 4) == "0.0000"  # a point estimate's sign below precision is not shown

@@ -38,7 +38,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from prlbench import __version__
-from prlbench.data.cache import dataset_lock, sha256_file
+from prlbench.data.cache import dataset_lock, sha256_file, sweep_stale
 from prlbench.data.csvio import check_zip_start
 from prlbench.data.datasets import DATASETS, DatasetSpec
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
@@ -87,6 +87,7 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
     # One download or preprocess of a data set at a time: none moves raw/ or rewrites
     # checksums.json under another (a second one waits).
     with dataset_lock(Path(data_dir), name):
+        sweep_stale(raw.parent)  # a preprocess killed mid-swap: its raw/ back in place first
         if from_path is None and url is None and not (
                 spec.raw_files and all((raw / f).is_file() for f in spec.raw_files)):
             raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
@@ -291,13 +292,16 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
     if served and (raw / served[0]).is_file():  # an endpoint fetched before under its own name
         name = served[0]
     target = raw / name
-    if target.is_file() and name in records:  # fetched before: check it, do not fetch again
-        _verify_one(raw, name, records[name])
+    # With a query string, URLs of one path (/dl?id=1, /dl?id=2) are different files: only the
+    # URL's own record counts as "fetched before", and its partial file is its own.
+    endpoint = bool(urlparse(url).query)
+    if target.is_file() and name in records and (not endpoint or served):
+        _verify_one(raw, name, records[name])  # fetched before: check it, do not fetch again
         _check(raw, name, records[name]["sha256"], sha256, None)
         return target
-    if target.is_file():  # put there by hand: check it like a fresh download
-        return _accept(raw, name, target, _without_query(url), sha256)
-    part = raw / (name + PART)
+    if target.is_file() and not endpoint and name not in records:
+        return _accept(raw, name, target, _without_query(url), sha256)  # put there by hand
+    part = raw / (f"{name}.{key[:12]}{PART}" if endpoint else name + PART)
     seen: dict = {}
     try:
         _fetch(url, part, retries, backoff, progress, seen)
@@ -329,8 +333,9 @@ def _usable_name(name: str) -> bool:
 def _refuse_html(part: Path, url: str) -> None:
     """A login or error page served with status 200 is not a data file: say so, keep nothing."""
     with open(part, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
+        head = f.read(512).removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or (
+            head.startswith(b"<?xml") and b"<html" in head):
         part.unlink()
         raise DownloadError(f"{_without_query(url)} sent an HTML page, not a data file (a login "
                             "or error page?); Tianchi needs a login: download by hand in a "
@@ -390,7 +395,7 @@ def _fetch_once(url: str, part: Path, progress: bool, seen: dict | None = None) 
                                       timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
         e.close()
-        return _http_error(e, url, part, offset, progress)
+        return _http_error(e, url, part, offset, progress, seen)
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
         raise _Retryable(f"connection error: {e}") from e
     if seen is not None:  # the name the server gives (Content-Disposition, or after redirects)
@@ -412,13 +417,13 @@ def _fetch_once(url: str, part: Path, progress: bool, seen: dict | None = None) 
 
 
 def _http_error(e: urllib.error.HTTPError, url: str, part: Path, offset: int,
-                progress: bool) -> None:
+                progress: bool, seen: dict | None = None) -> None:
     if e.code == 416 and offset:
         total = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
         if total and int(total.group(1)) == offset:
             return  # the partial file already holds every byte
         part.unlink(missing_ok=True)  # a partial file the server cannot continue: restart
-        return _fetch_once(url, part, progress)
+        return _fetch_once(url, part, progress, seen)
     if e.code >= 500:
         raise _Retryable(f"HTTP {e.code} {e.reason}")
     hint = ("the site wants a login: download the file in a browser and use --from PATH"

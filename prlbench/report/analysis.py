@@ -332,13 +332,18 @@ def _thread_warnings(runs: pd.DataFrame) -> list[str]:
     """On CPU a run's numbers depend on its torch thread count: say when the runs mix counts."""
     if "threads" not in runs:
         return []
-    counts = runs["threads"].dropna().astype(int).value_counts().sort_index()
+    threads = runs["threads"].map(lambda t: "unrecorded" if pd.isna(t) else int(t))
+    counts = threads.value_counts()
     if len(counts) < 2:
         return []
-    mix = ", ".join(f"{n} thread{'s' if n != 1 else ''} ({k} runs)" for n, k in counts.items())
+    mix = ", ".join(f"{n} thread{'s' if n != 1 else ''} ({k} runs)" if n != "unrecorded"
+                    else f"unrecorded ({k} runs)"
+                    for n, k in sorted(counts.items(), key=lambda nk: str(nk[0])))
     return [f"the runs were trained with different torch thread counts ({mix}); on CPU the "
             "numbers depend on it (float sums in another order), so paired runs may differ by "
-            "more than their seeds do: retrain them with one --threads setting"]
+            "more than their seeds do. Finished runs are reused whatever --threads says: delete "
+            "the runs of the other count (runs.csv lists each run's threads and run_dir) or use "
+            "a fresh --out, then rerun with one --threads setting"]
 
 
 def _undefined_test_warnings(cells: pd.DataFrame, test: str) -> list[str]:

@@ -295,7 +295,7 @@ def delta_parts(c: Cell) -> tuple[str, str]:
     point = signed(c.delta, DISPLAY)
     if not np.isnan(c.relaimpr):
         point += f" ({signed(c.relaimpr, 1)} %)"
-    ci = "" if np.isnan(c.lo) else f"[{signed(c.lo, DISPLAY)}, {signed(c.hi, DISPLAY)}]"
+    ci = "" if np.isnan(c.lo) else f"[{bound(c.lo, DISPLAY)}, {bound(c.hi, DISPLAY)}]"
     return point, ci
 
 
@@ -305,6 +305,12 @@ def signed(x: float, decimals: int) -> str:
     if round(x, decimals) == 0:
         return f"{0:.{decimals}f}"
     return f"{x:+.{decimals}f}"
+
+
+def bound(x: float, decimals: int) -> str:
+    """A CI bound keeps its sign even when it rounds to zero ("+0.0000"): whether the interval
+    excludes 0 must stay readable."""
+    return f"{0:.{decimals}f}" if x == 0 else f"{x:+.{decimals}f}"
 
 
 def marker(c: Cell) -> str:

@@ -32,9 +32,11 @@ def paired_ttest(a, b) -> TestResult:
     d = a - b
     if len(d) < 2:
         return TestResult(float("nan"), float("nan"))
-    # Equal up to rounding (AUC steps computed from different totals differ in the last bits)
-    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
-        if np.abs(d).max() <= 1e-15:
+    # Equal up to rounding (AUC steps computed from different totals differ in the last bits);
+    # the same tolerance says whether they are all zero.
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    if np.ptp(d) <= tol:
+        if np.abs(d).max() <= tol:
             return TestResult(0.0, 1.0)
         return TestResult(float(np.copysign(np.inf, d.mean())), float("nan"))
     res = stats.ttest_rel(a, b)
