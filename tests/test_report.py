@@ -433,7 +433,9 @@ def test_write_report_writes_every_table(summary_t, tmp_path):
                      "logloss.tex", "runs.csv"]
     assert all(p.parent == tmp_path / "tables" and p.stat().st_size > 100 for p in paths)
     assert not list((tmp_path / "tables").glob(".*"))  # no temporary files left
-    assert pd.read_csv(tmp_path / "tables" / "runs.csv").shape[0] == 72
+    runs_table = pd.read_csv(tmp_path / "tables" / "runs.csv")
+    assert runs_table.shape[0] == 72
+    assert runs_table["rows"].dtype.kind == "i"  # counts written as counts (2000, not 2000.0)
     only_md = write_report(summary_t, tmp_path / "md", formats=("md",))
     # the CSVs come whatever the formats: the captions refer to cells.csv
     assert sorted(p.name for p in only_md) == ["auc.md", "cells.csv", "delong.csv", "logloss.md",

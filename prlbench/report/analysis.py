@@ -90,8 +90,8 @@ def _read_run(d: Path) -> dict:
            "seed": int(cfg["train"]["seed"]), "run_id": run.get("run_id", d.name),
            "run_dir": str(d), "best_epoch": run.get("best_epoch"),
            "threads": run.get("threads")}
-    row.update({k: float(v) for k, v in metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     return row
 
 
