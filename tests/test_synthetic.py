@@ -295,3 +295,24 @@ def test_preprocess_waits_for_a_download_before_reading_its_inputs(tmp_path):
         assert t.is_alive() and not result  # waiting, not failing
     t.join(timeout=60)
     assert result and (tmp_path / "big" / "store" / "manifest.json").exists()
+
+
+def test_two_links_to_one_store_share_its_lock(tmp_path):
+    import threading
+
+    from prlbench.data.cache import dataset_lock
+
+    store = tmp_path / "big" / "store"
+    store.mkdir(parents=True)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "synthetic").symlink_to(store)
+    entered = []
+    with dataset_lock(tmp_path / "a", "synthetic"):
+        t = threading.Thread(target=lambda: entered.append(
+            dataset_lock(tmp_path / "b", "synthetic").__enter__()))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive() and not entered
+    t.join(timeout=10)
+    assert entered

@@ -358,7 +358,10 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
     time (another one waits, and says so), so none moves raw/ or the records under another."""
     import fcntl
 
-    path = Path(data_dir) / f".{name}.lock"
+    folder = Path(data_dir) / name
+    if folder.is_symlink():  # lock where the data lives: two links to one store share the lock
+        folder = folder.resolve()
+    path = folder.parent / f".{folder.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     said = False
     while True:
