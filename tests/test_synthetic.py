@@ -316,3 +316,17 @@ def test_two_links_to_one_store_share_its_lock(tmp_path):
         assert t.is_alive() and not entered
     t.join(timeout=10)
     assert entered
+
+
+def test_a_killed_swap_beside_a_symlinked_cache_is_undone_too(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "big").mkdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "synthetic").symlink_to(tmp_path / "big" / "store")  # dangling for now
+    staged_raw = tmp_path / "big" / f".store.staging-{dead.pid}-x" / "final" / "raw"
+    staged_raw.mkdir(parents=True)
+    (staged_raw / "archive.zip").write_bytes(b"keep me")
+    preprocess("synthetic", tmp_path / "d", progress=False, rows=2000)
+    assert (tmp_path / "big" / "store" / "raw" / "archive.zip").read_bytes() == b"keep me"
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["store"]

@@ -152,7 +152,7 @@ class CacheBuilder:
                  has_groups: bool = True, carve_val: bool = True) -> None:
         # A cache folder that is a symlink (a big data set on another disk) is rebuilt where
         # it points, so that the link stays valid and the swap stays on one file system.
-        self.out_dir = Path(out_dir).resolve() if Path(out_dir).is_symlink() else Path(out_dir)
+        self.out_dir = cache_folder(Path(out_dir).parent, Path(out_dir).name)
         self.schema = schema
         self.min_count = min_count
         self.has_groups = has_groups
@@ -352,15 +352,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def cache_folder(data_dir: Path, name: str) -> Path:
+    """Where data set `name`'s cache lives: `data_dir/name`, or where it points when it is a
+    symlink (a big data set on another disk). Staging, swaps, sweeps and the lock happen there,
+    so the link stays valid and a swap stays on one file system."""
+    folder = Path(data_dir) / name
+    return folder.resolve() if folder.is_symlink() else folder
+
+
 @contextlib.contextmanager
 def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
     """Hold `data_dir/.name.lock` exclusively: one download or preprocess of a data set at a
     time (another one waits, and says so), so none moves raw/ or the records under another."""
     import fcntl
 
-    folder = Path(data_dir) / name
-    if folder.is_symlink():  # lock where the data lives: two links to one store share the lock
-        folder = folder.resolve()
+    folder = cache_folder(data_dir, name)  # two links to one store share its lock
     path = folder.parent / f".{folder.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     said = False
@@ -476,6 +482,9 @@ def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
     return manifest
 
 
+_ROLES = {"group", "categorical", "numerical", "click", "conversion"}  # a manifest's columns
+
+
 def _read_manifest(path: Path, name: str) -> dict:
     """The manifest, its layout checked: a damaged one is a CacheError that says what to do."""
     fix = f"rerun: prlbench preprocess {name}"
@@ -486,22 +495,21 @@ def _read_manifest(path: Path, name: str) -> dict:
     problem = None
     if not isinstance(manifest, dict):
         problem = "is not a JSON object"
-    elif not isinstance(manifest.get("columns"), dict) or not {
-            "group", "categorical", "numerical", "click", "conversion"} <= manifest["columns"].keys():
+    elif not isinstance(manifest.get("columns"), dict) or not _ROLES <= manifest["columns"].keys():
         problem = "lacks its columns section (group, categorical, numerical, click, conversion)"
     elif not isinstance(manifest.get("splits"), dict) or set(manifest["splits"]) != set(SPLITS):
         problem = f"lacks its splits section ({', '.join(SPLITS)})"
     else:
         side = manifest.get("side_files", {})
-        entries = [(s, e) for s, e in manifest["splits"].items()] + [
-            (f"{s} side file", e) for s, e in (side.items() if isinstance(side, dict) else [])]
         if not isinstance(side, dict):
             problem = "has a malformed side_files section (not a mapping)"
-        for split, entry in entries:
-            if not isinstance(entry, dict) or not {"file", "bytes", "sha256"} <= entry.keys():
-                problem = problem or (f"has a malformed entry for {split} (needs file, bytes, "
-                                      "sha256)")
-                break
+        else:
+            entries = [*manifest["splits"].items(),
+                       *((f"{s} side file", e) for s, e in side.items())]
+            bad = [s for s, e in entries
+                   if not isinstance(e, dict) or not {"file", "bytes", "sha256"} <= e.keys()]
+            if bad:
+                problem = f"has a malformed entry for {bad[0]} (needs file, bytes, sha256)"
     if problem:
         raise CacheError(f"{path} {problem}: the cache was modified or damaged; {fix}")
     return manifest

@@ -38,7 +38,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from prlbench import __version__
-from prlbench.data.cache import dataset_lock, sha256_file, sweep_stale
+from prlbench.data.cache import cache_folder, dataset_lock, sha256_file, sweep_stale
 from prlbench.data.csvio import check_zip_start
 from prlbench.data.datasets import DATASETS, DatasetSpec
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
@@ -87,7 +87,7 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
     # One download or preprocess of a data set at a time: none moves raw/ or rewrites
     # checksums.json under another (a second one waits).
     with dataset_lock(Path(data_dir), name):
-        sweep_stale(raw.parent)  # a preprocess killed mid-swap: its raw/ back in place first
+        sweep_stale(cache_folder(data_dir, name))  # a preprocess killed mid-swap: raw/ back
         if from_path is None and url is None and not (
                 spec.raw_files and all((raw / f).is_file() for f in spec.raw_files)):
             raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
@@ -326,6 +326,7 @@ def _url_key(url: str) -> str:
 
 
 def _usable_name(name: str) -> bool:
+    """A file name raw/ can hold: not hidden, no path, not the records or a partial file."""
     return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name \
         and name != CHECKSUMS and not name.endswith(PART)
 
@@ -358,7 +359,7 @@ def _url_filename(url: str) -> str:
         raise ConfigError(f"--url {url}: only http:// and https:// URLs are supported; "
                           "for a local file use --from PATH")
     name = PurePosixPath(unquote(parts.path)).name
-    if not name or name.startswith(".") or "\\" in name or name == CHECKSUMS:
+    if not _usable_name(name):
         raise ConfigError(f"--url {url}: the URL path does not end in a usable file name; "
                           "download by hand and use --from PATH")
     return name
@@ -475,8 +476,9 @@ def _extract_recorded(archive: Path, raw: Path, progress: bool) -> None:
     if mine and all((raw / rel).is_file() for rel in mine):
         return  # done on an earlier run (verify_raw checks the contents)
     # files extracted from an earlier archive of this name are replaced, not compared
-    older = [rel for rel, entry in records.items() if isinstance(entry, dict)
-             and str(entry.get("source", "")).startswith(f"extracted from {archive.name}")]
+    bare = f"extracted from {archive.name}"  # as recorded before archives' sha256 was
+    older = [rel for rel, entry in records.items() if isinstance(entry, dict) and (
+        entry.get("source") == bare or str(entry.get("source", "")).startswith(f"{bare} (sha256 "))]
     for rel in older:
         records.pop(rel)
     for stale in raw.glob(".extract-*"):  # left by a run that was killed

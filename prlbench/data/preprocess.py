@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prlbench.data.cache import dataset_lock, sweep_stale
+from prlbench.data.cache import cache_folder, dataset_lock, sweep_stale
 from prlbench.data.datasets import DATASETS
 from prlbench.errors import ConfigError
 
@@ -33,7 +33,7 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
     # One download or preprocess of a data set at a time, from before the inputs are read
     # (a download still writing raw/ is waited for) until the new cache is in place.
     with dataset_lock(Path(data_dir), name):
-        sweep_stale(Path(data_dir) / name)  # a swap killed halfway: raw/ back before it is read
+        sweep_stale(cache_folder(data_dir, name))  # a swap killed halfway: raw/ back first
         return spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **given)
 
 
