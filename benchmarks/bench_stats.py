@@ -3,18 +3,23 @@
     python benchmarks/bench_stats.py [--rows 10000000] [--groups 1000000] [--pos-rate 0.1]
 
 Prints wall and CPU seconds (CPU is the fairer figure on a busy machine) for auc, fast_delong and group_auc on ``--rows`` rows (float32 scores, as
-models write them, plus a heavily tied variant for auc) and the paired bootstrap (200
-replicates) on ``--boot-rows`` rows.
+models write them, plus a heavily tied variant for auc) and the paired bootstrap of the AUC
+difference (200 replicates; the reference in ``tests/_reference.py``) on ``--boot-rows`` rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from prlbench.stats import auc, fast_delong, group_auc, paired_bootstrap_auc_diff
+from prlbench.stats import auc, fast_delong, group_auc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _reference import paired_bootstrap_auc_diff  # noqa: E402  (tests/, not the library)
 
 
 def timed(label: str, fn, *args, **kwargs):

@@ -1,4 +1,4 @@
-"""Errors that the CLI shows as a one-line message (no traceback): each says what to do."""
+"""Every error that the CLI shows as a one-line message (no traceback): each says what to do."""
 
 
 class PrlbenchError(Exception):
@@ -27,3 +27,19 @@ class ConfigError(PrlbenchError):
 
 class TrainingError(PrlbenchError):
     """Training could not go on (NaN / infinite loss, ...)."""
+
+
+class StoreError(PrlbenchError):
+    """A run or experiment folder whose records cannot be read (damaged, or another schema)."""
+
+
+class Interrupted(PrlbenchError):
+    """Ctrl-C or SIGTERM stopped the work; the message says what was kept and how to go on.
+    The CLI exits 130 for it, as for a plain KeyboardInterrupt."""
+
+
+class UnknownNameError(PrlbenchError, KeyError):
+    """A name that is not in a registry; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

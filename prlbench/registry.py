@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from prlbench.errors import UnknownNameError
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """A name that is not in a registry; the message lists the valid names."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):

@@ -19,15 +19,18 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from prlbench import results
 from prlbench.cli import app
-from prlbench.compare import compare
 from prlbench.config import resolve, run_id
 from prlbench.data.cache import data_hash
-from prlbench.engine import train as train_mod
-from prlbench.errors import ConfigError
+from prlbench.engine import loop as loop_mod
+from prlbench.engine import run as train_mod
+from prlbench.errors import ConfigError, Interrupted
 from prlbench.losses import LOSSES
-from prlbench.runner import Grid, LocalExecutor, make_executor
+from prlbench.experiment.compare import compare
+from prlbench.experiment.executors import LocalExecutor, make_executor
+from prlbench.experiment.grid import CompareConfig, Grid
+from prlbench.experiment.store import PARTIAL, RunFolder, Store
+from prlbench.fileio import read_json
 
 SEEDS = (1, 2)
 # The same settings as the CLI flags below (`--threads` is the executor's, not part of a run id).
@@ -46,8 +49,8 @@ def make_grid(models=("shared_bottom",), losses=("bce", "pwiser"), seeds=SEEDS,
 
 
 def run_compare(grid: Grid, data_dir: Path, out: Path, executor=None):
-    return compare(grid, executor=executor or LocalExecutor(1, 1), data_dir=data_dir, out=out,
-                   formats=("md", "tex", "csv"), progress=False)
+    return compare(CompareConfig(grid=grid, formats=("md", "tex", "csv")), data_dir=data_dir,
+                   out=out, progress=False, executor=executor or LocalExecutor(1, 1))
 
 
 def expected_ids(data_dir: Path, models=("shared_bottom",)) -> list[str]:
@@ -74,7 +77,7 @@ def fits(monkeypatch) -> list[str]:
     real = train_mod.RunContext.fit
 
     def counted(self, **kw):
-        seen.append(self.dir.name.removesuffix(results.PARTIAL))
+        seen.append(self.dir.name.removesuffix(PARTIAL))
         return real(self, **kw)
 
     monkeypatch.setattr(train_mod.RunContext, "fit", counted)
@@ -93,7 +96,7 @@ def copy_of(out: Path, tmp_path: Path) -> Path:
 
 
 def metrics(run_dir: Path) -> dict:
-    m = results.read_json(run_dir / "metrics.json")
+    m = read_json(run_dir / "metrics.json")
     m.pop("seconds", None)
     return m
 
@@ -114,7 +117,7 @@ def run_stamps(out: Path) -> dict:
 
 
 def run_configs(out: Path) -> dict[str, dict]:
-    return {d.name: results.read_json(d / "config.json")
+    return {d.name: read_json(d / "config.json")
             for d in (out / "runs").iterdir() if d.is_dir() and not d.name.startswith(".")}
 
 
@@ -126,15 +129,15 @@ def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finish
     assert [o.status for o in res.outcomes] == ["done"] * 4 and not res.failed
     for o in res.outcomes:
         assert o.run_dir == out / "runs" / o.run_id
-        assert results.is_finished(o.run_dir)
+        assert RunFolder(o.run_dir).is_finished()
         for name in RUN_FILES:
             assert (o.run_dir / name).exists(), (o.run_id, name)
-        cfg = results.read_json(o.run_dir / "config.json")
+        cfg = read_json(o.run_dir / "config.json")
         assert (cfg["model"]["name"], cfg["loss"]["name"], cfg["train"]["seed"]) == (
             o.cfg.model.name, o.cfg.loss.name, o.cfg.train.seed)
     assert not list((out / "runs").glob("*.partial"))
 
-    record = results.read_json(out / "compare.json")
+    record = read_json(out / "compare.json")
     assert [r["run_id"] for r in record["runs"]] == ids
     assert {(r["status"], r["error"]) for r in record["runs"]} == {("done", "")}
     assert record["models"] == ["shared_bottom"] and record["seeds"] == [1, 2]
@@ -170,7 +173,7 @@ def test_b_a_second_compare_trains_nothing(finished, data_dir, tmp_path, fits):
     assert run_stamps(out) == before
     assert (out / "tables" / "cells.csv").read_text() == (
         finished[0] / "tables" / "cells.csv").read_text()
-    statuses = {r["status"] for r in results.read_json(out / "compare.json")["runs"]}
+    statuses = {r["status"] for r in read_json(out / "compare.json")["runs"]}
     assert statuses == {"reused"}
 
 
@@ -194,27 +197,27 @@ def test_d_an_interrupted_compare_stops_and_then_continues_where_it_stopped(
     out, ids = tmp_path / "cut", expected_ids(data_dir)
     flags = iter([stop_after(10**9), stop_after(3)])  # run 1 finishes; Ctrl-C at step 4 of run 2
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "_StopFlag", lambda: next(flags))
-        with pytest.raises(train_mod.Interrupted, match="interrupted at epoch 1, batch 4"):
+        m.setattr(loop_mod, "StopFlag", lambda: next(flags))
+        with pytest.raises(Interrupted, match="interrupted at epoch 1, batch 4"):
             run_compare(make_grid(), data_dir, out)
     assert fits == ids[:2]  # Ctrl-C stops the grid: run 3 never starts
-    assert results.is_finished(results.finished_dir(out, ids[0]))
-    assert (results.partial_dir(out, ids[1]) / "state.pt").exists()
+    assert RunFolder(Store(out).finished(ids[0]).path).is_finished()
+    assert (Store(out).partial(ids[1]).path / "state.pt").exists()
     assert run_names(out / "runs") == sorted(
-        [ids[0], ids[1] + results.PARTIAL])
+        [ids[0], ids[1] + PARTIAL])
 
     resumed: list[str] = []
-    real_load = train_mod.RunContext._load_state
+    real_load = loop_mod.Loop.load_state
 
     def load_state(self, opt):
-        resumed.append(self.dir.name)
+        resumed.append(self.folder.path.name)
         return real_load(self, opt)
 
-    monkeypatch.setattr(train_mod.RunContext, "_load_state", load_state)
+    monkeypatch.setattr(loop_mod.Loop, "load_state", load_state)
     fits.clear()
     res = run_compare(make_grid(), data_dir, out)
     assert [o.status for o in res.outcomes] == ["reused", "done", "done", "done"]
-    assert fits == ids[1:] and resumed == [ids[1] + results.PARTIAL]
+    assert fits == ids[1:] and resumed == [ids[1] + PARTIAL]
     for o, whole in zip(res.outcomes, finished[1].outcomes):  # as if never interrupted
         assert o.run_id == whole.run_id and metrics(o.run_dir) == metrics(whole.run_dir)
     assert not list((out / "runs").glob("*.partial"))
@@ -249,17 +252,17 @@ def test_e_a_failed_run_is_recorded_reported_and_the_rest_goes_on(data_dir, tmp_
         r, text = invoke_compare(data_dir, out, *args)
     assert r.exit_code == 1
     assert "failed:" in text and "RuntimeError: mmoe exploded" in text
-    runs = results.read_json(out / "compare.json")["runs"]
+    runs = read_json(out / "compare.json")["runs"]
     assert len(runs) == 8
     for x in runs:
         if x["model"] == "shared_bottom":
             assert (x["status"], x["error"]) == ("done", "")
-            assert results.is_finished(Path(x["run_dir"]))
+            assert RunFolder(Path(x["run_dir"])).is_finished()
             continue
         assert (x["status"], x["error"], x["run_dir"]) == (
             "failed", "RuntimeError: mmoe exploded", None)
-        assert not results.finished_dir(out, x["run_id"]).exists()
-        failure = results.read_json(results.partial_dir(out, x["run_id"]) / "failure.json")
+        assert not Store(out).finished(x["run_id"]).path.exists()
+        failure = read_json(Store(out).partial(x["run_id"]).path / "failure.json")
         assert failure["error"] == x["error"] and "in exploding" in failure["trace"]
     cells = pd.read_csv(out / "tables" / "cells.csv")  # the report of the runs that finished
     assert set(cells["model"]) == {"shared_bottom"}
@@ -267,7 +270,7 @@ def test_e_a_failed_run_is_recorded_reported_and_the_rest_goes_on(data_dir, tmp_
     # Fixed: the next compare trains the failed runs, reuses the rest, leaves no stale failure.
     r, text = invoke_compare(data_dir, out, *args)
     assert r.exit_code == 0, text
-    runs = results.read_json(out / "compare.json")["runs"]
+    runs = read_json(out / "compare.json")["runs"]
     assert {(x["model"], x["status"]) for x in runs} == {("shared_bottom", "reused"),
                                                          ("mmoe", "done")}
     assert not list((out / "runs").glob("*.partial"))
@@ -276,18 +279,21 @@ def test_e_a_failed_run_is_recorded_reported_and_the_rest_goes_on(data_dir, tmp_
 
 def test_e_a_run_that_failed_elsewhere_gets_its_failure_record_in_this_store(tmp_path):
     # A run failing on a Ray worker left no partial folder in the driver's store.
-    from prlbench.runner import _record_failure
+    from prlbench.experiment.compare import record_failure
+    from prlbench.experiment.executors import RunResult
+    from prlbench.experiment.store import Outcome
 
     out = tmp_path / "out"
-    _record_failure(out, {"run_id": "synthetic-mmoe-bce-s1-0123456789", "status": "failed",
-                          "error": "RuntimeError: boom", "trace": "Traceback ... boom"})
-    failure = results.read_json(results.partial_dir(out, "synthetic-mmoe-bce-s1-0123456789")
+    record_failure(Store(out), RunResult("synthetic-mmoe-bce-s1-0123456789", Outcome.FAILED,
+                                         error="RuntimeError: boom", trace="Traceback ... boom"))
+    failure = read_json(Store(out).partial("synthetic-mmoe-bce-s1-0123456789").path
                                 / "failure.json")
     assert failure == {"run_id": "synthetic-mmoe-bce-s1-0123456789",
                        "error": "RuntimeError: boom", "trace": "Traceback ... boom"}
-    _record_failure(out, {"run_id": "?", "error": "CacheError: not preprocessed"})
+    record_failure(Store(out), RunResult(None, Outcome.FAILED,
+                                         error="CacheError: not preprocessed"))
     assert [p.name for p in (out / "runs").iterdir()] == [
-        "synthetic-mmoe-bce-s1-0123456789" + results.PARTIAL]
+        "synthetic-mmoe-bce-s1-0123456789" + PARTIAL]
 
 
 def _poisoned(outputs, click, conversion, **params):
@@ -319,7 +325,7 @@ def test_e_a_failed_lambda_candidate_is_reported_too(data_dir, tmp_path, monkeyp
     table = [o for o in res.outcomes if o.status != "failed"]
     assert [(o.cfg.loss.name, o.cfg.loss.params.get("lam")) for o in table] == [
         ("bce", None), ("pwiser", 0.1)]
-    record = results.read_json(tmp_path / "out" / "compare.json")
+    record = read_json(tmp_path / "out" / "compare.json")
     assert [x["status"] for x in record["runs"]].count("failed") == 1
 
 
@@ -336,13 +342,13 @@ def test_f_a_lambda_list_is_chosen_on_validation_with_the_first_seed(data_dir, t
     bce = [name for name, c in cfgs.items() if c["loss"]["name"] == "bce"]
     assert len(bce) == 2 and len(fits) == 5 and sorted(fits) == sorted(cfgs)
     # Seed 1: both candidates; the winner has the best validation score (from history.json).
-    score = {lam: max(h["val_score"] for h in results.read_json(
+    score = {lam: max(h["val_score"] for h in read_json(
         out / "runs" / pw[1, lam] / "history.json")) for lam in (0.1, 1.0)}
     assert score[0.1] != score[1.0]
     winner = max(score, key=score.get)
     assert sorted(pw) == sorted([(1, 0.1), (1, 1.0), (2, winner)])
 
-    record = results.read_json(out / "compare.json")["runs"]
+    record = read_json(out / "compare.json")["runs"]
     listed = {x["run_id"]: x for x in record}
     assert {i for i, x in listed.items() if x["role"] == "table"} == set(bce) | {
         pw[1, winner], pw[2, winner]}
@@ -360,7 +366,7 @@ def test_f_a_lambda_list_is_chosen_on_validation_with_the_first_seed(data_dir, t
 # ------------------------------------------------------------- (g) two processes at once
 _COUNTING_CLI = """
 import os, sys
-import prlbench.engine.train as t
+import prlbench.engine.run as t
 real = t.RunContext.fit
 def fit(self, **kw):
     with open(os.environ["FIT_LOG"], "a") as f:  # one short O_APPEND write per run
@@ -385,16 +391,16 @@ def test_g_two_compares_on_one_folder_train_each_run_once(data_dir, tmp_path):
 
     ids = expected_ids(data_dir, ("shared_bottom", "mmoe"))
     trained = log.read_text().split()
-    assert sorted(trained) == sorted(i + results.PARTIAL for i in ids)  # each run once
+    assert sorted(trained) == sorted(i + PARTIAL for i in ids)  # each run once
     runs = out / "runs"
     assert run_names(runs) == sorted(ids)
     assert not [p for p in runs.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
     for i in ids:
-        assert results.is_finished(runs / i)
-        assert results.read_json(runs / i / "config.json")["train"]["seed"] in SEEDS
+        assert RunFolder(runs / i).is_finished()
+        assert read_json(runs / i / "config.json")["train"]["seed"] in SEEDS
         assert metrics(runs / i)["ctr_auc"] > 0
         assert len(pd.read_parquet(runs / i / "predictions.parquet")) > 0
-    record = results.read_json(out / "compare.json")
+    record = read_json(out / "compare.json")
     assert sorted(x["run_id"] for x in record["runs"]) == sorted(ids)
     assert {x["status"] for x in record["runs"]} <= {"done", "reused"}
     cells = pd.read_csv(out / "tables" / "cells.csv")
@@ -409,7 +415,7 @@ def test_the_process_pool_gives_the_numbers_of_one_process(finished, data_dir, t
     # Seed 1 only: one pool (the second seed would start a second one, a few seconds more).
     res = run_compare(make_grid(seeds=(1,)), data_dir, tmp_path / "pool", executor=ex)
     assert [o.status for o in res.outcomes] == ["done"] * 2
-    pids = {results.read_json(o.run_dir / "run.json")["pid"] for o in res.outcomes}
+    pids = {read_json(o.run_dir / "run.json")["pid"] for o in res.outcomes}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2  # trained in the workers
     for o, ref in zip(res.outcomes, finished[1].outcomes[:2], strict=True):
         assert o.run_id == ref.run_id and metrics(o.run_dir) == metrics(ref.run_dir)
@@ -451,7 +457,7 @@ def test_ctrl_c_on_a_pooled_compare_stops_cleanly(data_dir, tmp_path):
     assert proc.returncode == 130, output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     for record in (out / "runs").glob("*.partial/run.json"):
-        assert results.read_json(record)["status"] == "interrupted"
+        assert read_json(record)["status"] == "interrupted"
     assert not list((out / "runs").glob("*/*.tmp"))
 
 
@@ -508,7 +514,7 @@ def test_e_a_grid_where_every_run_failed_leaves_no_earlier_tables(finished, data
     assert "no run finished, so no table or plot was written" in text
     assert "files of an earlier report were removed" in text
     assert not list((out / "tables").iterdir()) and not list((out / "plots").iterdir())
-    record = results.read_json(out / "compare.json")
+    record = read_json(out / "compare.json")
     assert {x["status"] for x in record["runs"]} == {"failed"}
 
 
@@ -552,7 +558,7 @@ def test_config_file_loss_params_and_train_settings_reach_every_run(data_dir, tm
     cfgs = {c["loss"]["name"]: c for c in run_configs(out).values()}
     assert cfgs["pwiser"]["loss"]["params"]["lam"] == 2.0
     assert {c["train"]["lr"] for c in cfgs.values()} == {0.002}
-    record = results.read_json(out / "compare.json")
+    record = read_json(out / "compare.json")
     assert record["loss_grid"] == {"lam": [2.0]}
     r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1",
                              "--config", str(cfg), "--lambda", "0.5", "--tables-only")
@@ -592,11 +598,6 @@ def test_config_file_with_an_empty_candidate_list_is_refused(data_dir, tmp_path,
 
 
 def test_repeated_candidates_are_tried_once(data_dir, tmp_path):
-    from prlbench import cli
-
-    grid = cli._grid("synthetic", "mmoe", "bce,pwiser", "2", None,
-                     {"lam": [0.5, 0.5, 1.0], "m1": None, "m2": None},
-                     {"phi": None, "score": None, "head": None}, {"preset": None},
-                     {"epochs": None, "batch_size": None, "patience": None, "precision": None,
-                      "device": None})
+    grid = CompareConfig.resolve(None, {"models": "mmoe", "losses": "bce,pwiser", "seeds": "2",
+                                        "lam": "0.5,0.5,1.0"}).grid
     assert grid.candidates("pwiser") == [{"lam": 0.5}, {"lam": 1.0}]

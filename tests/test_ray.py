@@ -10,11 +10,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from prlbench import results  # noqa: E402
-from prlbench.compare import compare  # noqa: E402
 from prlbench.config import resolve  # noqa: E402
-from prlbench.ray_executor import RayExecutor  # noqa: E402
-from prlbench.runner import Grid, LocalExecutor, run_grid  # noqa: E402
+from prlbench.experiment.compare import compare, run_grid  # noqa: E402
+from prlbench.experiment.executors import LocalExecutor, RayExecutor  # noqa: E402
+from prlbench.experiment.grid import CompareConfig, Grid  # noqa: E402
+from prlbench.experiment.store import RunFolder  # noqa: E402
+from prlbench.fileio import read_json  # noqa: E402
 
 
 def run_names(runs: Path) -> list[str]:
@@ -40,7 +41,7 @@ def make_grid(datasets=("synthetic",), losses=("bce", "pwiser"), seeds=(1, 2)) -
 
 
 def metrics(run_dir: Path) -> dict:
-    m = results.read_json(run_dir / "metrics.json")
+    m = read_json(run_dir / "metrics.json")
     m.pop("seconds", None)
     return m
 
@@ -62,14 +63,14 @@ def test_a_grid_on_ray_lands_in_the_drivers_store_with_the_local_numbers(ray_ins
                                                                          data_dir, tmp_path):
     out = tmp_path / "ray"
     ex = RayExecutor(address=None, threads=1, jobs=2)
-    res = compare(make_grid(), executor=ex, data_dir=data_dir, out=out,
-                  formats=("md", "csv"), progress=False)
+    res = compare(CompareConfig(grid=make_grid(), formats=("md", "csv")), data_dir=data_dir,
+                  out=out, progress=False, executor=ex)
     assert [o.status for o in res.outcomes] == ["done"] * 4, [o.error for o in res.outcomes]
     for o in res.outcomes:
-        assert o.run_dir == out / "runs" / o.run_id and results.is_finished(o.run_dir)
+        assert o.run_dir == out / "runs" / o.run_id and RunFolder(o.run_dir).is_finished()
         for name in (*RUN_FILES, "ray.json"):
             assert (o.run_dir / name).exists(), (o.run_id, name)
-        assert results.read_json(o.run_dir / "run.json")["pid"] != os.getpid()  # a worker's
+        assert read_json(o.run_dir / "run.json")["pid"] != os.getpid()  # a worker's
     assert not list((out / "runs").glob("*.partial"))
     assert set(pd.read_csv(out / "tables" / "cells.csv")["arm"]) == {"bce", "pwiser"}
 

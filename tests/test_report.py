@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as sps
 
-from prlbench import stats
 from prlbench.errors import DataError
 from prlbench.report import analysis, build_table, to_csv, to_latex, to_markdown, write_report
 from prlbench.report import plots
+
+from _reference import delong_slow, overlapping_texts
 
 GOLDEN = Path(__file__).parent / "golden"
 DATASETS, MODELS, LOSSES, SEEDS = ("synthetic", "aliexpress_nl"), ("mmoe", "ple"), \
@@ -223,7 +224,7 @@ def test_delong_per_seed_matches_the_textbook_form(runs, summary_t):
     arm, base = (pq.read_table(Path(pick[pick.arm == a].run_dir.iloc[0]) / "predictions.parquet"
                                ).to_pandas() for a in ("pwiser", "bce"))
     clicked = arm["click"] == 1  # CVR AUC: over clicked impressions
-    ref = stats.delong_slow(arm.conversion[clicked], arm.p_cvr[clicked], base.p_cvr[clicked])
+    ref = delong_slow(arm.conversion[clicked], arm.p_cvr[clicked], base.p_cvr[clicked])
     assert row.p == pytest.approx(ref.p, rel=1e-9) and row["diff"] == pytest.approx(ref.diff)
     cell = summary_t.cells.set_index(analysis.KEYS).loc[("synthetic", "mmoe", "cvr_auc",
                                                          "pwiser")]
@@ -458,7 +459,7 @@ def _check_image(paths: list[Path]) -> None:
 
 def test_forest_plot_is_written_and_nothing_overlaps(summary_t, tmp_path):
     fig = plots.forest_figure(summary_t)
-    assert plots.overlapping_texts(fig) == []
+    assert overlapping_texts(fig) == []
     assert len(fig.axes) == 3 and fig.axes[0].get_title() == "Δ CTR AUC"
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[0] == "Synthetic · MMoE" and len(labels) == 4
@@ -467,7 +468,7 @@ def test_forest_plot_is_written_and_nothing_overlaps(summary_t, tmp_path):
 
 def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
     fig = plots.validation_figure(runs)
-    assert plots.overlapping_texts(fig) == []
+    assert overlapping_texts(fig) == []
     assert len(fig.axes) == 4 * 2  # (data set, model) panels x (CTR, CTCVR)
     _check_image(plots.save(fig, tmp_path / "validation"))
     # One panel (the default compare): the narrowest figure, the legend must still fit.
@@ -475,7 +476,7 @@ def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
                  & (runs["model"] == runs["model"].iloc[0])]
     for fig in (plots.validation_figure(first),
                 plots.forest_figure(analysis.summarise(first, n_boot=100, delong=False))):
-        assert plots.overlapping_texts(fig) == []
+        assert overlapping_texts(fig) == []
 
 
 def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):
@@ -484,7 +485,7 @@ def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):
                                         datasets=("aliccp",)))
     s = analysis.summarise(runs, n_boot=100, delong=False)
     for fig in (plots.forest_figure(s), plots.validation_figure(runs)):
-        assert plots.overlapping_texts(fig) == []
+        assert overlapping_texts(fig) == []
         plots._plt().close(fig)
 
 
@@ -531,7 +532,7 @@ def test_validation_plot_of_one_epoch_has_whole_epoch_ticks_and_error_bars(tmp_p
     ticks = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
     assert ticks == ["1"]
     assert all(len(ax.containers) == 2 for ax in fig.axes)  # one error bar per arm
-    assert plots.overlapping_texts(fig) == []
+    assert overlapping_texts(fig) == []
 
 
 def test_identical_deltas_leave_the_t_test_undefined_not_significant():

@@ -8,10 +8,11 @@ from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
 from prlbench.errors import DataError
-from prlbench.stats import (auc, benjamini_hochberg, bootstrap_mean_ci, delong_slow, fast_delong,
-                            group_auc, holm, min_wilcoxon_p, paired_bootstrap_auc_diff,
-                            paired_ttest, relaimpr, wilcoxon_signed_rank)
+from prlbench.stats import (auc, benjamini_hochberg, bootstrap_mean_ci, fast_delong, group_auc,
+                            holm, min_wilcoxon_p, paired_ttest, relaimpr, wilcoxon_signed_rank)
 from prlbench.stats._sort import argsort_scores
+
+from _reference import delong_slow, paired_bootstrap_auc_diff
 
 
 def tied_data(seed: int, n: int = 400, levels: int = 6):

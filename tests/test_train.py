@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from prlbench import results
 from prlbench.config import resolve
 from prlbench.data.synthetic import preprocess_synthetic
-from prlbench.engine import train as train_mod
-from prlbench.engine.evaluate import evaluate_run
-from prlbench.errors import ConfigError, TrainingError
+from prlbench.engine import loop as loop_mod
+from prlbench.engine import run as train_mod
+from prlbench.engine.run import evaluate_run
+from prlbench.errors import ConfigError, Interrupted, TrainingError
+from prlbench.fileio import read_json, write_json
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def _cfg(**train):
 
 
 def _metrics(run_dir: Path) -> dict:
-    m = results.read_json(run_dir / "metrics.json")
+    m = read_json(run_dir / "metrics.json")
     m.pop("seconds")
     return m
 
@@ -39,10 +40,10 @@ def test_training_learns_and_writes_a_complete_run_folder(data_dir, tmp_path):
                  "predictions.parquet"):
         assert (run / name).exists(), name
     assert not (run / "state.pt").exists()
-    history = results.read_json(run / "history.json")
+    history = read_json(run / "history.json")
     assert max(h["val_ctr_auc"] for h in history) > 0.6
     assert _metrics(run)["ctr_auc"] > 0.6
-    record = results.read_json(run / "run.json")
+    record = read_json(run / "run.json")
     assert record["status"] == "done" and record["data_sha256"]
     state = torch.load(run / "best.pt", weights_only=True)
     assert isinstance(state, dict) and state
@@ -68,12 +69,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
     cfg = _cfg(epochs=3)
     whole = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "whole", progress=False)
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "_StopFlag", lambda: stop_after(50))  # mid-epoch 2 (~35 steps/epoch)
-        with pytest.raises(train_mod.Interrupted, match="--resume"):
+        m.setattr(loop_mod, "StopFlag", lambda: stop_after(50))  # mid-epoch 2 (~35 steps/epoch)
+        with pytest.raises(Interrupted, match="--resume"):
             train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", progress=False)
     part = next((tmp_path / "cut" / "runs").glob("*.partial"))
     assert (part / "state.pt").exists()
-    record = results.read_json(part / "run.json")
+    record = read_json(part / "run.json")
     assert record["status"] == "interrupted" and "--resume" in record["error"]
     with pytest.raises(ConfigError, match="give one of them"):
         train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", resume=True,
@@ -85,10 +86,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
     resumed = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path / "cut", resume=True,
                                   progress=False)
     assert _metrics(resumed) == _metrics(whole)
-    done = results.read_json(resumed / "run.json")
+    done = read_json(resumed / "run.json")
     assert done["status"] == "done" and "error" not in done  # the interruption is over
-    h1 = results.read_json(whole / "history.json")
-    h2 = results.read_json(resumed / "history.json")
+    h1 = read_json(whole / "history.json")
+    h2 = read_json(resumed / "history.json")
     assert [h["val_score"] for h in h1] == [h["val_score"] for h in h2]
 
 
@@ -125,7 +126,7 @@ def test_evaluate_reproduces_the_test_metrics(data_dir, tmp_path):
     (run / "metrics.json").unlink()
     evaluate_run(run)  # no data dir given: the one run.json records, wherever we are
     assert _metrics(run) == before
-    assert results.read_json(run / "run.json")["data_dir"] == str(data_dir.resolve())
+    assert read_json(run / "run.json")["data_dir"] == str(data_dir.resolve())
 
 
 def test_a_device_that_is_not_here_fails_before_any_folder(data_dir, tmp_path):
@@ -154,7 +155,7 @@ def test_a_validation_split_without_conversions_fails_before_training(tmp_path):
 
     d = tmp_path / "tiny"
     preprocess_synthetic(d, rows=1000, conversion_rate=0.01, seed=0, progress=False)
-    val = results.read_json(d / "synthetic" / "manifest.json")["splits"]["val"]
+    val = read_json(d / "synthetic" / "manifest.json")["splits"]["val"]
     assert val["conversions"] == 0  # the premise of the test
     with pytest.raises(DataError, match=r"validation split of synthetic has \d+ clicks and 0 "
                                         r"conversions .* CTCVR AUC is undefined"):
@@ -210,13 +211,13 @@ def test_evaluating_a_run_of_an_earlier_prlbench_says_to_retrain(data_dir, tmp_p
 
     run = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
     old = Path(shutil.copytree(run, tmp_path / "old"))
-    record = results.read_json(old / "run.json")
+    record = read_json(old / "run.json")
     record["manifest_sha256"] = record.pop("data_sha256")
-    results.write_json(old / "run.json", record)
+    write_json(old / "run.json", record)
     with pytest.raises(ConfigError, match="trained by an earlier prlbench.*retrain it"):
         evaluate_run(old, data_dir)
 
 
 def test_run_json_records_the_thread_count(data_dir, tmp_path):
     run = train_mod.train_run(_cfg(threads=1), data_dir=data_dir, out=tmp_path, progress=False)
-    assert results.read_json(run / "run.json")["threads"] == 1
+    assert read_json(run / "run.json")["threads"] == 1

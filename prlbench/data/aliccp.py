@@ -39,6 +39,7 @@ import pyarrow.csv as pacsv
 
 from prlbench.data import csvio
 from prlbench.data.cache import CacheBuilder, Schema
+from prlbench.data.download import verify_checksums
 from prlbench.errors import ConfigError, DataError
 
 NAME = "aliccp"
@@ -63,7 +64,7 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
         raise ConfigError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     src = Path(source) if source is not None else Path(data_dir) / NAME / "raw"
     limit = csvio.unmatched_limit(max_unmatched)  # a bad option fails before any hashing
-    verified = src.exists() and csvio.verify_checksums(src)
+    verified = src.exists() and verify_checksums(src)
     kind, entries = csvio.find_inputs(
         src, _classify, {"raw": (RAW_ROLES, ()), "processed": (("train", "test"), ("val",))},
         "sample_skeleton_{train,test}.csv and common_features_{train,test}.csv (extract the "

@@ -28,6 +28,7 @@ import numpy as np
 
 from prlbench.data import csvio
 from prlbench.data.cache import CacheBuilder, Schema, aliexpress_schema
+from prlbench.data.download import verify_checksums
 from prlbench.errors import ConfigError, DataError
 
 COUNTRIES = ("nl", "es", "fr", "us", "ru")
@@ -55,7 +56,7 @@ def preprocess_aliexpress(data_dir: Path, *, country: str, source: Path | None =
     name = f"aliexpress_{country}"
     src = Path(source) if source is not None else Path(data_dir) / name / "raw"
     limit = csvio.unmatched_limit(max_unmatched)  # a bad option fails before any hashing
-    verified = src.exists() and csvio.verify_checksums(src)
+    verified = src.exists() and verify_checksums(src)
     others: list[str] = []
     try:
         kind, entries = csvio.find_inputs(

@@ -455,19 +455,47 @@ _IDENTITY_KEYS = ("format", "dataset", "columns", "has_groups", "vocab_sizes", "
                   "validation")
 
 
-def data_hash(cache_dir: Path) -> str:
-    """sha256 of what the cache holds: every split file's (and side file's) sha256, the columns,
-    vocabulary and validation split. Preprocessing the same data again (another day, another
-    source path) gives the same hash, so runs trained on it are found again."""
-    path = Path(cache_dir) / MANIFEST
-    manifest = _read_manifest(path, Path(cache_dir).name)
+class Manifest(Mapping):
+    """A cache's manifest.json, read-only (a Mapping of its keys), with the folder it describes
+    (`dir`) and the hash of its content (`data_sha256`, see `data_hash`)."""
+
+    def __init__(self, content: Mapping, folder: Path) -> None:
+        self._content, self.dir = dict(content), Path(folder)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._content[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._content)
+
+    def __len__(self) -> int:
+        return len(self._content)
+
+    @property
+    def data_sha256(self) -> str:
+        return _content_hash(self._content)
+
+    def path(self, entry: Mapping) -> Path:
+        """The file of a splits / side_files entry."""
+        return self.dir / entry["file"]
+
+
+def _content_hash(manifest: Mapping) -> str:
     files = {k: {s: e.get("sha256") for s, e in manifest.get(k, {}).items()}
              for k in ("splits", "side_files")}
     identity = {k: manifest.get(k) for k in _IDENTITY_KEYS} | files
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
+def data_hash(cache_dir: Path) -> str:
+    """sha256 of what the cache holds: every split file's (and side file's) sha256, the columns,
+    vocabulary and validation split. Preprocessing the same data again (another day, another
+    source path) gives the same hash, so runs trained on it are found again."""
+    path = Path(cache_dir) / MANIFEST
+    return _content_hash(_read_manifest(path, Path(cache_dir).name))
+
+
+def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> Manifest:
     """Read `data_dir/name/manifest.json` and check that every file it lists matches it."""
     cache = Path(data_dir) / name
     mpath = cache / MANIFEST
@@ -478,8 +506,7 @@ def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> dict:
     entries = list(manifest["splits"].values()) + list(manifest.get("side_files", {}).values())
     for entry in entries:
         _verify_file(cache / entry["file"], entry, name, full=verify)
-    manifest["_dir"] = str(cache)
-    return manifest
+    return Manifest(manifest, cache)
 
 
 _ROLES = {"group", "categorical", "numerical", "click", "conversion"}  # a manifest's columns

@@ -317,19 +317,6 @@ def _split_rows(data: bytes, first_line: int, chunk_rows: int) -> Iterator[LineC
         yield LineChunk(data[s:e], whole.lines[sl], whole.starts[sl] - s, whole.ends[sl] - s)
 
 
-def verify_checksums(source: Path) -> bool:
-    """Run `download.verify_raw` where `checksums.json` sits next to the inputs; True if run."""
-    folder = source if source.is_dir() else source.parent
-    if not (folder / "checksums.json").is_file():
-        return False
-    try:
-        from prlbench.data.download import verify_raw
-    except ImportError:
-        return False
-    verify_raw(folder)
-    return True
-
-
 def open_csv_with_header(entry: Entry, stack: contextlib.ExitStack
                          ) -> tuple[BinaryIO, list[str], int]:
     """Open a CSV that has a header: (stream after the header, column names, next line no)."""

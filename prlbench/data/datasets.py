@@ -13,11 +13,13 @@ from typing import Callable
 from prlbench.registry import Registry
 
 DATASETS: Registry["DatasetSpec"] = Registry("data set")
+DEFAULT_DATASET = "synthetic"  # what runs when no data set is named: generated, no download
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
+    display_name: str  # in tables and plots: "AliExpress-NL"
     description: str
     landing_page: str | None
     # The files a user fetches by hand (the archive names on the landing page).
@@ -30,6 +32,16 @@ class DatasetSpec:
     obtain: str = ""
     # Keyword arguments passed to the preprocessor (e.g. the AliExpress country).
     options: dict = field(default_factory=dict)
+    # True: generated locally by its preprocessor (no raw files, no source, nothing to download),
+    # so it can be built on first use; False: downloaded and preprocessed by the user.
+    generated: bool = False
+    # The cache column holding each row's group (search / session): validation takes whole
+    # groups and GAUC averages over them. Where a source has none (Ali-CCP's processed CSVs) the
+    # cache fills it with row numbers and its manifest says "has_groups": false.
+    group_column: str = "search_id"
+    # The model size preset when none is asked for: the paper's sizes on real data, CPU sizes
+    # on generated data (which exists to run in minutes).
+    default_preset: str = "paper"
 
     def preprocess_fn(self) -> Callable:
         module, func = self.preprocessor.split(":")
@@ -51,6 +63,7 @@ for _country in ("nl", "es", "fr", "us"):
     _register(
         DatasetSpec(
             name=f"aliexpress_{_country}",
+            display_name=f"AliExpress-{_up}",
             description=f"AliExpress search logs, {_up}: clicks and purchases, 16 categorical + "
             "63 numerical features",
             landing_page="https://tianchi.aliyun.com/dataset/74690",
@@ -64,6 +77,7 @@ for _country in ("nl", "es", "fr", "us"):
 _register(
     DatasetSpec(
         name="aliccp",
+        display_name="Ali-CCP",
         description="Ali-CCP (Alibaba Click and Conversion Prediction, the ESMM data): "
         "~84 M impressions, 18 sparse fields",
         landing_page="https://tianchi.aliyun.com/dataset/408",
@@ -85,11 +99,14 @@ _register(
 _register(
     DatasetSpec(
         name="synthetic",
+        display_name="Synthetic",
         description="Built-in default: generated with the AliExpress schema, latent relevance "
         "and noise clicks; no download",
         landing_page=None,
         raw_files=(),
         preprocessor="prlbench.data.synthetic:preprocess_synthetic",
         obtain="Generated locally by `prlbench preprocess synthetic`; nothing to download.",
+        generated=True,
+        default_preset="small",
     )
 )

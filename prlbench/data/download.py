@@ -5,7 +5,7 @@ Range, retried with backoff on connection errors and 5xx, renamed only once comp
 file or folder fetched by hand, or else says where to get the files (Tianchi needs a login).
 Every file's sha256 and size go into `raw/checksums.json` on first import; other content under
 the same name later, or a file changed on disk (`verify_raw`), is an error. An archive given on
-its own or named in the spec is extracted by `safe_extract` (no absolute paths, `..`, links or
+its own or named in the spec is extracted by `extract_archive` (no absolute paths, `..`, links or
 devices; a size cap; files move into place only once every entry was written). Archives inside
 archives (AliExpress's inner zips) or inside an imported folder stay as they are.
 """
@@ -73,7 +73,7 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
         raise ConfigError(str(e)) from e
     if url is not None and from_path is not None:
         raise ConfigError("give either --url or --from, not both")
-    if not spec.raw_files and spec.url is None:
+    if spec.generated:
         raise ConfigError(f"{name} is generated locally: nothing to download; "
                           f"run: prlbench preprocess {name}")
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
@@ -154,6 +154,15 @@ def verify_raw(raw_dir: Path) -> None:
     raw = Path(raw_dir)
     for rel, entry in _load_records(raw).items():
         _verify_one(raw, rel, entry)
+
+
+def verify_checksums(source: Path) -> bool:
+    """`verify_raw` where `checksums.json` sits next to a preprocess source; True if run."""
+    folder = source if source.is_dir() else source.parent
+    if not (folder / CHECKSUMS).is_file():
+        return False
+    verify_raw(folder)
+    return True
 
 
 def _verify_one(raw: Path, rel: str, entry: object) -> None:
@@ -483,10 +492,9 @@ def _extract_recorded(archive: Path, raw: Path, progress: bool) -> None:
         records.pop(rel)
     for stale in raw.glob(".extract-*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    with _staged_extract(archive, raw, MAX_EXTRACT_BYTES, progress) as (stage, facts):
-        for rel, (digest, _) in facts.items():
-            _check(raw, rel, digest, None, records.get(rel))
-        _move_into_place(stage, raw, list(facts))
+    facts = extract_archive(archive, raw, progress=progress,
+                            check=lambda rel, digest: _check(raw, rel, digest, None,
+                                                             records.get(rel)))
     for rel in set(older) - set(facts):  # what only the earlier archive held
         (raw / rel).unlink(missing_ok=True)
     for rel, (digest, size) in facts.items():
@@ -494,12 +502,24 @@ def _extract_recorded(archive: Path, raw: Path, progress: bool) -> None:
     _save_records(raw, records)
 
 
-def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES,
-                 progress: bool = False) -> list[Path]:
-    """Extract a zip or tar archive into `dest`; every entry or none. Returns the files."""
+def extract_archive(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES,
+                    progress: bool = False,
+                    check: Callable[[str, str], None] | None = None) -> Facts:
+    """Extract a zip or tar archive into `dest`, every entry or none, and return each file's
+    path relative to `dest` with its sha256 and size.
+
+    Every entry is checked (no absolute paths, `..`, links or devices) and written into a
+    hidden folder inside `dest` first, counting the bytes against `max_bytes`; `check(rel,
+    sha256)`, if given, then sees each file and may raise to refuse the archive; only then do
+    the files move into place. ArchiveRefused or DownloadError says why nothing was extracted.
+    """
     archive, dest = Path(archive), Path(dest)
     with _staged_extract(archive, dest, max_bytes, progress) as (stage, facts):
-        return _move_into_place(stage, dest, list(facts))
+        if check is not None:
+            for rel, (digest, _) in facts.items():
+                check(rel, digest)
+        _move_into_place(stage, dest, list(facts))
+    return facts
 
 
 @contextlib.contextmanager

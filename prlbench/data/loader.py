@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from prlbench.data.cache import SPLITS, open_cache
+from prlbench.data.cache import SPLITS, Manifest, open_cache
 from prlbench.errors import CacheError, ConfigError
 
 _BLOCK = 1 << 14  # rows per block when assembling [N, F] matrices (~4 MB of float32 x 63)
@@ -52,7 +52,7 @@ class TensorData:
 
 
 def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.device = "cpu",
-               manifest: dict | None = None) -> TensorData:
+               manifest: Manifest | None = None) -> TensorData:
     """Read `data_dir/name/{split}.parquet` into tensors on `device`.
 
     `manifest` (from `open_cache`) skips reading and verifying the manifest again.
@@ -61,7 +61,7 @@ def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.dev
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     manifest = manifest if manifest is not None else open_cache(data_dir, name)
     roles = manifest["columns"]
-    path = Path(manifest.get("_dir", Path(data_dir) / name)) / manifest["splits"][split]["file"]
+    path = manifest.path(manifest["splits"][split])
     wanted = [roles["group"], *roles["categorical"], *roles["numerical"], roles["click"],
               roles["conversion"]]
     table = _read(path, wanted, name)
@@ -136,5 +136,5 @@ def load_side(data_dir: Path, name: str, split: str) -> dict[str, np.ndarray] | 
     entry = manifest.get("side_files", {}).get(split)
     if entry is None:
         return None
-    table = _read(Path(manifest["_dir"]) / entry["file"], entry["columns"], name)
+    table = _read(manifest.path(entry), entry["columns"], name)
     return {c: table.column(c).to_numpy() for c in table.column_names}

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prlbench.data.cache import cache_folder, dataset_lock, sweep_stale
-from prlbench.data.datasets import DATASETS
+from prlbench.data.datasets import DATASETS, DEFAULT_DATASET
 from prlbench.errors import ConfigError
 
+# The synthetic generator's options (preprocess_synthetic's), refused for downloaded data.
 SYNTHETIC_OPTIONS = ("rows", "seed", "click_rate", "conversion_rate", "noise_rate")
 
 
@@ -16,12 +17,12 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
     """Build `data_dir/name/` from `source` (default: `data_dir/name/raw`); returns the manifest."""
     spec = DATASETS.get(name)
     given = {k: v for k, v in options.items() if v is not None}
-    if name == "synthetic":
+    if spec.generated:
         if source is not None:
-            raise ConfigError("--source: the synthetic data set is generated, it has no source")
+            raise ConfigError(f"--source: the {name} data set is generated, it has no source")
         if "max_unmatched" in given:
             raise ConfigError("--max-unmatched applies to the real data sets' joins, not to "
-                              "the synthetic data set")
+                              f"the {name} data set")
     else:
         wrong = [k for k in given if k in SYNTHETIC_OPTIONS]
         if wrong:
@@ -47,11 +48,14 @@ def _check_source_outside_cache(source: Path, cache: Path) -> None:
                           f"move the files out of it, or into {cache / 'raw'}, and rerun")
 
 
-def ensure_synthetic(data_dir: Path, *, progress: bool = True) -> None:
-    """The default data set is generated on first use, so everything runs out of the box."""
-    manifest = Path(data_dir) / "synthetic" / "manifest.json"
-    if manifest.exists():
+def ensure_generated(data_dir: Path, name: str = DEFAULT_DATASET, *,
+                     progress: bool = True) -> None:
+    """A generated data set (the default one among them) is built on first use, so everything
+    runs out of the box; a downloaded one is left alone (it needs the user's files)."""
+    spec = DATASETS.get(name)
+    manifest = Path(data_dir) / name / "manifest.json"
+    if not spec.generated or manifest.exists():
         return
-    with dataset_lock(Path(data_dir), "synthetic"):
+    with dataset_lock(Path(data_dir), name):
         if not manifest.exists():  # another process may have built it while we waited
-            DATASETS.get("synthetic").preprocess_fn()(Path(data_dir), progress=progress)
+            spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options)

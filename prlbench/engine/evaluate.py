@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from prlbench import stats
 from prlbench.data.loader import TensorData
-from prlbench.errors import ConfigError
 
 _EPS = 1e-7
 
@@ -68,6 +66,8 @@ def validation_score(preds: dict[str, np.ndarray], data: TensorData) -> dict[str
 
 def test_metrics(preds: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
                  groups: np.ndarray | None, genuine: np.ndarray | None = None) -> dict:
+    """The test metrics of one run (metrics.json): every key is registered in
+    prlbench.metrics, which states its direction, display name and report table."""
     clicked = click == 1
     m = {
         "ctr_auc": stats.auc(click, preds["p_ctr"]),
@@ -111,25 +111,3 @@ def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *
     if genuine is not None:
         columns["genuine_click"] = genuine
     return metrics, pa.table(columns)
-
-
-def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
-                 device: str | None = None) -> dict:
-    """Re-evaluate a finished run's best checkpoint on the test split (`data_dir` None: the
-    cache the run was trained on, as its run.json records it; else ./datasets)."""
-    from prlbench import results
-    from prlbench.engine.train import RunContext
-
-    run_dir = Path(run_dir)
-    if run_dir.name.endswith(results.PARTIAL):
-        raise ConfigError(f"{run_dir} is an unfinished run: its best.pt is only the best so far, "
-                          "and scoring it on test before the run has chosen its model would leak "
-                          "the test set into the choice. Finish it first (rerun the train command "
-                          "with --resume, or rerun the compare); it then moves to "
-                          f"{run_dir.with_name(run_dir.name[:-len(results.PARTIAL)])}")
-    if data_dir is None:
-        record = run_dir / "run.json"
-        recorded = results.read_json(record).get("data_dir") if record.exists() else None
-        data_dir = Path(recorded) if recorded else Path("datasets")
-    ctx = RunContext.open(Path(run_dir), Path(data_dir), device=device)
-    return ctx.evaluate_and_write()

@@ -26,7 +26,7 @@ from prlbench.registry import Registry
 LossFn = Callable[..., "tuple[Tensor, dict[str, Tensor]]"]
 LOSSES: Registry[LossFn] = Registry("loss", "losses")
 LOSS_SUMMARIES: dict[str, str] = {}  # name -> one line for `prlbench ls losses`
-_SPECS: dict[str, dict[str, "Param"]] = {}
+_INFO: dict[str, "LossInfo"] = {}
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,34 @@ class Param:
     choices: tuple[str, ...] = ()  # empty: a finite real number >= 0
 
 
+@dataclass(frozen=True)
+class LossInfo:
+    """What is registered with a loss besides its function: how listings and reports name it
+    and which parameters it takes."""
+
+    name: str
+    display_name: str  # in tables and plots: "PWiseR"
+    summary: str  # one line for `prlbench ls losses`
+    params: dict[str, Param]
+
+
+def loss_info(name: str) -> LossInfo:
+    LOSSES.get(name)  # unknown name -> error listing the valid ones
+    return _INFO[name]
+
+
 def loss_params(name: str) -> dict[str, Any]:
     """The default parameters of loss `name` (an empty dict for `bce`)."""
-    LOSSES.get(name)  # unknown name -> error listing the valid ones
-    return {key: p.default for key, p in _SPECS[name].items()}
+    return {key: p.default for key, p in loss_info(name).params.items()}
 
 
 def loss_param_specs(name: str) -> dict[str, Param]:
     """Defaults, flags and valid values of loss `name`'s parameters (for the CLI and config)."""
-    LOSSES.get(name)
-    return dict(_SPECS[name])
+    return dict(loss_info(name).params)
 
 
-def register_loss(name: str, summary: str, params: dict[str, Param]) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, summary: str, params: dict[str, Param], *,
+                  display_name: str) -> Callable[[LossFn], LossFn]:
     """Register `fn(outputs, click, conversion, **all_params)` under `name`.
 
     The registered callable checks the given params (unknown -> ConfigError, None -> default),
@@ -65,7 +80,7 @@ def register_loss(name: str, summary: str, params: dict[str, Param]) -> Callable
         loss.__name__, loss.__qualname__, loss.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
         LOSSES.register(name)(loss)
         LOSS_SUMMARIES[name] = summary
-        _SPECS[name] = dict(params)
+        _INFO[name] = LossInfo(name, display_name, summary, dict(params))
         return loss
 
     return add
@@ -73,7 +88,7 @@ def register_loss(name: str, summary: str, params: dict[str, Param]) -> Callable
 
 def resolve_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
     """Every parameter of loss `name`: given values checked, None or missing -> the default."""
-    specs = _SPECS[name]
+    specs = _INFO[name].params
     unknown = sorted(set(given) - set(specs))
     if unknown:
         valid = ", ".join(specs) or "none"
@@ -154,6 +169,7 @@ def _add_aux(total: Tensor, parts: dict[str, Tensor], outputs: dict):
     "bce",
     "mean of the per-task BCE of the ctr and ctcvr heads (MTReclib's choice); the baseline",
     params={},
+    display_name="BCE",
 )
 def bce_objective(outputs: dict, click: Tensor, conversion: Tensor):
     """(BCE(ctr, click) + BCE(ctcvr, conversion)) / 2."""

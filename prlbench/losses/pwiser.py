@@ -125,6 +125,7 @@ def check_margin(option: str, value: float) -> float:
         "score": Param("prob", "--score", SCORES),
         "head": Param("ctr", "--head", HEADS),
     },
+    display_name="PWiseR",
 )
 def pwiser_objective(
     outputs: dict, click: Tensor, conversion: Tensor, *, lam, m1, m2, phi, score, head

@@ -33,6 +33,7 @@ def ranknet_loss(
     "ranknet",
     "bce + lambda * RankNet over (click, non-click) pairs of the CTR head; ignores conversions",
     params={"lam": Param(0.5, "--lambda"), "score": Param("logit", "--score", SCORES)},
+    display_name="RankNet",
 )
 def ranknet_objective(outputs: dict, click: Tensor, conversion: Tensor, *, lam, score):
     """bce + lam * RankNet on the ctr head."""

@@ -38,6 +38,7 @@ class InfoTransferAttention(nn.Module):
 
 @MODELS.register("aitm")
 class AITM(MultiTaskModel):
+    display_name = "AITM"
     summary = "click tower transfers to the conversion tower via attention; calibrator loss"
     output_towers = {"ctr": "click_head", "ctcvr": "conversion_head"}
     # The modules on the conversion side: nothing here may influence the ctr output.

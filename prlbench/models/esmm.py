@@ -18,6 +18,7 @@ from .layers import MLP, FeatureEmbedding, MultiTaskModel, Tower, logit_of_produ
 
 @MODELS.register("esmm")
 class ESMM(MultiTaskModel):
+    display_name = "ESMM"
     summary = "shared embedding, CTR and CVR networks, ctcvr = ctr * cvr over the entire space"
     output_towers = {"ctr": "ctr_tower", "cvr": "cvr_tower"}
     guarantees_ctcvr_le_ctr = True

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 class MultiTaskModel(nn.Module):
     """Base class: a model returns {"ctr", "ctcvr", ...} logits of shape [B]."""
 
-    summary: str = ""
+    display_name: str = ""  # in tables and plots: "MMoE"
+    summary: str = ""  # one line for `prlbench ls models`
     # True where ctcvr <= ctr holds by construction (ESMM: ctcvr = ctr * cvr).
     guarantees_ctcvr_le_ctr: bool = False
     # Output logit -> the Tower that produces it (dotted submodule path), for init_output_bias.

@@ -36,6 +36,7 @@ def logit_of_mixture(weights: Tensor, logits: Tensor) -> Tensor:
 
 @MODELS.register("metaheac")
 class MetaHeac(MultiTaskModel):
+    display_name = "MetaHeac"
     summary = "hybrid experts and critics chosen per task by a task embedding (no meta-training)"
 
     def __init__(

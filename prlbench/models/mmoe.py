@@ -19,6 +19,7 @@ TASKS = ("ctr", "ctcvr")
 
 @MODELS.register("mmoe")
 class MMoE(MultiTaskModel):
+    display_name = "MMoE"
     summary = "mixture of experts with one gate per task, one tower per task"
     output_towers = {"ctr": "towers.ctr", "ctcvr": "towers.ctcvr"}
 

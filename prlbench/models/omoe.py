@@ -18,6 +18,7 @@ from .layers import ExpertBank, FeatureEmbedding, Gate, MultiTaskModel, Tower
 
 @MODELS.register("omoe")
 class OMoE(MultiTaskModel):
+    display_name = "OMoE"
     summary = "mixture of experts with one gate shared by both tasks, one tower per task"
     output_towers = {"ctr": "ctr_tower", "ctcvr": "ctcvr_tower"}
 

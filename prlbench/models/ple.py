@@ -56,6 +56,7 @@ class _ExtractionLevel(nn.Module):
 
 @MODELS.register("ple")
 class PLE(MultiTaskModel):
+    display_name = "PLE"
     summary = "progressive layered extraction: shared + task-specific experts per level"
     output_towers = {"ctr": "towers.ctr", "ctcvr": "towers.ctcvr"}
 

@@ -17,6 +17,7 @@ from .layers import MLP, FeatureEmbedding, MultiTaskModel, Tower
 
 @MODELS.register("shared_bottom")
 class SharedBottom(MultiTaskModel):
+    display_name = "Shared-Bottom"
     summary = "shared embedding and bottom MLP, one tower per task (hard sharing)"
     output_towers = {"ctr": "ctr_tower", "ctcvr": "ctcvr_tower"}
 

@@ -34,6 +34,7 @@ class _TaskNetwork(nn.Module):
 
 @MODELS.register("single_task")
 class SingleTask(MultiTaskModel):
+    display_name = "Single-task"
     summary = "two separate networks (embedding, bottom, tower), one per task"
     output_towers = {"ctr": "ctr_net.tower", "ctcvr": "ctcvr_net.tower"}
 

@@ -15,14 +15,12 @@ import pandas as pd
 
 from prlbench import stats
 from prlbench.errors import DataError
+from prlbench.metrics import select
 
-# metric -> (label column, score column, row filter column or None): what its AUC was computed on.
-SPECS = {
-    "ctr_auc": ("click", "p_ctr", None),
-    "ctcvr_auc": ("conversion", "p_ctcvr", None),
-    "cvr_auc": ("conversion", "p_cvr", "click"),  # CVR: over clicked impressions only
-    "ctr_auc_noise_free": ("genuine_click", "p_ctr", None),  # synthetic data only
-}
+# metric -> (label column, score column, row filter column or None): what its AUC was computed
+# on, as the metric registry states it; every pooled test AUC (not GAUC, a mean over groups).
+SPECS = {m.name: (m.label, m.score, m.rows) for m in select(split="test", kind="auc")
+         if m.label is not None}
 COLUMNS = ["dataset", "model", "metric", "arm", "seed", "auc_arm", "auc_base", "diff", "z", "p"]
 
 
@@ -53,17 +51,16 @@ def per_seed(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...],
 
 
 def _read(run_dir: Path, metrics: tuple[str, ...], warnings: list[str]) -> dict | None:
-    import pyarrow.parquet as pq
+    from prlbench.experiment.store import RunFolder
 
-    path = run_dir / "predictions.parquet"
-    if not path.exists():
-        warnings.append(f"{path} is missing: DeLong skipped for that run "
-                        f"(prlbench evaluate {shlex.quote(str(run_dir))} writes it)")
+    folder = RunFolder(run_dir)
+    present = folder.prediction_columns()
+    if present is None:
+        warnings.append(f"{run_dir / RunFolder.PREDICTIONS} is missing: DeLong skipped for that "
+                        f"run (prlbench evaluate {shlex.quote(str(run_dir))} writes it)")
         return None
-    present = set(pq.read_schema(path).names)
     wanted = {c for m in metrics for c in SPECS[m] if c is not None} & present
-    table = pq.read_table(path, columns=sorted(wanted))
-    return {c: table.column(c).to_numpy() for c in wanted}
+    return folder.read_predictions(sorted(wanted))
 
 
 def _check_aligned(a: dict, b: dict, dir_a: str, dir_b: str) -> None:

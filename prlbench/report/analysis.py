@@ -1,11 +1,12 @@
 """From finished run folders to the statistics of every table cell.
 
-`load_runs` reads one row per run; `summarise` pairs every loss with the baseline (`bce`) by seed
-and computes, per (data set, model, metric, arm): mean and std over seeds, the mean paired delta
-with a bootstrap CI over the per-seed deltas, RelaImpr, the paired t-test and Wilcoxon signed-rank
-test over seeds, DeLong's test on each seed's test predictions, and the chosen test's p value
-adjusted (Holm or Benjamini-Hochberg) over every comparison of its table: the AUC metrics form one
-family, the loglosses another, each over all data sets x models x arms. A cell is a win / tie /
+`load_runs` reads one row per run; `summarise` pairs every loss with the baseline
+(config.BASELINE, `bce`) by seed and computes, per (data set, model, metric, arm): mean and std
+over seeds, the mean paired delta with a bootstrap CI over the per-seed deltas, RelaImpr, the
+paired t-test and Wilcoxon signed-rank test over seeds, DeLong's test on each seed's test
+predictions, and the chosen test's p value adjusted (Holm or Benjamini-Hochberg) over every
+comparison of its table: the AUC metrics form one family, the loglosses another, each over all
+data sets x models x arms (the tables and their metrics: prlbench.metrics). A cell is a win / tie /
 loss when it is significant and better / not significant / significant and worse.
 
 Why seeds and not DeLong decide significance: DeLong's test treats the trained model as fixed, so
@@ -23,30 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prlbench import results, stats
+from prlbench import stats
+from prlbench.config import BASELINE
 from prlbench.errors import DataError
+from prlbench.metrics import METRICS, REPORTED, family, is_auc, lower_is_better
 from prlbench.report import _delong
 
-AUC_METRICS = ("ctr_auc", "ctcvr_auc", "cvr_auc")
-LOGLOSS_METRICS = ("ctr_logloss", "ctcvr_logloss", "cvr_logloss")
-METRICS = AUC_METRICS + LOGLOSS_METRICS
 TESTS = ("wilcoxon", "ttest")
 CORRECTIONS = {"holm": stats.holm, "bh": stats.benjamini_hochberg}
 BOOT_SEED = 0  # the bootstrap's RNG seed: fixed, so a cell's CI never depends on the others
 KEYS = ["dataset", "model", "metric", "arm"]
 
-
-def family(metric: str) -> str:
-    """The correction family of a metric: one per table (AUCs, loglosses)."""
-    return "logloss" if metric.endswith("logloss") else "auc"
-
-
-def lower_is_better(metric: str) -> bool:
-    return "logloss" in metric
-
-
-def is_auc(metric: str) -> bool:
-    return "auc" in metric
 
 
 # ------------------------------------------------------------------------------- load
@@ -72,24 +60,23 @@ def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
 
 
 def _read_run(d: Path) -> dict:
-    def need(name: str):
-        if not (d / name).exists():
+    from prlbench.experiment.store import RunFolder, RunStatus
+
+    folder = RunFolder(d)
+    for name in (RunFolder.RECORD, RunFolder.CONFIG, RunFolder.METRICS):
+        if not folder.has(name):
             raise DataError(f"{d / name} is missing: the run folder is incomplete; re-run it "
                             f"(prlbench train / prlbench evaluate {shlex.quote(str(d))}) or "
                             "leave it out")
-        return results.read_json(d / name)
-
-    run, cfg = need("run.json"), need("config.json")
-    if run.get("status") != "done":
-        raise DataError(f"{d / 'run.json'}: status is {run.get('status')!r}, not 'done'; "
+    run, cfg = folder.read_record(), folder.read_config()
+    if run.status != RunStatus.DONE:
+        raise DataError(f"{d / RunFolder.RECORD}: status is {run.status.value!r}, not 'done'; "
                         "finish the run or leave it out")
-    metrics = need("metrics.json")
-    row = {"dataset": cfg["data"]["dataset"], "model": cfg["model"]["name"],
-           "loss": cfg["loss"]["name"],
-           "params": json.dumps(cfg["loss"].get("params") or {}, sort_keys=True),
-           "seed": int(cfg["train"]["seed"]), "run_id": run.get("run_id", d.name),
-           "run_dir": str(d), "best_epoch": run.get("best_epoch"),
-           "threads": run.get("threads")}
+    metrics = folder.read_metrics()
+    row = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,
+           "params": json.dumps(cfg.loss.params or {}, sort_keys=True),
+           "seed": int(cfg.train.seed), "run_id": run.run_id or d.name,
+           "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     return row
@@ -181,9 +168,10 @@ class Summary:
                              ).reset_index(drop=True)
 
 
-def summarise(runs: pd.DataFrame, *, baseline: str = "bce", metrics: tuple[str, ...] = METRICS,
-              test: str = "wilcoxon", correction: str = "holm", alpha: float = 0.05,
-              n_boot: int = 10000, delong: bool = True) -> Summary:
+def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
+              metrics: tuple[str, ...] = REPORTED, test: str = "wilcoxon",
+              correction: str = "holm", alpha: float = 0.05, n_boot: int = 10000,
+              delong: bool = True) -> Summary:
     """Pair every arm with `baseline` by seed and compute each cell's statistics (see module doc).
 
     The bootstrap uses the fixed seed BOOT_SEED. `delong=False` skips reading the predictions.
@@ -233,6 +221,10 @@ def _check_options(test: str, correction: str, alpha: float) -> None:
 
 
 def _available(runs: pd.DataFrame, metrics: tuple[str, ...], warnings: list[str]) -> tuple:
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:  # its direction and correction family would be unknown
+        raise DataError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: "
+                        f"{', '.join(METRICS)}")
     missing = [m for m in metrics if m not in runs.columns]
     if missing:
         warnings.append(f"metrics not in any run's metrics.json, left out: {', '.join(missing)}")

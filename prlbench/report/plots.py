@@ -5,8 +5,8 @@
 - `validation_curves`: validation CTR and CTCVR AUC per epoch, mean over seeds with a +-1 std
   band, one line per arm, one panel pair per (data set, model), in a grid of up to 4 columns.
 
-Figure sizes grow with the number of rows; constrained layout keeps labels apart
-(`overlapping_texts` checks it).
+Figure sizes grow with the number of rows; constrained layout keeps labels apart (the tests
+check that no drawn texts overlap).
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prlbench import results
+from prlbench.experiment.store import RunFolder
+from prlbench.fileio import atomic_write_bytes
+from prlbench.config import BASELINE
+from prlbench.metrics import display_name, select, table_metrics
 from prlbench.report import table as tm
-from prlbench.report.analysis import AUC_METRICS, Summary
+from prlbench.report.analysis import Summary
 
-VAL_METRICS = (("val_ctr_auc", "val. CTR AUC"), ("val_ctcvr_auc", "val. CTCVR AUC"))
+# The validation AUCs of history.json, one panel each: (column, axis label).
+VAL_METRICS = tuple((m.name, m.display_name) for m in select(split="val", kind="auc"))
 MAX_COLS = 4
 
 
@@ -60,7 +64,7 @@ def save(fig, path_stem: Path) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, **kw)
         path = Path(path_stem).with_suffix(f".{ext}")
-        results.atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     plt.close(fig)
     return paths
@@ -76,7 +80,8 @@ def forest_figure(summary: Summary):
     from matplotlib.ticker import MaxNLocator
 
     cells = summary.cells[~summary.cells["is_baseline"]]
-    metrics = [m for m in AUC_METRICS if m in set(cells["metric"])] or list(summary.metrics[:1])
+    metrics = ([m for m in table_metrics("auc") if m in set(cells["metric"])]
+               or list(summary.metrics[:1]))
     groups = list(dict.fromkeys(zip(cells["dataset"], cells["model"])))
     arms = sorted(cells["arm"].unique())
     styles = _styles(arms, summary.baseline)
@@ -91,7 +96,7 @@ def forest_figure(summary: Summary):
                            (j - (len(arms) - 1) / 2) * step)
         ax.axvline(0.0, color="0.3", lw=0.8, ls="--", zorder=0)
         _dataset_separators(ax, groups)
-        ax.set_title(f"Δ {tm.METRIC_NAMES.get(metric, metric)}")
+        ax.set_title(f"Δ {display_name(metric)}")
         ax.grid(axis="x", color="0.9", lw=0.6)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few, level labels: no overlap
     ax0 = axes[0][0]
@@ -151,12 +156,12 @@ def _forest_legend(arms: list[str], styles: dict) -> list:
 
 
 # ------------------------------------------------------------------- validation curves
-def validation_curves(runs: pd.DataFrame, path_stem: Path, *, baseline: str = "bce"
+def validation_curves(runs: pd.DataFrame, path_stem: Path, *, baseline: str = BASELINE
                       ) -> list[Path]:
     return save(validation_figure(runs, baseline=baseline), path_stem)
 
 
-def validation_figure(runs: pd.DataFrame, *, baseline: str = "bce"):
+def validation_figure(runs: pd.DataFrame, *, baseline: str = BASELINE):
     plt = _plt()
     hist = _histories(runs)
     groups = list(dict.fromkeys(zip(runs["dataset"], runs["model"])))
@@ -188,9 +193,9 @@ def _histories(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, epoch) with the validation AUCs (runs without history.json skipped)."""
     frames = []
     for r in runs.itertuples():
-        path = Path(r.run_dir) / "history.json"
-        if path.exists():
-            h = pd.DataFrame(results.read_json(path))
+        folder = RunFolder(r.run_dir)
+        if folder.has(RunFolder.HISTORY):
+            h = pd.DataFrame([vars(e) for e in folder.read_history()])
             frames.append(h.assign(dataset=r.dataset, model=r.model, arm=r.arm, seed=r.seed))
     cols = ["dataset", "model", "arm", "seed", "epoch"] + [c for c, _ in VAL_METRICS]
     if not frames:
@@ -223,49 +228,3 @@ def _curve(ax, h: pd.DataFrame, col: str, style: dict) -> None:
         ax.errorbar(x, g["mean"], yerr=std, color=style["color"], capsize=3, lw=1, fmt="none")
         return
     ax.fill_between(x, g["mean"] - std, g["mean"] + std, color=style["color"], alpha=0.15, lw=0)
-
-
-# ------------------------------------------------------------------------------ checks
-def overlapping_texts(fig) -> list[tuple[str, str]]:
-    """Pairs of drawn texts of `fig` (titles, axis and tick labels, legends) whose boxes
-    overlap by more than a pixel each way, after layout, and texts cut off by its edge."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    texts = [t for t in _drawn_texts(fig) if t.get_visible() and t.get_text().strip()]
-    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
-    out = []
-    for (a, ba), (b, bb) in itertools.combinations(boxes, 2):
-        w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
-        h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
-        if w > 1 and h > 1:
-            out.append((a, b))
-    # A text cut off by the figure's edge is reported as overlapping "<figure edge>".
-    edge = fig.bbox
-    for text, b in boxes:
-        if b.x0 < edge.x0 - 1 or b.y0 < edge.y0 - 1 or b.x1 > edge.x1 + 1 or b.y1 > edge.y1 + 1:
-            out.append((text, "<figure edge>"))
-    return out
-
-
-def _drawn_texts(fig) -> list:
-    out = []
-    for f in _figures(fig):  # suptitles and legends of the figure and its subfigures
-        out += list(f.texts)
-        for leg in f.legends:
-            out += [*leg.get_texts(), leg.get_title()]
-    for ax in fig.get_axes():
-        out += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
-        if ax.get_legend() is not None:
-            out += [*ax.get_legend().get_texts(), ax.get_legend().get_title()]
-        for axis in (ax.xaxis, ax.yaxis):
-            # Tick labels outside the view are not drawn: leave them out.
-            lo, hi = sorted(axis.get_view_interval())
-            tol = 1e-9 * max(1.0, abs(hi - lo))
-            locs = axis.get_majorticklocs()
-            out += [t.label1 for t, loc in zip(axis.get_major_ticks(len(locs)), locs)
-                    if lo - tol <= loc <= hi + tol]
-    return list({id(t): t for t in out}.values())
-
-
-def _figures(fig) -> list:
-    return [fig] + [g for sf in fig.subfigs for g in _figures(sf)]

@@ -9,20 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prlbench.report.analysis import AUC_METRICS, LOGLOSS_METRICS, Summary, lower_is_better
+from prlbench.data.datasets import DATASETS
+from prlbench.metrics import METRICS, display_name, lower_is_better, table_metrics
+from prlbench.report.analysis import Summary
 
 DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown ties are both bold
-METRIC_NAMES = {"ctr_auc": "CTR AUC", "ctcvr_auc": "CTCVR AUC", "cvr_auc": "CVR AUC",
-                "ctr_logloss": "CTR logloss", "ctcvr_logloss": "CTCVR logloss",
-                "cvr_logloss": "CVR logloss", "ctr_gauc": "CTR GAUC",
-                "ctr_auc_noise_free": "CTR AUC (noise-free)"}
-MODEL_NAMES = {"single_task": "Single-task", "shared_bottom": "Shared-Bottom", "esmm": "ESMM",
-               "omoe": "OMoE", "mmoe": "MMoE", "ple": "PLE", "aitm": "AITM",
-               "metaheac": "MetaHeac"}
-DATASET_NAMES = {"aliexpress_nl": "AliExpress-NL", "aliexpress_es": "AliExpress-ES",
-                 "aliexpress_fr": "AliExpress-FR", "aliexpress_us": "AliExpress-US",
-                 "aliccp": "Ali-CCP", "synthetic": "Synthetic"}
-LOSS_NAMES = {"bce": "BCE", "pwiser": "PWiseR", "ranknet": "RankNet"}
 PARAM_ORDER = ("lam", "m1", "m2", "phi", "score", "head")
 PARAM_NAMES = {"lam": "λ", "phi": "φ", "score": "s"}
 VALUE_NAMES = {"squared_hinge": "squared hinge", "prob": "probability"}
@@ -72,7 +63,7 @@ class Table:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return tuple(METRIC_NAMES.get(m, m) for m in self.metrics)
+        return tuple(display_name(m) for m in self.metrics)
 
 
 def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
@@ -80,8 +71,7 @@ def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
     """The table of `kind` ("auc" or "logloss": its metrics present in the summary), or of the
     given `metrics`."""
     if metrics is None:
-        wanted = AUC_METRICS if kind == "auc" else LOGLOSS_METRICS
-        metrics = tuple(m for m in wanted if m in summary.metrics)
+        metrics = tuple(m for m in table_metrics(kind) if m in summary.metrics)
     cells = summary.cells[summary.cells["metric"].isin(metrics)]
     best = _best_flags(cells)
     rows = []
@@ -166,7 +156,8 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
 def _clipped_text(summary: Summary, metrics: tuple[str, ...]) -> str:
     """Say how often p_cvr = p_ctcvr / p_ctr was capped at 1, where that shapes a CVR column."""
     runs = summary.runs
-    if not any(m.startswith("cvr_") for m in metrics) or "cvr_clipped_share" not in runs:
+    cvr = any(m in METRICS and METRICS.get(m).task == "cvr" for m in metrics)
+    if not cvr or "cvr_clipped_share" not in runs:
         return ""
     worst = runs["cvr_clipped_share"].max()
     if not worst > 0:
@@ -250,7 +241,10 @@ def _settings_text(summary: Summary, arm: str) -> str:
 
 
 def loss_name(loss: str) -> str:
-    return LOSS_NAMES.get(loss, loss)
+    """A loss's display name, as registered with it ("PWiseR"); an unknown name as it is."""
+    from prlbench.losses import LOSSES, loss_info  # torch: imported when a report is drawn
+
+    return loss_info(loss).display_name if loss in LOSSES else loss
 
 
 def arm_name(arm: str) -> str:
@@ -263,11 +257,15 @@ def arm_name(arm: str) -> str:
 
 
 def dataset_name(name: str) -> str:
-    return DATASET_NAMES.get(name, name)
+    """A data set's display name, from its spec ("AliExpress-NL"); an unknown name as it is."""
+    return DATASETS.get(name).display_name if name in DATASETS else name
 
 
 def model_name(name: str) -> str:
-    return MODEL_NAMES.get(name, name)
+    """A model's display name, its class's `display_name` ("MMoE"); an unknown name as it is."""
+    from prlbench.models import MODELS  # torch: imported when a report is drawn
+
+    return (getattr(MODELS.get(name), "display_name", "") if name in MODELS else "") or name
 
 
 # ------------------------------------------------------------- cell text (all renderers)

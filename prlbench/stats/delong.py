@@ -1,8 +1,8 @@
 """DeLong's test for two correlated ROC AUCs (same rows, two scores).
 
-``fast_delong`` is the O(n log n) midrank algorithm of Sun & Xu (IEEE SPL 21(11), 2014);
-``delong_slow`` is the textbook O(m * n) form of DeLong, DeLong & Clarke-Pearson (1988), kept
-as the reference for tests. Both return the same numbers up to rounding.
+``fast_delong`` is the O(n log n) midrank algorithm of Sun & Xu (IEEE SPL 21(11), 2014); the
+tests compare it with the textbook O(m * n) form of DeLong, DeLong & Clarke-Pearson (1988)
+(``delong_slow`` in ``tests/_reference.py``), which gives the same numbers up to rounding.
 
 With m positives and n negatives, each positive i gets V10_i = the fraction of negatives it
 outranks (ties 1/2) and each negative j gets V01_j = the fraction of positives that outrank it.
@@ -47,24 +47,6 @@ def fast_delong(y, s1, s2) -> DelongResult:
     if pos.all() or not pos.any():  # one class (or no rows): no AUC
         return DelongResult(*([float("nan")] * 6))
     return _result(pos, _placements(pos, s1), _placements(pos, s2))
-
-
-def delong_slow(y, s1, s2) -> DelongResult:
-    """Textbook DeLong with the explicit m x n kernel psi(x, y) = 1 if x > y, 1/2 if equal, else 0.
-
-    For tests on small data only (memory and time are O(m * n)).
-    """
-    pos = _checks.labels(y)
-    values = []
-    for name, s in (("s1", s1), ("s2", s2)):
-        s = _checks.scores(s, len(pos), name)
-        x, z = s[pos], s[~pos]
-        psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])  # [m, n]
-        v = np.empty(len(pos))
-        v[pos] = psi.mean(axis=1) if psi.shape[1] else np.nan  # V10: one per positive
-        v[~pos] = psi.mean(axis=0) if psi.shape[0] else np.nan  # V01: one per negative
-        values.append(v)
-    return _result(pos, *values)
 
 
 def _placements(pos: np.ndarray, s: np.ndarray) -> np.ndarray:

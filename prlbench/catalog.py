@@ -1,0 +1,24 @@
+"""What `prlbench ls` lists: every registered data set, model and loss with one line each."""
+
+from __future__ import annotations
+
+from prlbench.errors import ConfigError
+
+KINDS = ("datasets", "models", "losses")
+
+
+def listing(kind: str) -> list[tuple[str, str]]:
+    """(name, description) of every registered data set, model or loss, in registry order."""
+    if kind == "datasets":
+        from prlbench.data.datasets import DATASETS
+
+        return [(n, DATASETS.get(n).description) for n in DATASETS]
+    if kind == "models":
+        from prlbench.models import MODELS
+
+        return [(n, getattr(MODELS.get(n), "summary", "")) for n in MODELS]
+    if kind == "losses":
+        from prlbench.losses import LOSS_SUMMARIES, LOSSES
+
+        return [(n, LOSS_SUMMARIES.get(n, "")) for n in LOSSES]
+    raise ConfigError(f"prlbench ls {kind}: expected one of {', '.join(KINDS)}")

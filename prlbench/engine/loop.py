@@ -1,0 +1,164 @@
+"""The training loop: Adam, early stopping on the validation split, checkpoints, resume.
+
+- Model selection reads the validation split only (the mean of CTR and CTCVR AUC).
+- Reproducible: the shuffling generator, the global RNG (dropout) and every state_dict are in the
+  resume state (state.pt), saved every `checkpoint_every_s` seconds, at each epoch's end and on
+  Ctrl-C / SIGTERM; a resumed run continues exactly where it stopped and gives the same numbers.
+- A NaN / infinite loss stops the run with an error; the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from prlbench.config import BASELINE, RunConfig
+from prlbench.data.loader import TensorData, batches
+from prlbench.engine.evaluate import autocast, predict, validation_score
+from prlbench.errors import Interrupted, TrainingError
+from prlbench.experiment.store import Epoch, RunFolder, RunStatus
+from prlbench.losses import LOSSES
+from prlbench.signals import StopFlag
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved (with the state_dicts) in state.pt."""
+
+    epoch: int = 0
+    step: int = 0  # batches done in the current epoch
+    history: list = field(default_factory=list)  # of history.json's entries (dicts)
+    best_score: float = float("-inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    epoch_loss_sum: float = 0.0  # over the current epoch, kept across a resume
+    done: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Loop:
+    """`fit()` trains `model` on `train`, choosing the epoch on `val`; it writes best.pt,
+    state.pt and history.json into `folder`."""
+
+    def __init__(self, cfg: RunConfig, folder: RunFolder, model: torch.nn.Module, device: str,
+                 train: TensorData, val: TensorData) -> None:
+        self.cfg, self.folder, self.model, self.device = cfg, folder, model, device
+        self.train, self.val = train, val
+
+    def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
+        cfg = self.cfg.train
+        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        state, epoch_gen = LoopState(), gen.get_state()
+        if resume and self.folder.has(RunFolder.STATE):
+            state, epoch_gen = self.load_state(opt)
+        with StopFlag() as stop:
+            while not state.done:
+                epoch_gen = self._run_epoch(opt, gen, epoch_gen, state, stop, progress)
+        return state
+
+    def _run_epoch(self, opt, gen, epoch_gen, state: LoopState, stop: StopFlag, progress: bool):
+        cfg = self.cfg.train
+        gen.set_state(epoch_gen)  # the epoch's permutation is drawn from this state
+        steps = -(-len(self.train) // cfg.batch_size)
+        loss_fn = LOSSES.get(self.cfg.loss.name)
+        self.model.train()
+        last_save, t0 = time.monotonic(), time.perf_counter()
+        it = itertools.islice(batches(self.train, cfg.batch_size, shuffle=True, generator=gen),
+                              state.step, None)
+        for batch in _progress(it, steps, state, progress, self.cfg):
+            with autocast(self.device, cfg.precision):
+                out = self.model(batch.categorical, batch.numerical)
+                loss, _ = loss_fn(out, batch.click, batch.conversion, **self.cfg.loss.params)
+            if not torch.isfinite(loss):
+                self._fail_nonfinite(loss, state)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.epoch_loss_sum += loss.item()
+            state.step += 1
+            state.samples_seen += len(batch)
+            if stop.requested or time.monotonic() - last_save > cfg.checkpoint_every_s:
+                state.train_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.save_state(opt, epoch_gen, state)
+                last_save = time.monotonic()
+                if stop.requested:
+                    raise Interrupted(self._interrupt_message(state))
+        state.train_seconds += time.perf_counter() - t0
+        next_gen = gen.get_state()
+        self._end_epoch(state)
+        self.save_state(opt, next_gen, state)
+        return next_gen
+
+    def _end_epoch(self, state: LoopState) -> None:
+        cfg = self.cfg.train
+        preds = predict(self.model, self.val, batch_size=cfg.eval_batch_size,
+                        precision=cfg.precision)
+        v = validation_score(preds, self.val)
+        train_loss = state.epoch_loss_sum / max(state.step, 1)
+        state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss,
+                              "val_ctr_auc": v["ctr_auc"], "val_ctcvr_auc": v["ctcvr_auc"],
+                              "val_score": v["score"], "train_seconds": state.train_seconds})
+        if v["score"] > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = v["score"], state.epoch + 1, 0
+            self.folder.save_best(self.model.state_dict())
+        else:
+            state.bad_epochs += 1
+        state.epoch += 1
+        state.step, state.epoch_loss_sum = 0, 0.0
+        state.done = state.bad_epochs >= cfg.patience or state.epoch >= cfg.epochs
+        self.folder.write_history([Epoch(**e) for e in state.history])
+
+    def save_state(self, opt, epoch_gen: torch.Tensor, state: LoopState) -> None:
+        self.folder.save_state({
+            "model": self.model.state_dict(), "optimizer": opt.state_dict(),
+            "epoch_generator": epoch_gen, "torch_rng": torch.get_rng_state(),
+            "loop": state.to_dict()})
+
+    def load_state(self, opt) -> tuple[LoopState, torch.Tensor]:
+        ckpt = self.folder.load_state(self.device)
+        self.model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        return LoopState(**ckpt["loop"]), ckpt["epoch_generator"]
+
+    def _fail_nonfinite(self, loss: torch.Tensor, state: LoopState) -> None:
+        kept = [n for n in (RunFolder.BEST, RunFolder.STATE) if self.folder.has(n)]
+        where = (f"the last good checkpoint ({', '.join(kept)}) is kept in {self.folder.path}"
+                 if kept else "no checkpoint had been saved yet")
+        weight = ("" if self.cfg.loss.name == BASELINE
+                  else ", or a smaller pairwise weight (--lambda)")
+        message = (f"the training loss became {loss.item()} at epoch {state.epoch + 1}, batch "
+                   f"{state.step + 1}; {where}. Try a lower learning rate (train --lr, or "
+                   f"train.lr in a --config file), --precision fp32{weight}")
+        self.folder.update_record(RunStatus.FAILED, error=message)
+        raise TrainingError(message)
+
+    def _interrupt_message(self, state: LoopState) -> str:
+        return (f"interrupted at epoch {state.epoch + 1}, batch {state.step}; checkpoint saved "
+                f"in {self.folder.path}. Continue with the same train command plus --resume "
+                "(prlbench compare resumes by itself: rerun it)")
+
+
+def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig):
+    if not enabled:
+        yield from it
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    label = f"{cfg.model.name}/{cfg.loss.name} s{cfg.train.seed} epoch {state.epoch + 1}"
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total, completed=state.step)
+        for item in it:
+            yield item
+            bar.advance(task)

@@ -1,0 +1,203 @@
+"""One run's lifecycle: the run folder, the model, training (engine.loop), the test evaluation
+(engine.evaluate), the record; `train_run` and `evaluate_run` are the entry points.
+
+A run trains in `runs/<run-id>.partial/` and is renamed to `runs/<run-id>/` only once training
+and the test evaluation have finished. The test split is read once, at the end, from the best
+checkpoint chosen on validation.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prlbench import __version__
+from prlbench.config import RunConfig, run_id
+from prlbench.data.cache import Manifest, open_cache
+from prlbench.data.loader import load_side, load_split
+from prlbench.engine.evaluate import evaluate_on_test
+from prlbench.engine.loop import Loop, LoopState
+from prlbench.errors import ConfigError, DataError, Interrupted, TrainingError
+from prlbench.experiment.store import PARTIAL, RunFolder, RunStatus, Store
+from prlbench.models import create_model
+
+
+def resolve_device(device: str) -> str:
+    """Check that `device` (cpu, cuda, cuda:N) exists here, before any folder is made."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is visible to torch "
+                              f"{torch.__version__} here; use --device cpu")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return device
+
+
+def versions() -> dict:
+    return {"prlbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+class RunContext:
+    """One run: its config, folder, data and model; `fit()` then `evaluate_and_write()`."""
+
+    def __init__(self, cfg: RunConfig, folder: RunFolder, data_dir: Path, manifest: Manifest,
+                 device: str) -> None:
+        self.cfg, self.folder, self.data_dir, self.manifest = cfg, folder, data_dir, manifest
+        self.device = resolve_device(device)
+        cols = manifest["columns"]
+        torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed alone
+        np.random.seed(cfg.train.seed % 2**32)
+        self.model = create_model(
+            cfg.model.name,
+            vocab_sizes=[manifest["vocab_sizes"][c] for c in cols["categorical"]],
+            num_numerical=len(cols["numerical"]), preset=cfg.model.preset,
+            **cfg.model.overrides).to(self.device)
+        if cfg.train.init_bias:
+            rates = manifest["splits"]["train"]
+            self.model.init_output_bias({"ctr": rates["click_rate"], "ctcvr": rates["ctcvr_rate"],
+                                         "cvr": rates["cvr_rate"]})
+
+    @property
+    def dir(self) -> Path:
+        return self.folder.path
+
+    @classmethod
+    def open(cls, folder: RunFolder, data_dir: Path, *, device: str | None = None
+             ) -> "RunContext":
+        """A finished run's context, on the cache it was trained on (checked by content)."""
+        cfg = folder.read_config()
+        manifest = open_cache(data_dir, cfg.data.dataset)
+        record = folder.read_record()
+        if record.data_sha256 is None and record.manifest_sha256 is not None:
+            raise ConfigError(f"{folder.path} was trained by an earlier prlbench, whose run ids "
+                              "hashed the manifest file rather than the data; retrain it (its "
+                              "numbers stay readable in metrics.json)")
+        if record.data_sha256 != manifest.data_sha256:
+            raise ConfigError(f"{folder.path} was trained on a different version of "
+                              f"{cfg.data.dataset!r} than the one in {data_dir}; preprocess it "
+                              "again as it was, or retrain")
+        return cls(cfg, folder, data_dir, manifest, device or cfg.train.device)
+
+    def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
+        name = self.cfg.data.dataset
+        train = load_split(self.data_dir, name, "train", device=self.device,
+                           manifest=self.manifest)
+        val = load_split(self.data_dir, name, "val", device=self.device, manifest=self.manifest)
+        loop = Loop(self.cfg, self.folder, self.model, self.device, train, val)
+        return loop.fit(resume=resume, progress=progress)
+
+    def evaluate_and_write(self) -> dict:
+        """Best checkpoint -> test metrics (metrics.json) and predictions.parquet."""
+        self.model.load_state_dict(self.folder.load_best(self.device))
+        name = self.cfg.data.dataset
+        test = load_split(self.data_dir, name, "test", device=self.device, manifest=self.manifest)
+        metrics, table = evaluate_on_test(
+            self.model, test, self.manifest, side=load_side(self.data_dir, name, "test"),
+            precision=self.cfg.train.precision, batch_size=self.cfg.train.eval_batch_size)
+        self.folder.write_predictions(table)
+        self.folder.write_metrics(metrics)
+        return metrics
+
+
+def _check_validation_split(manifest: Manifest, dataset: str) -> None:
+    """Early stopping watches the CTR and CTCVR AUC on validation: both need each class."""
+    val = manifest.get("splits", {}).get("val", {})
+    rows, clicks, conv = val.get("rows"), val.get("clicks"), val.get("conversions")
+    if rows is None or clicks is None or conv is None:
+        return
+    if not (0 < clicks < rows and 0 < conv < rows):
+        raise DataError(f"the validation split of {dataset} has {clicks:,} clicks and {conv:,} "
+                        f"conversions in {rows:,} rows: its CTR or CTCVR AUC is undefined, so no "
+                        "epoch could be chosen. Use a larger data set (synthetic: a larger "
+                        "--rows or --conversion-rate)")
+
+
+def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
+              restart: bool = False, progress: bool = True) -> Path:
+    """Train and evaluate one run; returns its finished folder (reused if already finished)."""
+    if resume and restart:
+        raise ConfigError("--resume continues an interrupted run and --restart discards it: "
+                          "give one of them")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    manifest = open_cache(data_dir, cfg.data.dataset)
+    store, rid = Store(out), run_id(cfg, manifest.data_sha256)
+    final, part = store.finished(rid), store.partial(rid)
+    if final.is_finished():
+        return final.path
+    if part.path.exists() and not (resume or restart) and part.has(RunFolder.STATE):
+        raise ConfigError(f"an interrupted run of this configuration is in {part.path}; add "
+                          "--resume to continue it or --restart to discard it")
+    resolve_device(cfg.train.device)
+    _check_validation_split(manifest, cfg.data.dataset)
+    if part.path.exists() and restart:
+        shutil.rmtree(part.path)
+    part.path.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
+    part.write_config(cfg)
+    # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
+    # so that a report can say when its runs were trained with different counts.
+    part.update_record(RunStatus.RUNNING, run_id=rid, data_sha256=manifest.data_sha256,
+                       versions=versions(), data_dir=str(Path(data_dir).resolve()),
+                       pid=os.getpid(), argv=list(sys.argv), threads=torch.get_num_threads())
+    try:
+        state = ctx.fit(resume=resume, progress=progress)
+        t0 = time.perf_counter()
+        metrics = ctx.evaluate_and_write()
+    except (Interrupted, KeyboardInterrupt) as e:
+        part.update_record(RunStatus.INTERRUPTED, error=str(e) or "interrupted")
+        raise
+    except TrainingError:
+        raise  # recorded as failed where it was raised
+    except Exception as e:
+        part.update_record(RunStatus.FAILED, error=f"{type(e).__name__}: {e}")
+        raise
+    part.update_record(RunStatus.DONE, best_epoch=state.best_epoch,
+                       best_val_score=state.best_score, epochs_run=state.epoch,
+                       train_seconds=state.train_seconds,
+                       samples_per_s=state.samples_seen / max(state.train_seconds, 1e-9),
+                       test_seconds=time.perf_counter() - t0, test=metrics)
+    part.drop_state()  # the finished run needs only best.pt
+    return store.publish(part).path
+
+
+def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
+          restart: bool = False, progress: bool = True) -> Path:
+    """`prlbench train`: the built-in data set is generated on first use, then `train_run`."""
+    from prlbench.data.preprocess import ensure_generated
+
+    ensure_generated(data_dir, cfg.data.dataset, progress=progress)
+    return train_run(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
+                     progress=progress)
+
+
+def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
+                 device: str | None = None) -> dict:
+    """Re-evaluate a finished run's best checkpoint on the test split (`data_dir` None: the
+    cache the run was trained on, as its run.json records it; else ./datasets)."""
+    folder = RunFolder(run_dir)
+    if folder.is_partial:
+        raise ConfigError(f"{run_dir} is an unfinished run: its best.pt is only the best so far, "
+                          "and scoring it on test before the run has chosen its model would leak "
+                          "the test set into the choice. Finish it first (rerun the train command "
+                          "with --resume, or rerun the compare); it then moves to "
+                          f"{folder.path.with_name(folder.run_id)}")
+    if data_dir is None:
+        recorded = folder.read_record().data_dir if folder.has(RunFolder.RECORD) else None
+        data_dir = Path(recorded) if recorded else Path("datasets")
+    ctx = RunContext.open(folder, Path(data_dir), device=device)
+    return ctx.evaluate_and_write()
+
+
+__all__ = ["PARTIAL", "RunContext", "evaluate_run", "resolve_device", "train", "train_run",
+           "versions"]

@@ -1,0 +1,1 @@
+"""Experiments: the grid of runs, the result store, the executors and `compare`."""

@@ -1,0 +1,250 @@
+"""`prlbench compare`: run the grid resumably (or reuse it), then write statistics, tables, plots.
+
+    <out>/runs/<run-id>/   one folder per run (prlbench.experiment.store)
+    <out>/tables/          auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv, delong.csv
+    <out>/plots/           forest.{png,pdf}, validation.{png,pdf}
+    <out>/compare.json     the grid, each run's outcome and error, the settings
+
+Each run's id is the hash of its resolved config and of the cached data's content, so a finished
+run is found again and reused: an interrupted compare continues where it stopped, and a second
+compare with one more model trains only that model. A failed run is recorded with its error and
+the rest of the grid goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from prlbench.config import run_id
+from prlbench.errors import ConfigError
+from prlbench.experiment.executors import RunResult, make_executor
+from prlbench.experiment.grid import CompareConfig, Grid
+from prlbench.experiment.store import CompareRecord, Outcome, Role, RunEntry, RunFolder, Store
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """One run of the grid, as this compare found or left it."""
+
+    cfg: object  # RunConfig
+    run_id: str | None
+    status: Outcome
+    run_dir: Path | None = None
+    error: str = ""
+    seconds: float = 0.0
+    role: Role = Role.TABLE
+
+    @property
+    def best_val_score(self) -> float | None:
+        """The validation score the run chose its epoch by (None when unknown)."""
+        if self.run_dir is None or not RunFolder(self.run_dir).has(RunFolder.RECORD):
+            return None
+        return RunFolder(self.run_dir).read_record().best_val_score
+
+
+@dataclass
+class CompareResult:
+    outcomes: list[RunOutcome]
+    written: list[Path] = field(default_factory=list)
+    markdown: str = ""
+    warnings: list[str] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # an earlier report's files, now stale
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == Outcome.FAILED]
+
+    @property
+    def missing(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == Outcome.MISSING]
+
+
+# --------------------------------------------------------------------------------- grid
+def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = True,
+             on_event=None) -> list[RunOutcome]:
+    """Run (or reuse) every run of the grid; returns one outcome per run of the table, then
+    one per candidate setting not chosen on the first seed (role CANDIDATE: recorded with its
+    validation score or error, never reported in the tables)."""
+    on_event = on_event or (lambda *a: None)
+    first, rest = grid.seeds[0], grid.seeds[1:]
+    phase1 = [grid.config(d, m, l, first, p) for d, m, l in grid.arms()
+              for p in grid.candidates(l)]
+    found = _execute(phase1, executor, data_dir, out, train, on_event)
+    chosen = _select(phase1, found)
+    phase2 = [replace(phase1[i], train=replace(phase1[i].train, seed=s))
+              for i in chosen for s in rest]
+    later = _execute(phase2, executor, data_dir, out, train, on_event)
+    lost = [replace(found[i], role=Role.CANDIDATE) for i in range(len(phase1)) if i not in chosen]
+    return [found[i] for i in chosen] + later + lost
+
+
+def _execute(cfgs: list, executor, data_dir: Path, out: Path, train: bool,
+             on_event) -> list[RunOutcome]:
+    if not train:
+        return [_lookup(c, data_dir, out) for c in cfgs]
+    outcomes = []
+    for cfg, r in zip(cfgs, executor.map(cfgs, data_dir, out, on_event), strict=True):
+        record_failure(Store(out), r)
+        outcomes.append(RunOutcome(cfg, r.run_id, r.status, Path(r.run_dir) if r.run_dir else
+                                   None, r.error, r.seconds))
+    return outcomes
+
+
+def record_failure(store: Store, r: RunResult) -> None:
+    """A failed run's error and traceback next to its checkpoint (`runs/<id>.partial/
+    failure.json`; the driver writes it for a run that failed on a Ray worker too). A run that
+    failed before its id was known (e.g. a data set not preprocessed) is in compare.json only."""
+    if r.status == Outcome.FAILED and r.run_id is not None:
+        store.record_failure(r.run_id, r.error, r.trace)
+
+
+def _lookup(cfg, data_dir: Path, out: Path) -> RunOutcome:
+    """--tables-only: a finished run of this config, or MISSING."""
+    from prlbench.data.cache import data_hash
+
+    rid = run_id(cfg, data_hash(Path(data_dir) / cfg.data.dataset))
+    final = Store(out).finished(rid)
+    if final.is_finished():
+        return RunOutcome(cfg, rid, Outcome.REUSED, final.path)
+    return RunOutcome(cfg, rid, Outcome.MISSING)
+
+
+def _select(phase1: list, found: list[RunOutcome]) -> list[int]:
+    """Per (data set, model, loss): the index of the candidate with the best validation score
+    on the first seed (the first candidate when none has one)."""
+    chosen = []
+    key = lambda i: (phase1[i].data.dataset, phase1[i].model.name, phase1[i].loss.name)  # noqa
+    for _, group in itertools.groupby(range(len(phase1)), key=key):
+        group = list(group)
+        scores = [found[i].best_val_score for i in group]
+        scored = [(float("-inf") if s is None else float(s), j) for j, s in enumerate(scores)]
+        best = max(scored)[1] if any(s > float("-inf") for s, _ in scored) else 0
+        chosen.append(group[best])
+    return chosen
+
+
+# ------------------------------------------------------------------------------ compare
+def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = True,
+            executor=None) -> CompareResult:
+    """The whole compare: check the data, run the grid (with `executor`, default: the one `cc`
+    names), write compare.json and the report."""
+    grid, train = cc.grid, not cc.tables_only
+    grid.check()
+    prepare_data(grid, data_dir, progress=progress, generate=train)
+    if train and executor is None:
+        executor = _executor(cc)
+    live = _Live(grid.size(), progress and train)
+    t0 = time.perf_counter()
+    with live.progress:
+        outcomes = run_grid(grid, executor=executor, data_dir=data_dir, out=out, train=train,
+                            on_event=live)
+    res = CompareResult(outcomes)
+    done = [o.run_dir for o in outcomes if o.run_dir is not None and o.role == Role.TABLE]
+    if not train and not done:
+        raise ConfigError(f"--tables-only: none of the {len(outcomes)} runs of this grid has "
+                          f"finished under {out}; run the same command without --tables-only "
+                          "to train them (or pass the --out of an earlier compare)")
+    if train:  # --tables-only leaves the record of the compare that trained the runs
+        Store(out).write_compare(_record(grid, res, time.perf_counter() - t0))
+    if done:
+        _report(res, done, Store(out), cc)
+    else:
+        from prlbench.report import clear_report
+
+        res.removed = clear_report(out)
+    return res
+
+
+def default_out() -> Path:
+    """The experiment folder when --out is not given: $PRLBENCH_OUT/compare, else
+    results/compare (train's runs go to $PRLBENCH_OUT/runs, else results/runs)."""
+    import os
+
+    return Path(os.environ.get("PRLBENCH_OUT") or "results") / "compare"
+
+
+def prepare_data(grid: Grid, data_dir: Path, *, progress: bool, generate: bool) -> None:
+    """Fail before any training if a data set is not preprocessed; a generated data set is
+    generated on first use, except for --tables-only, which never creates anything."""
+    from prlbench.data.cache import open_cache
+    from prlbench.data.preprocess import ensure_generated
+
+    for name in grid.datasets:
+        if generate:
+            ensure_generated(data_dir, name, progress=progress)
+        open_cache(data_dir, name, verify=False)
+
+
+def _executor(cc: CompareConfig):
+    gpus = 1.0 if cc.grid.base.train.device.startswith("cuda") else 0.0
+    if cc.executor == "local":  # Ray workers may have GPUs the driver lacks
+        from prlbench.engine.run import resolve_device
+
+        resolve_device(cc.grid.base.train.device)
+    return make_executor(cc.executor, jobs=cc.jobs, ray_address=cc.ray_address,
+                         threads=cc.threads, gpus=gpus)
+
+
+def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareConfig) -> None:
+    from prlbench.report import analysis, plots, write_report
+    from prlbench.report.markdown import to_markdown
+    from prlbench.report.table import build_table
+
+    runs = analysis.load_runs(run_dirs)
+    summary = analysis.summarise(runs, **cc.stats_options)
+    summary.selection = cc.grid.selection()
+    res.warnings = list(summary.warnings)
+    res.written = write_report(summary, store.root, formats=cc.formats)
+    res.markdown = to_markdown(build_table(summary))
+    plots.forest_plot(summary, store.plots_dir / "forest")
+    plots.validation_curves(runs, store.plots_dir / "validation")
+    res.written += sorted(store.plots_dir.iterdir())
+
+
+def _record(grid: Grid, res: CompareResult, seconds: float) -> CompareRecord:
+    runs = tuple(RunEntry(run_id=o.run_id, status=o.status, role=o.role, error=o.error,
+                          best_val_score=o.best_val_score, seconds=o.seconds,
+                          dataset=o.cfg.data.dataset, model=o.cfg.model.name,
+                          loss=o.cfg.loss.name, seed=o.cfg.train.seed,
+                          run_dir=str(o.run_dir) if o.run_dir else None)
+                 for o in res.outcomes)
+    return CompareRecord(datasets=grid.datasets, models=grid.models, losses=grid.losses,
+                         seeds=grid.seeds, loss_grid=grid.loss_grid, base=grid.base.to_dict(),
+                         seconds=seconds, runs=runs)
+
+
+class _Live:
+    """Live progress: runs done / running / failed, and the time left."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.counts = {"done": 0, "reused": 0, "running": 0, "failed": 0}
+        self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.description}"), TextColumn("elapsed"),
+                                 TimeElapsedColumn(),
+                                 TextColumn("left"), TimeRemainingColumn(), disable=not enabled,
+                                 console=Console(stderr=True))
+        self.task = self.progress.add_task(self._text(), total=total)
+
+    def _text(self) -> str:
+        c = self.counts
+        return (f"[green]{c['done']} trained[/] [cyan]{c['reused']} reused[/] "
+                f"[yellow]{c['running']} running[/] [red]{c['failed']} failed[/]")
+
+    def __call__(self, event: str, cfg, result: RunResult | None) -> None:
+        if event == "start":
+            self.counts["running"] += 1
+        else:
+            self.counts["running"] -= 1
+            self.counts[result.status.value] += 1
+            self.progress.advance(self.task)
+            if result.status == Outcome.FAILED:
+                self.progress.console.print(f"[red]failed[/] {result.run_id}: "
+                                            f"{result.error}", highlight=False)
+        self.progress.update(self.task, description=self._text())

@@ -1,0 +1,214 @@
+"""Where the runs of a grid execute: this process, a local process pool, or a Ray cluster.
+
+An executor's `map(cfgs, data_dir, out, on_event)` trains (or reuses) every config and returns one
+`RunResult` per config, in order. A failed run is a result, not an exception; only Ctrl-C /
+SIGTERM (`Interrupted`, KeyboardInterrupt) stops the grid. Two processes never train the same run
+at once: a run holds its lock in the store while it trains or is stored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from prlbench import signals
+from prlbench.config import RunConfig, run_id
+from prlbench.errors import ConfigError, Interrupted
+from prlbench.experiment.store import Outcome, RunFolder, Store
+
+OnEvent = Callable[[str, RunConfig, "RunResult | None"], None]  # ("start" | "end", cfg, result)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What executing one run gave."""
+
+    run_id: str | None  # None: it failed before its id was known (data not preprocessed)
+    status: Outcome  # TRAINED, REUSED or FAILED
+    run_dir: str | None = None  # the finished folder
+    error: str = ""
+    trace: str = ""
+    seconds: float = 0.0
+    files: dict = field(default_factory=dict, repr=False)  # Ray: the run folder's files
+
+
+def run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> RunResult:
+    """Train (or reuse) one run in this process (see the module doc)."""
+    with signals.working():
+        return _run_one(cfg_dict, data_dir, out, threads)
+
+
+def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> RunResult:
+    import torch
+
+    from prlbench.data.cache import open_cache
+    from prlbench.engine.run import train_run
+
+    torch.set_num_threads(threads)
+    cfg = RunConfig.from_dict(cfg_dict)
+    t0 = time.perf_counter()
+    rid = None
+    try:
+        manifest = open_cache(Path(data_dir), cfg.data.dataset, verify=False)
+        rid = run_id(cfg, manifest.data_sha256)
+        store = Store(Path(out))
+        with store.lock(rid):
+            finished = store.finished(rid).is_finished()
+            # An earlier attempt's failure record must not travel into the finished folder.
+            store.partial(rid).drop_failure()
+            run_dir = train_run(cfg, data_dir=Path(data_dir), out=Path(out), resume=True,
+                                progress=False)
+        return RunResult(rid, Outcome.REUSED if finished else Outcome.TRAINED, str(run_dir),
+                         seconds=time.perf_counter() - t0)
+    except (Interrupted, KeyboardInterrupt):
+        raise  # the checkpoint is saved; the next compare resumes this run
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded; the grid goes on
+        return RunResult(rid, Outcome.FAILED, error=f"{type(e).__name__}: {e}",
+                         trace=traceback.format_exc(), seconds=time.perf_counter() - t0)
+
+
+class LocalExecutor:
+    """A process pool of `jobs` workers with `threads` torch threads each (jobs x threads <=
+    cores). jobs == 1 runs in this process."""
+
+    def __init__(self, jobs: int, threads: int) -> None:
+        self.jobs, self.threads = jobs, threads
+
+    def map(self, cfgs: list[RunConfig], data_dir: Path, out: Path,
+            on_event: OnEvent) -> list[RunResult]:
+        args = [(c.to_dict(), str(data_dir), str(out), self.threads) for c in cfgs]
+        if self.jobs == 1:
+            found = []
+            for cfg, a in zip(cfgs, args):
+                on_event("start", cfg, None)
+                found.append(run_one(*a))
+                on_event("end", cfg, found[-1])
+            return found
+        return self._pooled(cfgs, args, on_event)
+
+    def _pooled(self, cfgs: list[RunConfig], args: list[tuple], on_event: OnEvent
+                ) -> list[RunResult]:
+        import multiprocessing as mp
+
+        found: dict[int, RunResult] = {}
+        ctx = mp.get_context("spawn")  # fork after torch is imported is not safe
+        pool = ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=signals.worker_init)
+        try:
+            pending: dict[Future, int] = {}
+            queue = list(range(len(cfgs)))
+            while queue or pending:
+                while queue and len(pending) < self.jobs:
+                    i = queue.pop(0)
+                    on_event("start", cfgs[i], None)
+                    pending[pool.submit(run_one, *args[i])] = i
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    found[i] = fut.result()
+                    on_event("end", cfgs[i], found[i])
+        except BaseException:  # Ctrl-C, SIGTERM, or a worker's Interrupted
+            signals.stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
+        return [found[i] for i in range(len(cfgs))]
+
+
+# --------------------------------------------------------------------------------- Ray
+def _train_remote(cfg_dict: dict, data_dir: str, threads: int) -> RunResult:
+    """Runs on a Ray worker: train into a scratch folder, return the run's files."""
+    scratch = tempfile.mkdtemp(prefix="prlbench-ray-")
+    try:
+        r = run_one(cfg_dict, data_dir, scratch, threads)
+        return replace(r, files=RunFolder(Path(r.run_dir)).files()) if r.run_dir else r
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class RayExecutor:
+    """Each run is one Ray task with its CPU / GPU request. The task trains into a scratch
+    folder on its worker and returns the finished run folder's files; the driver alone writes
+    them into the store (a partial folder renamed into place). The data cache must be readable
+    at the same path on every node."""
+
+    def __init__(self, *, address: str | None, threads: int = 1, jobs: int | None = None,
+                 gpus: float = 0.0) -> None:
+        try:
+            import ray
+        except ImportError as e:
+            raise ConfigError("--executor ray needs Ray: pip install 'prlbench[ray]'") from e
+        self.ray = ray
+        if not ray.is_initialized():
+            kwargs = {"address": address} if address else {"num_cpus": jobs}
+            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+        self.threads, self.gpus = threads, gpus
+        self._task = ray.remote(_train_remote)
+
+    def map(self, cfgs: list[RunConfig], data_dir: Path, out: Path,
+            on_event: OnEvent) -> list[RunResult]:
+        refs, found = {}, {}
+        for i, cfg in enumerate(cfgs):
+            on_event("start", cfg, None)
+            reused = _finished(cfg, Path(data_dir), Path(out))
+            if reused:  # decided here: a worker, training into scratch, would train it again
+                found[i] = reused
+                on_event("end", cfg, reused)
+                continue
+            task = self._task.options(num_cpus=self.threads, num_gpus=self.gpus)
+            refs[task.remote(cfg.to_dict(), str(Path(data_dir).resolve()), self.threads)] = i
+        pending = list(refs)
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            i = refs[done[0]]
+            found[i] = _store(self.ray.get(done[0]), Store(Path(out)))
+            on_event("end", cfgs[i], found[i])
+        return [found[i] for i in range(len(cfgs))]
+
+
+def _store(r: RunResult, store: Store) -> RunResult:
+    """Write a run returned by a worker into the driver's store: partial folder, then rename."""
+    files, r = r.files, replace(r, files={})
+    if r.status == Outcome.FAILED or not files:
+        return r
+    # The lock keeps another compare (local or Ray) out of this run's partial folder.
+    with store.lock(r.run_id):
+        final = store.finished(r.run_id)
+        if final.is_finished():
+            return replace(r, status=Outcome.REUSED, run_dir=str(final.path))
+        part = store.partial(r.run_id)
+        shutil.rmtree(part.path, ignore_errors=True)
+        part.write_files(files)
+        return replace(r, run_dir=str(store.publish(part).path))
+
+
+def _finished(cfg: RunConfig, data_dir: Path, out: Path) -> RunResult | None:
+    """The result of a run already finished in the driver's store, else None."""
+    from prlbench.data.cache import data_hash
+
+    try:
+        rid = run_id(cfg, data_hash(data_dir / cfg.data.dataset))
+    except OSError:  # not preprocessed here: the task reports it as the run's error
+        return None
+    final = Store(out).finished(rid)
+    return RunResult(rid, Outcome.REUSED, str(final.path)) if final.is_finished() else None
+
+
+def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
+                  threads: int | None = None, gpus: float = 0.0):
+    """`gpus`: what each Ray task asks for (1 when the runs train on --device cuda)."""
+    for flag, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value} (leave it out for the default)")
+    cores = os.cpu_count() or 1
+    if kind == "local":
+        jobs = jobs or max(1, min(cores, 2))
+        return LocalExecutor(jobs, threads or max(1, cores // jobs))
+    if kind == "ray":
+        return RayExecutor(address=ray_address, threads=threads or 1, jobs=jobs, gpus=gpus)
+    raise ConfigError(f"--executor must be local or ray, got {kind!r}")

@@ -1,0 +1,236 @@
+"""What a compare means: the grid of runs (`Grid`) and everything else a compare is told
+(`CompareConfig`), resolved from a YAML file and the command line's flags (flags win).
+
+The grid is data sets x models x losses (x loss settings) x seeds. Loss settings given as lists
+(e.g. --lambda 0.1,0.5,1) are candidates chosen on the validation split per data set, model and
+loss: each is trained on the first seed, and the best validation score runs on the other seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from prlbench.config import BASELINE, RunConfig, complete, load_yaml, resolve, validate
+from prlbench.errors import ConfigError
+
+TESTS = ("wilcoxon", "ttest")
+CORRECTIONS = ("holm", "bh")
+EXECUTORS = ("local", "ray")
+FORMAT_ALIASES = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "csv"}
+# Loss parameters that compare takes as a comma-separated list of candidates, and as one value.
+LIST_PARAMS = ("lam", "m1", "m2")
+FIXED_PARAMS = ("phi", "score", "head")
+# The single-run settings a compare config file may not hold: the grid gives them.
+# What the grid is when a flag is not given (the CLI shows these as its defaults).
+DEFAULTS = {"datasets": "synthetic", "models": "mmoe", "losses": f"{BASELINE},pwiser",
+            "seeds": "8", "format": "md,latex"}
+GRID_KEYS = {("data", "dataset"): "--datasets", ("model", "name"): "--models",
+             ("loss", "name"): "--losses", ("train", "seed"): "--seeds"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    losses: tuple[str, ...]  # the baseline first
+    seeds: tuple[int, ...]
+    # Loss parameter -> candidate values (one value: fixed; several: chosen on validation).
+    loss_grid: dict = field(default_factory=dict)
+    base: RunConfig = field(default_factory=RunConfig)
+
+    def candidates(self, loss: str) -> list[dict]:
+        """Every combination of the listed loss parameters that `loss` takes."""
+        from prlbench.losses import loss_params
+
+        known = loss_params(loss)
+        keys = [k for k in self.loss_grid if k in known]
+        combos = itertools.product(*(self.loss_grid[k] for k in keys))
+        return [dict(zip(keys, values)) for values in combos]
+
+    def check(self) -> None:
+        """Validate every configuration of the grid up front: a bad option (e.g. a negative
+        value in --lambda) fails before anything is trained, not when its turn comes."""
+        for d, m, l in self.arms():
+            for p in self.candidates(l):
+                self.config(d, m, l, self.seeds[0], p)
+
+    def arms(self) -> list[tuple[str, str, str]]:
+        """(data set, model, loss) in the grid's order."""
+        return list(itertools.product(self.datasets, self.models, self.losses))
+
+    def size(self) -> int:
+        """Runs in the grid: every candidate on the first seed, the chosen ones on the rest."""
+        first = sum(len(self.candidates(l)) for _, _, l in self.arms())
+        return first + len(self.arms()) * (len(self.seeds) - 1)
+
+    def config(self, dataset: str, model: str, loss: str, seed: int, params: dict) -> RunConfig:
+        b = self.base
+        cfg = replace(b, data=replace(b.data, dataset=dataset),
+                      model=replace(b.model, name=model),
+                      loss=replace(b.loss, name=loss, params=dict(params)),
+                      train=replace(b.train, seed=seed))
+        validate(cfg)
+        return complete(cfg)
+
+    def selection(self) -> dict:
+        """{"seed": first seed, "losses": {loss: {parameter: candidates}}} for the settings
+        chosen on validation; empty when every setting is fixed."""
+        out = {}
+        for loss in self.losses:
+            cands = self.candidates(loss)
+            if len(cands) > 1:
+                out[loss] = {k: sorted({c[k] for c in cands}, key=str) for k in cands[0]
+                             if len({c[k] for c in cands}) > 1}
+        return {"seed": self.seeds[0], "losses": out} if out else {}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A whole compare: the grid, the report's options and where the runs execute."""
+
+    grid: Grid
+    formats: tuple[str, ...] = ("md", "tex")  # the CSVs are always written
+    test: str = "wilcoxon"
+    correction: str = "holm"
+    executor: str = "local"
+    jobs: int | None = None
+    threads: int | None = None
+    ray_address: str | None = None
+    tables_only: bool = False
+
+    @classmethod
+    def resolve(cls, config_file: Path | None, flags: Mapping[str, Any]) -> "CompareConfig":
+        """From the command line's `flags` (the compare options by name; None: not given) and
+        an optional YAML file of what every run shares (model, loss.params, train)."""
+        data, file_params = _compare_file(config_file)
+        base = resolve(config_file, {
+            "model": {"preset": flags.get("preset")},
+            "train": {k: flags.get(k) for k in ("epochs", "batch_size", "patience",
+                                                "precision", "device")},
+        }, finish=False, file_data=data)
+        grid = _grid(flags, base, file_params, config_file)
+        options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",
+                                         "ray_address", "tables_only") if flags.get(k) is not None}
+        cc = cls(grid=grid, formats=parse_formats(_given(flags, "format")), **options)
+        cc.check()
+        return cc
+
+    def check(self) -> None:
+        checks = [(self.test in TESTS, f"--test must be wilcoxon or ttest, got {self.test!r}"),
+                  (self.correction in CORRECTIONS,
+                   f"--correction must be holm or bh, got {self.correction!r}"),
+                  (self.executor in EXECUTORS,
+                   f"--executor must be local or ray, got {self.executor!r}")]
+        for flag, value in (("--jobs", self.jobs), ("--threads", self.threads)):
+            checks.append((value is None or value >= 1,
+                           f"{flag} must be >= 1, got {value} (leave it out for the default)"))
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def stats_options(self) -> dict:
+        return {"test": self.test, "correction": self.correction}
+
+
+def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
+          config_file: Path | None) -> Grid:
+    from prlbench.data.datasets import DATASETS
+    from prlbench.losses import LOSSES
+    from prlbench.models import MODELS
+
+    loss_names = tuple(LOSSES.resolve(_given(flags, "losses")))
+    if BASELINE not in loss_names:
+        raise ConfigError(f"--losses must include {BASELINE}, the baseline every loss is "
+                          "compared to")
+    lists = {k: parse_floats(flags.get(k), "--lambda" if k == "lam" else f"--{k}")
+             for k in LIST_PARAMS}
+    loss_grid = {k: list(dict.fromkeys(v)) for k, v in lists.items() if v}  # no repeats
+    loss_grid.update({k: [flags[k]] for k in FIXED_PARAMS if flags.get(k) is not None})
+    _add_file_params(loss_grid, file_params, loss_names, config_file)
+    return Grid(datasets=tuple(DATASETS.resolve(_given(flags, "datasets"))),
+                models=tuple(MODELS.resolve(_given(flags, "models"))),
+                losses=(BASELINE,) + tuple(n for n in loss_names if n != BASELINE),
+                seeds=parse_seeds(_given(flags, "seeds")), loss_grid=loss_grid, base=base)
+
+
+def _given(flags: Mapping[str, Any], key: str) -> Any:
+    value = flags.get(key)
+    return DEFAULTS[key] if value is None else value
+
+
+def _add_file_params(loss_grid: dict, file_params: dict, loss_names: tuple[str, ...],
+                     config_file: Path | None) -> None:
+    """The file's loss.params: values or candidate lists; a flag given for a key wins."""
+    from prlbench.losses import loss_params
+
+    for key, value in file_params.items():
+        if value == [] or value is None:
+            raise ConfigError(f"{config_file}: loss.params.{key} is empty; give a value or a "
+                              "list of candidates, or remove the key")
+        values = list(dict.fromkeys(value)) if isinstance(value, list) else [value]
+        loss_grid.setdefault(key, values)
+        if not any(key in loss_params(n) for n in loss_names):
+            raise ConfigError(f"{config_file}: loss.params.{key}: none of the losses "
+                              f"{', '.join(loss_names)} takes it; remove it or add a loss that "
+                              "does to --losses")
+
+
+def _compare_file(config: Path | None) -> tuple[dict, dict]:
+    """A --config file for compare: (the file without its loss section, loss.params). The grid
+    comes from --datasets / --models / --losses / --seeds, so the file may not name them."""
+    if config is None:
+        return {}, {}
+    data = dict(load_yaml(config))
+    for (section, key), flag in GRID_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"{config}: {section}.{key} is a single run's setting; compare "
+                              f"takes it from {flag} (remove it from the file)")
+    loss = data.pop("loss", None) or {}
+    if not isinstance(loss, dict) or set(loss) - {"params"}:
+        raise ConfigError(f"{config}: the loss section of a compare config may hold only params "
+                          "(the losses come from --losses)")
+    params = loss.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{config}: loss.params: expected a mapping of names to values")
+    return data, params
+
+
+def parse_floats(text: str | None, flag: str) -> list[float] | None:
+    """"0.1,0.5,1" -> [0.1, 0.5, 1.0]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a number or a comma-separated list, got {text!r}"
+                          ) from None
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """"8" -> seeds 1..8; "1,2,3" -> those seeds."""
+    try:
+        if "," in text:
+            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+        else:
+            seeds = tuple(range(1, int(text) + 1))
+    except ValueError:
+        raise ConfigError(f"--seeds: expected a count (6) or a list (1,2,3), got {text!r}"
+                          ) from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds: need at least one seed, none negative and no repeats, got "
+                          f"{text!r}")
+    return seeds
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    out = []
+    for f in (x.strip() for x in text.split(",") if x.strip()):
+        if f not in FORMAT_ALIASES:
+            raise ConfigError(f"--format: unknown format {f!r}; valid: md, latex (the CSVs "
+                              "are always written)")
+        out.append(FORMAT_ALIASES[f])
+    return tuple(out)

@@ -1,0 +1,440 @@
+"""The result store: the only module that reads and writes a run folder and an experiment's record.
+
+    <out>/runs/<run-id>/            a finished run (RunFolder)
+    <out>/runs/<run-id>.partial/    a run in progress, interrupted or failed
+    <out>/runs/.locks/<run-id>.lock  held while a process trains or stores that run
+    <out>/compare.json              the experiment's record (CompareRecord)
+
+Every file of a run folder has one typed record here with one reader and one writer; `run.json`
+carries the folder's schema version (`SCHEMA`). `docs/results-format.md` documents each record
+(a test keeps it in sync with the dataclasses below). Writes are atomic (temporary file, then
+rename); a run folder is renamed from `.partial` to its final name only once it is complete, so a
+folder without the suffix is always finished.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from prlbench.config import RunConfig
+from prlbench.errors import ConfigError, StoreError
+from prlbench.fileio import atomic_write_bytes, read_json, write_json
+
+SCHEMA = 1  # the version of every record below; a record without one is read as version 0
+PARTIAL = ".partial"
+
+
+class _Text(str, Enum):
+    def __str__(self) -> str:
+        return self.value
+
+
+class RunStatus(_Text):
+    """run.json's status."""
+
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    DONE = "done"
+
+
+class Outcome(_Text):
+    """What a compare did with one run of its grid (compare.json's runs[].status)."""
+
+    TRAINED = "done"  # trained (or resumed) by this compare
+    REUSED = "reused"  # finished before; reused as it was
+    FAILED = "failed"
+    MISSING = "missing"  # --tables-only: not trained yet
+
+
+class Role(_Text):
+    """Where a run of the grid appears (compare.json's runs[].role)."""
+
+    TABLE = "table"  # a run the tables report
+    CANDIDATE = "candidate"  # a loss setting tried on the first seed and not chosen on validation
+
+
+# ---------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class RunRecord:
+    """run.json: a run's status and provenance; the test metrics once it is done."""
+
+    status: RunStatus
+    run_id: str
+    updated: str = ""  # UTC, ISO 8601
+    data_sha256: str | None = None  # the cache's content (see prlbench.data.cache.data_hash)
+    data_dir: str | None = None  # the cache it was trained on (absolute)
+    threads: int | None = None  # torch threads (CPU numbers depend on it)
+    pid: int | None = None
+    argv: list = field(default_factory=list)
+    versions: dict = field(default_factory=dict)  # prlbench, torch, numpy, python, platform
+    best_epoch: int | None = None
+    best_val_score: float | None = None
+    epochs_run: int | None = None
+    train_seconds: float | None = None
+    samples_per_s: float | None = None
+    test_seconds: float | None = None
+    test: dict | None = None  # the test metrics (as in metrics.json)
+    error: str | None = None  # why it failed or stopped
+    manifest_sha256: str | None = None  # written by prlbench before 0.2 instead of data_sha256
+    schema: int = SCHEMA
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One entry of history.json: the validation metrics after an epoch."""
+
+    epoch: int
+    train_loss: float
+    val_ctr_auc: float
+    val_ctcvr_auc: float
+    val_score: float  # what early stopping watches: the mean of the two AUCs
+    train_seconds: float  # cumulated
+
+
+@dataclass(frozen=True)
+class Failure:
+    """failure.json, in a `.partial` folder: the error and traceback of a failed compare run."""
+
+    run_id: str
+    error: str
+    trace: str
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One run of an experiment in compare.json."""
+
+    run_id: str | None  # None: failed before its id was known (e.g. data not preprocessed)
+    status: Outcome
+    role: Role
+    dataset: str
+    model: str
+    loss: str
+    seed: int
+    error: str = ""
+    best_val_score: float | None = None
+    seconds: float = 0.0
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class CompareRecord:
+    """compare.json: the grid, the shared settings and every run's outcome."""
+
+    datasets: tuple
+    models: tuple
+    losses: tuple
+    seeds: tuple
+    loss_grid: dict  # loss parameter -> candidate values
+    base: dict  # the RunConfig every run starts from
+    seconds: float
+    runs: tuple  # of RunEntry
+    schema: int = SCHEMA
+
+
+RECORDS = {"run.json": RunRecord, "history.json": Epoch, "failure.json": Failure,
+           "compare.json": CompareRecord, "compare.json runs": RunEntry}
+
+
+def _to_json(record) -> dict:
+    return asdict(record)
+
+
+def _present(record) -> dict:
+    """A record's fields without those not known yet (None): run.json grows as a run goes."""
+    return {k: v for k, v in asdict(record).items() if v is not None}
+
+
+_ENUMS = {RunRecord: {"status": RunStatus}, RunEntry: {"status": Outcome, "role": Role}}
+
+
+def _from_json(cls, data: Any, path: Path, fix: str):
+    """A record of `cls` from parsed JSON. A record without `schema` (prlbench before 0.2) is read
+    as version 0, whose keys are the same; keys this version does not know are dropped; a record
+    of a later schema is refused."""
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: expected a JSON object, got {type(data).__name__}; {fix}")
+    known = {f.name for f in fields(cls)}
+    values = {k: v for k, v in data.items() if k in known}
+    if "schema" in known:
+        version = values.setdefault("schema", 0)
+        if not isinstance(version, int) or version > SCHEMA:
+            raise StoreError(f"{path} has schema {version!r}, newer than this prlbench reads "
+                             f"({SCHEMA}); upgrade prlbench (pip install -U prlbench)")
+    try:
+        for key, enum in _ENUMS.get(cls, {}).items():
+            values[key] = enum(values[key])
+        return cls(**values)
+    except (TypeError, ValueError, KeyError) as e:
+        raise StoreError(f"{path}: not a valid {cls.__name__} record ({e}); {fix}") from None
+
+
+def _read(path: Path, fix: str) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing; {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); {fix}") from None
+
+
+# ------------------------------------------------------------------------- run folder
+class RunFolder:
+    """One run's folder; every file in it is read and written here."""
+
+    CONFIG, RECORD, HISTORY = "config.json", "run.json", "history.json"
+    METRICS, PREDICTIONS = "metrics.json", "predictions.parquet"
+    BEST, STATE, FAILURE, RAY = "best.pt", "state.pt", "failure.json", "ray.json"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def is_partial(self) -> bool:
+        return self.path.name.endswith(PARTIAL)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name.removesuffix(PARTIAL)
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def _fix(self) -> str:
+        return ("retrain it (delete the folder and rerun the command), or leave it out"
+                if not self.is_partial else "rerun the command, or delete the folder")
+
+    # -- config.json
+    def write_config(self, cfg: RunConfig) -> None:
+        write_json(self.path / self.CONFIG, cfg.to_dict())
+
+    def read_config(self) -> RunConfig:
+        if not self.has(self.CONFIG):
+            raise ConfigError(f"{self.path} is not a run folder (no {self.CONFIG}); runs live "
+                              "in <out>/runs/<run-id>/")
+        try:
+            return RunConfig.from_dict(_read(self.path / self.CONFIG, self._fix()))
+        except ConfigError as e:
+            raise StoreError(f"{self.path / self.CONFIG}: {e}; {self._fix()}") from None
+
+    # -- run.json
+    def read_record(self) -> RunRecord:
+        return _from_json(RunRecord, _read(self.path / self.RECORD, self._fix()),
+                          self.path / self.RECORD, self._fix())
+
+    def write_record(self, record: RunRecord) -> None:
+        write_json(self.path / self.RECORD, _present(record))
+
+    def update_record(self, status: RunStatus, **changes) -> RunRecord:
+        """run.json with `status` and `changes`; an earlier attempt's error is dropped when the
+        run starts again or finishes. Creates the record (with `run_id` in `changes`)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if self.has(self.RECORD):
+            record = replace(self.read_record(), schema=SCHEMA)
+            if status in (RunStatus.RUNNING, RunStatus.DONE):
+                record = replace(record, error=None)
+            record = replace(record, status=status, updated=now, **changes)
+        else:
+            record = RunRecord(**{"run_id": self.run_id, **changes, "status": status,
+                                  "updated": now})
+        self.write_record(record)
+        return record
+
+    def is_finished(self) -> bool:
+        return (not self.is_partial and self.has(self.RECORD)
+                and self.read_record().status == RunStatus.DONE)
+
+    # -- history.json
+    def write_history(self, history: list[Epoch]) -> None:
+        write_json(self.path / self.HISTORY, [_to_json(e) for e in history])
+
+    def read_history(self) -> list[Epoch]:
+        data = _read(self.path / self.HISTORY, self._fix())
+        if not isinstance(data, list):
+            raise StoreError(f"{self.path / self.HISTORY}: expected a list of epochs; "
+                             f"{self._fix()}")
+        return [_from_json(Epoch, e, self.path / self.HISTORY, self._fix()) for e in data]
+
+    # -- metrics.json and predictions.parquet (written by evaluation)
+    def write_metrics(self, metrics: Mapping[str, float | int]) -> None:
+        write_json(self.path / self.METRICS, dict(metrics))
+
+    def read_metrics(self) -> dict[str, float | int]:
+        data = _read(self.path / self.METRICS, self._evaluate_fix())
+        if not isinstance(data, dict):
+            raise StoreError(f"{self.path / self.METRICS}: expected a JSON object; "
+                             f"{self._evaluate_fix()}")
+        return data
+
+    def _evaluate_fix(self) -> str:
+        import shlex
+
+        return f"recompute it with: prlbench evaluate {shlex.quote(str(self.path))}"
+
+    def write_predictions(self, table) -> None:
+        """A pyarrow Table: one row per test row (see docs/results-format.md)."""
+        import pyarrow.parquet as pq
+
+        path = self.path / self.PREDICTIONS
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def prediction_columns(self) -> set[str] | None:
+        """The columns of predictions.parquet, None when the file is missing."""
+        import pyarrow.parquet as pq
+
+        path = self.path / self.PREDICTIONS
+        return set(pq.read_schema(path).names) if path.exists() else None
+
+    def read_predictions(self, columns: list[str]) -> dict:
+        """column -> numpy array."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.path / self.PREDICTIONS, columns=sorted(columns))
+        return {c: table.column(c).to_numpy() for c in columns}
+
+    def read_predictions_frame(self):
+        import pandas as pd
+
+        return pd.read_parquet(self.path / self.PREDICTIONS)
+
+    # -- best.pt and state.pt (torch; never pickle: weights_only)
+    def save_best(self, state_dict: dict) -> None:
+        _torch_save(state_dict, self.path / self.BEST)
+
+    def load_best(self, device: str) -> dict:
+        if not self.has(self.BEST):
+            raise ConfigError(f"{self.path} has no {self.BEST}: the run never finished an epoch")
+        return _torch_load(self.path / self.BEST, device)
+
+    def save_state(self, state: dict) -> None:
+        _torch_save(state, self.path / self.STATE)
+
+    def load_state(self, device: str) -> dict:
+        return _torch_load(self.path / self.STATE, device)
+
+    def drop_state(self) -> None:
+        (self.path / self.STATE).unlink(missing_ok=True)
+
+    # -- failure.json, ray.json
+    def write_failure(self, failure: Failure) -> None:
+        write_json(self.path / self.FAILURE, _to_json(failure))
+
+    def read_failure(self) -> Failure:
+        return _from_json(Failure, _read(self.path / self.FAILURE, self._fix()),
+                          self.path / self.FAILURE, self._fix())
+
+    def drop_failure(self) -> None:
+        (self.path / self.FAILURE).unlink(missing_ok=True)
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the folder, for carrying a run between machines (Ray)."""
+        return {p.name: p.read_bytes() for p in self.path.iterdir() if p.is_file()}
+
+    def write_files(self, files: Mapping[str, bytes]) -> None:
+        for name, data in files.items():
+            atomic_write_bytes(self.path / name, data)
+        write_json(self.path / self.RAY, {"stored": time.time()})
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _torch_load(path: Path, device: str) -> Any:
+    import torch
+
+    return torch.load(path, weights_only=True, map_location=device)
+
+
+# ---------------------------------------------------------------------- the experiment
+class Store:
+    """An experiment folder (`--out`): its runs, their locks and compare.json."""
+
+    COMPARE = "compare.json"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    def finished(self, run_id: str) -> RunFolder:
+        return RunFolder(self.runs_dir / run_id)
+
+    def partial(self, run_id: str) -> RunFolder:
+        return RunFolder(self.runs_dir / f"{run_id}{PARTIAL}")
+
+    @contextmanager
+    def lock(self, run_id: str) -> Iterator[None]:
+        """Hold `runs/.locks/<id>.lock` exclusively: one process at a time trains or stores a
+        run; another waits for it."""
+        path = self.runs_dir / ".locks" / f"{run_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def publish(self, part: RunFolder) -> RunFolder:
+        """Rename a complete partial folder into place; if another process won the race, keep
+        theirs."""
+        final = self.finished(part.run_id)
+        try:
+            os.rename(part.path, final.path)
+        except OSError:
+            if final.is_finished():
+                shutil.rmtree(part.path, ignore_errors=True)
+            else:
+                raise
+        return final
+
+    def record_failure(self, run_id: str, error: str, trace: str) -> None:
+        """`runs/<id>.partial/failure.json`, next to any checkpoint (also for a run that failed
+        on a Ray worker, which left no folder here)."""
+        self.partial(run_id).write_failure(Failure(run_id, error, trace))
+
+    def write_compare(self, record: CompareRecord) -> None:
+        write_json(self.root / self.COMPARE, _to_json(record))
+
+    def read_compare(self) -> CompareRecord:
+        path = self.root / self.COMPARE
+        fix = "rerun the compare that wrote it"
+        record = _from_json(CompareRecord, _read(path, fix), path, fix)
+        return replace(record, runs=tuple(_from_json(RunEntry, r, path, fix)
+                                          for r in record.runs))
