@@ -13,6 +13,7 @@ import typer
 
 from prlbench import __version__
 from prlbench.errors import Interrupted, PrlbenchError
+from prlbench.experiment.grid import DEFAULTS as GRID_DEFAULTS
 from prlbench.signals import cli_signals
 
 app = typer.Typer(
@@ -343,59 +344,52 @@ def evaluate(
 
 
 # -------------------------------------------------------------------------- compare
+# compare's own options (those it shares with train are declared at the top)
+Datasets = Annotated[str, typer.Option(help="Comma-separated data sets.")]
+Models = Annotated[str, typer.Option(help="Comma-separated models, or all.")]
+Losses = Annotated[str, typer.Option(help="Comma-separated losses; bce is the baseline.")]
+Seeds = Annotated[str, typer.Option(help="A count (8 = seeds 1..8) or a list (1,2,3).")]
+LambdaList = Annotated[Optional[str], typer.Option(
+    "--lambda", help="Pairwise weight of pwiser and ranknet (default 0.5); a list is chosen on "
+    "validation (e.g. 0.1,0.5,1).")]
+M1List = Annotated[Optional[str], typer.Option(help="PWiseR margin m1 (default 0.05), or a list.")]
+M2List = Annotated[Optional[str], typer.Option(help="PWiseR margin m2 (default 0.1), or a list.")]
+ScoreBoth = Annotated[Optional[str], typer.Option(
+    help="prob or logit, for pwiser (default prob) and ranknet (default logit) alike.")]
+Executor = Annotated[str, typer.Option(help="local (process pool) or ray.")]
+Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(cores, 2)).")]
+RunThreads = Annotated[Optional[int], typer.Option(
+    help="torch threads per run (default: cores // jobs).")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    help="Ray cluster address (auto, ray://host:port); default: a local instance.")]
+Formats = Annotated[str, typer.Option(
+    "--format", help="Tables to write: md, latex (the CSVs of every number behind them are "
+    "always written).")]
+TablesOnly = Annotated[bool, typer.Option(
+    "--tables-only", metavar="", help="Train nothing: tables from the finished runs only.")]
+Test = Annotated[str, typer.Option(help="Paired test over seeds: wilcoxon or ttest.")]
+Correction = Annotated[str, typer.Option(help="Multiple-testing correction: holm or bh.")]
+CompareConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config", help="A YAML file of what every run shares: model (preset, overrides), loss "
+    "(params: values or candidate lists) and train sections; flags win. The grid itself comes "
+    "from --datasets / --models / --losses / --seeds.")]
+ExperimentDir = Annotated[Optional[Path], typer.Option(
+    "--out", help="The experiment folder (default results/compare, or $PRLBENCH_OUT/compare).")]
+
+
 @app.command()
 @friendly_errors
 def compare(
-    datasets: Annotated[str, typer.Option(help="Comma-separated data sets.")] = "synthetic",
-    models: Annotated[str, typer.Option(help="Comma-separated models, or all.")] = "mmoe",
-    losses: Annotated[str, typer.Option(
-        help="Comma-separated losses; bce is the baseline.")] = "bce,pwiser",
-    seeds: Annotated[str, typer.Option(
-        help="A count (8 = seeds 1..8) or a list (1,2,3).")] = "8",
-    lam: Annotated[Optional[str], typer.Option(
-        "--lambda", help="Pairwise weight of pwiser and ranknet (default 0.5); a list is "
-        "chosen on validation (e.g. 0.1,0.5,1).")] = None,
-    m1: Annotated[Optional[str], typer.Option(
-        help="PWiseR margin m1 (default 0.05), or a list.")] = None,
-    m2: Annotated[Optional[str], typer.Option(
-        help="PWiseR margin m2 (default 0.1), or a list.")] = None,
-    phi: Phi = None,
-    score: Annotated[Optional[str], typer.Option(
-        help="prob or logit, for pwiser (default prob) and ranknet (default logit) alike.")
-    ] = None,
-    head: Head = None,
-    preset: Preset = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    patience: Patience = None,
-    precision: Precision = None,
-    device: Device = None,
-    executor: Annotated[str, typer.Option(help="local (process pool) or ray.")] = "local",
-    jobs: Annotated[Optional[int], typer.Option(
-        help="Runs at once (default: min(cores, 2)).")] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        help="torch threads per run (default: cores // jobs).")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster address (auto, ray://host:port); default: a local instance.")] = None,
-    fmt: Annotated[str, typer.Option(
-        "--format", help="Tables to write: md, latex (the CSVs of every number behind them "
-        "are always written).")] = "md,latex",
-    tables_only: Annotated[bool, typer.Option(
-        "--tables-only", metavar="", help="Train nothing: tables from the finished runs "
-        "only.")] = False,
-    test: Annotated[str, typer.Option(
-        help="Paired test over seeds: wilcoxon or ttest.")] = "wilcoxon",
-    correction: Annotated[str, typer.Option(
-        help="Multiple-testing correction: holm or bh.")] = "holm",
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="A YAML file of what every run shares: model (preset, overrides), "
-        "loss (params: values or candidate lists) and train sections; flags win. The grid "
-        "itself comes from --datasets / --models / --losses / --seeds.")] = None,
-    data_dir: DataDir = Path("datasets"),
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", help="The experiment folder (default results/compare, or "
-        "$PRLBENCH_OUT/compare).")] = None,
-    quiet: Quiet = False,
+    datasets: Datasets = GRID_DEFAULTS["datasets"], models: Models = GRID_DEFAULTS["models"],
+    losses: Losses = GRID_DEFAULTS["losses"], seeds: Seeds = GRID_DEFAULTS["seeds"],
+    lam: LambdaList = None, m1: M1List = None, m2: M2List = None, phi: Phi = None,
+    score: ScoreBoth = None, head: Head = None, preset: Preset = None, epochs: Epochs = None,
+    batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
+    device: Device = None, executor: Executor = "local", jobs: Jobs = None,
+    threads: RunThreads = None, ray_address: RayAddress = None,
+    fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,
+    test: Test = "wilcoxon", correction: Correction = "holm", config: CompareConfigFile = None,
+    data_dir: DataDir = Path("datasets"), out: ExperimentDir = None, quiet: Quiet = False,
 ) -> None:
     """Run the grid data sets x models x losses x seeds (resumably) and write significance-tested
     AUC tables (Markdown, LaTeX, CSV) and plots.

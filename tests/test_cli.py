@@ -92,6 +92,7 @@ def test_preprocess_rejects_options_that_do_not_apply(tmp_path: Path):
     assert r.exit_code == 1 and "--rows applies only to the synthetic" in r.output
 
 
+@pytest.mark.slow
 def test_preprocess_and_train_synthetic_from_the_command_line(tmp_path: Path):
     d, out = str(tmp_path / "d"), str(tmp_path / "r")
     r = invoke("preprocess", "synthetic", "--rows", "4000", "--data-dir", d, "-q")

@@ -122,6 +122,7 @@ def run_configs(out: Path) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------- (a) full grid
+@pytest.mark.slow
 def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finished, data_dir):
     out, res = finished
     ids = expected_ids(data_dir)
@@ -163,6 +164,7 @@ def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finish
 
 
 # ----------------------------------------------------------------- (b) (c) reuse runs
+@pytest.mark.slow
 def test_b_a_second_compare_trains_nothing(finished, data_dir, tmp_path, fits):
     out = copy_of(finished[0], tmp_path)
     before = run_stamps(out)
@@ -177,6 +179,7 @@ def test_b_a_second_compare_trains_nothing(finished, data_dir, tmp_path, fits):
     assert statuses == {"reused"}
 
 
+@pytest.mark.slow
 def test_c_one_more_model_trains_only_that_model(finished, data_dir, tmp_path, fits):
     out = copy_of(finished[0], tmp_path)
     before = run_stamps(out)
@@ -192,6 +195,7 @@ def test_c_one_more_model_trains_only_that_model(finished, data_dir, tmp_path, f
 
 
 # --------------------------------------------------------------------- (d) interrupted
+@pytest.mark.slow
 def test_d_an_interrupted_compare_stops_and_then_continues_where_it_stopped(
         finished, data_dir, tmp_path, monkeypatch, fits, stop_after):
     out, ids = tmp_path / "cut", expected_ids(data_dir)
@@ -244,6 +248,7 @@ def _mmoe_explodes_at_batch_4(monkeypatch) -> None:
     monkeypatch.setattr(train_mod, "create_model", create_model)
 
 
+@pytest.mark.slow
 def test_e_a_failed_run_is_recorded_reported_and_the_rest_goes_on(data_dir, tmp_path,
                                                                  monkeypatch):
     out, args = tmp_path / "out", ("--models", "shared_bottom,mmoe", "--seeds", "1,2")
@@ -300,6 +305,7 @@ def _poisoned(outputs, click, conversion, **params):
     raise ValueError("poisoned pwiser loss")
 
 
+@pytest.mark.slow
 def test_e_the_report_survives_a_grid_where_only_the_baseline_finished(data_dir, tmp_path,
                                                                       monkeypatch):
     monkeypatch.setitem(LOSSES._items, "pwiser", _poisoned)
@@ -309,6 +315,7 @@ def test_e_the_report_survives_a_grid_where_only_the_baseline_finished(data_dir,
     assert (tmp_path / "out" / "tables" / "auc.md").exists()
 
 
+@pytest.mark.slow
 def test_e_a_failed_lambda_candidate_is_reported_too(data_dir, tmp_path, monkeypatch):
     real = LOSSES.get("pwiser")
 
@@ -330,6 +337,7 @@ def test_e_a_failed_lambda_candidate_is_reported_too(data_dir, tmp_path, monkeyp
 
 
 # ------------------------------------------------------------------ (f) lambda on val
+@pytest.mark.slow
 def test_f_a_lambda_list_is_chosen_on_validation_with_the_first_seed(data_dir, tmp_path,
                                                                      fits):
     out = tmp_path / "out"
@@ -378,6 +386,7 @@ app()
 """
 
 
+@pytest.mark.slow
 def test_g_two_compares_on_one_folder_train_each_run_once(data_dir, tmp_path):
     out, log = tmp_path / "out", tmp_path / "fits.log"
     args = [sys.executable, "-c", _COUNTING_CLI, "compare", "--datasets", "synthetic",
@@ -409,6 +418,7 @@ def test_g_two_compares_on_one_folder_train_each_run_once(data_dir, tmp_path):
 
 
 # --------------------------------------------------------- process pool and executors
+@pytest.mark.slow
 def test_the_process_pool_gives_the_numbers_of_one_process(finished, data_dir, tmp_path):
     ex = make_executor("local", jobs=2, ray_address=None, threads=1)
     assert (ex.jobs, ex.threads) == (2, 1)
@@ -438,6 +448,7 @@ def test_jobs_and_threads_below_one_are_refused(flag, value):
         make_executor("local", ray_address=None, **{"jobs": None, flag: value})
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_pooled_compare_stops_cleanly(data_dir, tmp_path):
     """Ctrl-C reaches the whole process group: the driver and both workers, one of them
     perhaps still starting. Exit 130, no traceback from any process, no run left 'running'."""
@@ -478,6 +489,7 @@ def test_h_tables_only_without_runs_trains_nothing_and_says_so(data_dir, tmp_pat
     assert not out.exists() or list(out.rglob("*")) == []  # no compare.json, no tables
 
 
+@pytest.mark.slow
 def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, data_dir,
                                                                    tmp_path, fits):
     out = copy_of(finished[0], tmp_path)
@@ -493,6 +505,7 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
     assert (out / "compare.json").read_bytes() == (finished[0] / "compare.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_h_a_new_report_removes_the_files_it_did_not_write(finished, data_dir, tmp_path, fits):
     out = copy_of(finished[0], tmp_path)
     assert (out / "tables" / "auc.tex").exists()
@@ -504,6 +517,7 @@ def test_h_a_new_report_removes_the_files_it_did_not_write(finished, data_dir, t
     assert "over 2 seeds" not in (out / "tables" / "auc.md").read_text()
 
 
+@pytest.mark.slow
 def test_e_a_grid_where_every_run_failed_leaves_no_earlier_tables(finished, data_dir, tmp_path,
                                                                   monkeypatch):
     out = copy_of(finished[0], tmp_path)
@@ -548,6 +562,7 @@ def test_i_one_seed_warns_that_no_significance_test_is_possible(data_dir, tmp_pa
     assert "no significance test" not in text
 
 
+@pytest.mark.slow
 def test_config_file_loss_params_and_train_settings_reach_every_run(data_dir, tmp_path):
     cfg = tmp_path / "grid.yaml"
     cfg.write_text("loss:\n  params:\n    lam: 2.0\ntrain:\n  lr: 0.002\n")
@@ -601,3 +616,20 @@ def test_repeated_candidates_are_tried_once(data_dir, tmp_path):
     grid = CompareConfig.resolve(None, {"models": "mmoe", "losses": "bce,pwiser", "seeds": "2",
                                         "lam": "0.5,0.5,1.0"}).grid
     assert grid.candidates("pwiser") == [{"lam": 0.5}, {"lam": 1.0}]
+
+
+# ------------------------------------------------- (i) a results folder of prlbench 0.1
+@pytest.mark.slow
+def test_a_results_folder_of_prlbench_0_1_is_read_and_reused(finished, data_dir, tmp_path,
+                                                              fits):
+    """prlbench 0.1 wrote the same files without a schema key: its runs are reused and its
+    tables rebuilt as they were."""
+    out = copy_of(finished[0], tmp_path)
+    for record in [*(out / "runs").glob("*/run.json"), out / "compare.json"]:
+        data = json.loads(record.read_text())
+        data.pop("schema")
+        record.write_text(json.dumps(data))
+    before = (out / "tables" / "cells.csv").read_text()
+    res = run_compare(make_grid(), data_dir, out)
+    assert [o.status for o in res.outcomes] == ["reused"] * 4 and fits == []
+    assert (out / "tables" / "cells.csv").read_text() == before

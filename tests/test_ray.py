@@ -21,7 +21,7 @@ from prlbench.fileio import read_json  # noqa: E402
 def run_names(runs: Path) -> list[str]:
     return sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # starts a Ray instance, trains runs
 
 BASE = {"model": {"preset": "small"}, "train": {"epochs": 1, "batch_size": 1024, "threads": 1}}
 RUN_FILES = ("config.json", "run.json", "history.json", "best.pt", "metrics.json",

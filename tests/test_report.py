@@ -412,6 +412,7 @@ def _pdflatex(tmp_path: Path, name: str, source: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here")
+@pytest.mark.slow
 def test_latex_compiles_standalone_and_inside_a_plain_paper(tmp_path):
     for kind in ("auc", "logloss"):
         table = build_table(small_summary(), kind=kind)

@@ -134,6 +134,7 @@ def test_delong_identical_scores_and_degenerate_cases():
     assert (perfect.diff, perfect.var, perfect.z, perfect.p) == (0.5, 0.0, np.inf, 0.0)
 
 
+@pytest.mark.slow
 def test_delong_variance_agrees_with_bootstrap():
     rng = np.random.default_rng(11)
     n = 3000

@@ -203,6 +203,7 @@ def test_staging_left_by_a_killed_preprocess_is_swept(tmp_path):
     assert (tmp_path / "synthetic" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_during_preprocess_leaves_nothing(tmp_path):
     """SIGTERM unwinds like Ctrl-C: exit 130 and no staging folder, no half-written cache."""
     proc = subprocess.Popen([sys.executable, "-m", "prlbench", "preprocess", "synthetic",
@@ -219,6 +220,7 @@ def test_sigterm_during_preprocess_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_second_preprocess_of_the_same_data_set_waits_for_the_first(tmp_path):
     """One download or preprocess of a data set at a time: the second says it waits, then
     runs; no lock file is left behind."""

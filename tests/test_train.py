@@ -34,6 +34,7 @@ def _metrics(run_dir: Path) -> dict:
     return m
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_a_complete_run_folder(data_dir, tmp_path):
     run = train_mod.train_run(_cfg(epochs=3), data_dir=data_dir, out=tmp_path, progress=False)
     for name in ("config.json", "run.json", "history.json", "best.pt", "metrics.json",
@@ -49,6 +50,7 @@ def test_training_learns_and_writes_a_complete_run_folder(data_dir, tmp_path):
     assert isinstance(state, dict) and state
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_identical_metrics(data_dir, tmp_path):
     a = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path / "a", progress=False)
     b = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path / "b", progress=False)
@@ -57,6 +59,7 @@ def test_same_command_twice_gives_identical_metrics(data_dir, tmp_path):
     assert _metrics(a) != _metrics(c)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_reused(data_dir, tmp_path):
     a = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
     stamp = (a / "metrics.json").stat().st_mtime_ns
@@ -64,6 +67,7 @@ def test_a_finished_run_is_reused(data_dir, tmp_path):
     assert again == a and (a / "metrics.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monkeypatch,
                                                        stop_after):
     cfg = _cfg(epochs=3)
@@ -93,6 +97,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
     assert [h["val_score"] for h in h1] == [h["val_score"] for h in h2]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tmp_path,
                                                                     monkeypatch):
     from prlbench.losses import LOSSES
@@ -118,6 +123,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tm
                             progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_test_metrics(data_dir, tmp_path):
     run = train_mod.train_run(_cfg(), data_dir=data_dir, out=tmp_path, progress=False)
     before = _metrics(run)
@@ -137,6 +143,7 @@ def test_a_device_that_is_not_here_fails_before_any_folder(data_dir, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_cvr_clipped_share_counts_clicked_rows_with_ctcvr_above_ctr(data_dir, tmp_path):
     import pyarrow.parquet as pq
 
@@ -206,6 +213,7 @@ def test_a_damaged_manifest_is_a_cache_error(data_dir, tmp_path, content, fragme
         open_cache(d, "synthetic")
 
 
+@pytest.mark.slow
 def test_evaluating_a_run_of_an_earlier_prlbench_says_to_retrain(data_dir, tmp_path):
     import shutil
 
@@ -218,6 +226,7 @@ def test_evaluating_a_run_of_an_earlier_prlbench_says_to_retrain(data_dir, tmp_p
         evaluate_run(old, data_dir)
 
 
+@pytest.mark.slow
 def test_run_json_records_the_thread_count(data_dir, tmp_path):
     run = train_mod.train_run(_cfg(threads=1), data_dir=data_dir, out=tmp_path, progress=False)
     assert read_json(run / "run.json")["threads"] == 1

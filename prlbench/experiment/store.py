@@ -29,7 +29,7 @@ from prlbench.config import RunConfig
 from prlbench.errors import ConfigError, StoreError
 from prlbench.fileio import atomic_write_bytes, read_json, write_json
 
-SCHEMA = 1  # the version of every record below; a record without one is read as version 0
+SCHEMA = 1  # the version of every record below; one without (prlbench 0.1) is read as version 0
 PARTIAL = ".partial"
 
 
@@ -64,82 +64,105 @@ class Role(_Text):
 
 
 # ---------------------------------------------------------------------------- records
+def _doc(text: str, **kw):
+    """A record field with its documentation (docs/results-format.md is generated from it)."""
+    return field(metadata={"doc": text}, **kw)
+
+
 @dataclass(frozen=True)
 class RunRecord:
-    """run.json: a run's status and provenance; the test metrics once it is done."""
+    """run.json: a run's status and provenance; the test metrics once it is done. Fields that
+    are not known yet (None) are left out of the file."""
 
-    status: RunStatus
-    run_id: str
-    updated: str = ""  # UTC, ISO 8601
-    data_sha256: str | None = None  # the cache's content (see prlbench.data.cache.data_hash)
-    data_dir: str | None = None  # the cache it was trained on (absolute)
-    threads: int | None = None  # torch threads (CPU numbers depend on it)
-    pid: int | None = None
-    argv: list = field(default_factory=list)
-    versions: dict = field(default_factory=dict)  # prlbench, torch, numpy, python, platform
-    best_epoch: int | None = None
-    best_val_score: float | None = None
-    epochs_run: int | None = None
-    train_seconds: float | None = None
-    samples_per_s: float | None = None
-    test_seconds: float | None = None
-    test: dict | None = None  # the test metrics (as in metrics.json)
-    error: str | None = None  # why it failed or stopped
-    manifest_sha256: str | None = None  # written by prlbench before 0.2 instead of data_sha256
-    schema: int = SCHEMA
+    status: RunStatus = _doc("running, interrupted, failed or done")
+    run_id: str = _doc("`<dataset>-<model>-<loss>-s<seed>-` and 10 hex digits of the sha256 of "
+                       "the resolved config (device, threads, folders excluded) and of "
+                       "data_sha256")
+    updated: str = _doc("when the record was last written (UTC, ISO 8601)", default="")
+    data_sha256: str | None = _doc("the cache's content: split files' sha256, columns, "
+                                   "vocabulary (not when or from which path it was built)",
+                                   default=None)
+    data_dir: str | None = _doc("the cache it was trained on (absolute); evaluate's default",
+                                default=None)
+    threads: int | None = _doc("torch threads it trained with (CPU numbers depend on it)",
+                               default=None)
+    pid: int | None = _doc("the process that trained it", default=None)
+    argv: list = _doc("that process's command line", default_factory=list)
+    versions: dict = _doc("prlbench, torch, numpy, python, platform", default_factory=dict)
+    best_epoch: int | None = _doc("the epoch chosen on validation (from 1)", default=None)
+    best_val_score: float | None = _doc("its validation score (mean of CTR and CTCVR AUC)",
+                                        default=None)
+    epochs_run: int | None = _doc("epochs trained (early stopping may end before the "
+                                  "maximum)", default=None)
+    train_seconds: float | None = _doc("wall-clock seconds of training", default=None)
+    samples_per_s: float | None = _doc("training samples per second", default=None)
+    test_seconds: float | None = _doc("wall-clock seconds of the test evaluation",
+                                      default=None)
+    test: dict | None = _doc("the test metrics, as in metrics.json", default=None)
+    error: str | None = _doc("why it failed or stopped (failed, interrupted)", default=None)
+    manifest_sha256: str | None = _doc("legacy: what early prlbench 0.1 recorded instead "
+                                       "of data_sha256; such a run is refused with a message "
+                                       "to retrain", default=None)
+    schema: int = _doc("the version of this run folder's layout", default=SCHEMA)
 
 
 @dataclass(frozen=True)
 class Epoch:
-    """One entry of history.json: the validation metrics after an epoch."""
+    """One entry of history.json (a list, one entry per epoch): the validation metrics after
+    that epoch."""
 
-    epoch: int
-    train_loss: float
-    val_ctr_auc: float
-    val_ctcvr_auc: float
-    val_score: float  # what early stopping watches: the mean of the two AUCs
-    train_seconds: float  # cumulated
+    epoch: int = _doc("the epoch, from 1")
+    train_loss: float = _doc("the training objective, mean over the epoch's batches")
+    val_ctr_auc: float = _doc("CTR AUC on the validation split")
+    val_ctcvr_auc: float = _doc("CTCVR AUC on the validation split")
+    val_score: float = _doc("what early stopping watches: the mean of the two AUCs")
+    train_seconds: float | None = _doc("wall-clock seconds of training so far", default=None)
 
 
 @dataclass(frozen=True)
 class Failure:
-    """failure.json, in a `.partial` folder: the error and traceback of a failed compare run."""
+    """failure.json, in a `.partial` folder: why a compare's run failed."""
 
-    run_id: str
-    error: str
-    trace: str
+    run_id: str = _doc("the run")
+    error: str = _doc("the exception, one line")
+    trace: str = _doc("its traceback")
 
 
 @dataclass(frozen=True)
 class RunEntry:
-    """One run of an experiment in compare.json."""
+    """One entry of compare.json's runs: a run of the grid and what the compare did with it."""
 
-    run_id: str | None  # None: failed before its id was known (e.g. data not preprocessed)
-    status: Outcome
-    role: Role
-    dataset: str
-    model: str
-    loss: str
-    seed: int
-    error: str = ""
-    best_val_score: float | None = None
-    seconds: float = 0.0
-    run_dir: str | None = None
+    run_id: str | None = _doc("the run (null: it failed before its id was known, e.g. a "
+                              "data set not preprocessed)")
+    status: Outcome = _doc("done (trained by this compare), reused, failed, or missing "
+                           "(--tables-only: not trained yet)")
+    role: Role = _doc("table (reported) or candidate (a loss setting tried on the first seed "
+                      "and not chosen on validation)")
+    dataset: str = _doc("its data set")
+    model: str = _doc("its model")
+    loss: str = _doc("its loss")
+    seed: int = _doc("its seed")
+    error: str = _doc("the error of a failed run", default="")
+    best_val_score: float | None = _doc("its validation score (what candidates are chosen by)",
+                                        default=None)
+    seconds: float = _doc("wall-clock seconds this compare spent on it", default=0.0)
+    run_dir: str | None = _doc("its finished folder", default=None)
 
 
 @dataclass(frozen=True)
 class CompareRecord:
-    """compare.json: the grid, the shared settings and every run's outcome."""
+    """compare.json: the grid, the settings every run shares and every run's outcome. Written
+    when the grid ends (Ctrl-C leaves the previous one); --tables-only leaves it alone."""
 
-    datasets: tuple
-    models: tuple
-    losses: tuple
-    seeds: tuple
-    loss_grid: dict  # loss parameter -> candidate values
-    base: dict  # the RunConfig every run starts from
-    seconds: float
-    runs: tuple  # of RunEntry
-    schema: int = SCHEMA
+    datasets: tuple = _doc("the grid's data sets")
+    models: tuple = _doc("its models")
+    losses: tuple = _doc("its losses, the baseline first")
+    seeds: tuple = _doc("its seeds; the first one chooses among candidate settings")
+    loss_grid: dict = _doc("loss parameter -> candidate values (one value: fixed)")
+    base: dict = _doc("the configuration every run starts from (as config.json)")
+    seconds: float = _doc("wall-clock seconds of the grid")
+    runs: tuple = _doc("one entry per run (below): the table's runs, then the candidates")
+    schema: int = _doc("the version of this record", default=SCHEMA)
 
 
 RECORDS = {"run.json": RunRecord, "history.json": Epoch, "failure.json": Failure,
@@ -159,9 +182,9 @@ _ENUMS = {RunRecord: {"status": RunStatus}, RunEntry: {"status": Outcome, "role"
 
 
 def _from_json(cls, data: Any, path: Path, fix: str):
-    """A record of `cls` from parsed JSON. A record without `schema` (prlbench before 0.2) is read
-    as version 0, whose keys are the same; keys this version does not know are dropped; a record
-    of a later schema is refused."""
+    """A record of `cls` from parsed JSON. A record without `schema` (written by prlbench 0.1) is
+    read as version 0, whose keys are the same; keys this version does not know are dropped; a
+    record of a later schema is refused."""
     if not isinstance(data, dict):
         raise StoreError(f"{path}: expected a JSON object, got {type(data).__name__}; {fix}")
     known = {f.name for f in fields(cls)}

@@ -1,0 +1,87 @@
+"""The docs that are generated from the code are current, and the repository's docs stand on
+their own (no reference to notes outside it)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prlbench import docs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("page", sorted(docs.PAGES))
+def test_generated_page_is_current(page):
+    committed = (ROOT / "docs" / f"{page}.md").read_text()
+    assert committed == docs.PAGES[page](), (
+        f"docs/{page}.md is stale: run  python -m prlbench.docs {page} > docs/{page}.md")
+
+
+def test_cli_page_lists_every_command_and_option():
+    import typer
+
+    from prlbench.cli import app
+
+    text = docs.cli_markdown()
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        assert f"## prlbench {name}" in text
+        for p in cmd.params:
+            assert (f"`{p.opts[0]}`" if p.param_type_name == "option"
+                    else f"`{p.name.upper()}`") in text, (name, p.name)
+
+
+def test_results_format_documents_every_field_of_every_record():
+    import dataclasses
+
+    from prlbench.experiment import store
+
+    text = docs.results_format_markdown()
+    for cls in (store.RunRecord, store.Epoch, store.Failure, store.CompareRecord,
+                store.RunEntry):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc"), (cls.__name__, f.name)
+            assert f"| `{f.name}` |" in text, (cls.__name__, f.name)
+    assert f"version **{store.SCHEMA}**" in text
+
+
+def test_docs_module_runs_as_a_command():
+    out = subprocess.run([sys.executable, "-m", "prlbench.docs", "results-format"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == docs.results_format_markdown()
+    bad = subprocess.run([sys.executable, "-m", "prlbench.docs", "nope"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def _texts():
+    skip = {".git", ".venv", "tests", "__pycache__", "datasets", "results"}
+    for path in ROOT.rglob("*"):
+        parts = path.relative_to(ROOT).parts[:-1]
+        if any(p.endswith(".egg-info") for p in parts):
+            continue
+        if path.is_file() and not skip & set(parts) and \
+                path.suffix in (".md", ".py", ".toml", ".yaml", ".yml", ".cfg", ".txt", ""):
+            yield path
+    yield from (ROOT / "results").rglob("*.md")
+
+
+def test_nothing_in_the_repository_cites_notes_outside_it():
+    pattern = re.compile(r"METHOD\.md|DESIGN\.md|DATASETS\.md|\.\./shared")
+    found = [str(p.relative_to(ROOT)) for p in _texts()
+             if p.name != "development.md" and pattern.search(p.read_text(errors="ignore"))]
+    assert found == []
+
+
+def test_readme_is_a_front_page_that_links_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    first = "\n".join(readme.splitlines()[:12])
+    assert "prlbench compare" in first and 'python -m pytest -q' in first
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        if page.name != "README.md":
+            assert f"docs/{page.name}" in readme or f"({page.name})" in (
+                ROOT / "docs" / "README.md").read_text(), page.name
