@@ -18,7 +18,7 @@ def listing(kind: str) -> list[tuple[str, str]]:
 
         return [(n, getattr(MODELS.get(n), "summary", "")) for n in MODELS]
     if kind == "losses":
-        from prlbench.losses import LOSS_SUMMARIES, LOSSES
+        from prlbench.losses import LOSSES, loss_info
 
-        return [(n, LOSS_SUMMARIES.get(n, "")) for n in LOSSES]
+        return [(n, loss_info(n).summary) for n in LOSSES]
     raise ConfigError(f"prlbench ls {kind}: expected one of {', '.join(KINDS)}")

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One OpenMP / BLAS thread per test process (and the processes it starts), set before numpy and
+# torch load: the tests' tensors are tiny, and where other jobs share the cores, two OpenMP
+# threads wait on each other (the model tests ran 8x slower). Runs still set their own count
+# (`train.threads`); a value already in the environment is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from prlbench.data.cache import validation_mask
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+from prlbench.data.cache import validation_mask  # noqa: E402
+
+# Small real rows in the processed formats, beside the clone or where PRLBENCH_SAMPLES says;
+# the tests that read them are skipped without them.
+SAMPLES = Path(os.environ.get("PRLBENCH_SAMPLES")
+               or Path(__file__).resolve().parents[1].parent / "shared" / "samples")
 
 
 @pytest.fixture(scope="session")

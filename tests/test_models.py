@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ B = 32
 NAMES = MODELS.names()
 PRESETS = list(MODEL_PRESETS)
 ALLOWED_KEYS = {"ctr", "ctcvr", "cvr", "aux_loss"}
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "aliexpress_mtreclib_format"
+SAMPLES = Path(os.environ.get("PRLBENCH_SAMPLES")  # as in conftest.py
+               or Path(__file__).resolve().parents[2] / "shared" / "samples"
+               ) / "aliexpress_mtreclib_format"
 
 
 def make_batch(seed: int = 0, vocab=VOCAB, num=NUM, batch=B):

@@ -467,6 +467,7 @@ def test_forest_plot_is_written_and_nothing_overlaps(summary_t, tmp_path):
     _check_image(plots.save(fig, tmp_path / "forest"))
 
 
+@pytest.mark.slow
 def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
     fig = plots.validation_figure(runs)
     assert overlapping_texts(fig) == []
@@ -480,6 +481,7 @@ def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
         assert overlapping_texts(fig) == []
 
 
+@pytest.mark.slow
 def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):
     models = ("single_task", "shared_bottom", "esmm", "omoe", "mmoe", "ple", "aitm", "metaheac")
     runs = analysis.load_runs(make_tree(tmp_path, seeds=(1,), models=models,

@@ -97,7 +97,6 @@ def test_interrupted_then_resumed_equals_uninterrupted(data_dir, tmp_path, monke
     assert [h["val_score"] for h in h1] == [h["val_score"] for h in h2]
 
 
-@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tmp_path,
                                                                     monkeypatch):
     from prlbench.losses import LOSSES
@@ -170,6 +169,7 @@ def test_a_validation_split_without_conversions_fails_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_preprocessing_the_same_data_again_keeps_the_run_ids(tmp_path):
     """The run id hashes the data, not the manifest's date or source path."""
     from prlbench.data.cache import data_hash

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prlbench.config import BASELINE, RunConfig, complete, load_yaml, resolve, validate
+from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 
 TESTS = ("wilcoxon", "ttest")
@@ -25,7 +26,7 @@ LIST_PARAMS = ("lam", "m1", "m2")
 FIXED_PARAMS = ("phi", "score", "head")
 # The single-run settings a compare config file may not hold: the grid gives them.
 # What the grid is when a flag is not given (the CLI shows these as its defaults).
-DEFAULTS = {"datasets": "synthetic", "models": "mmoe", "losses": f"{BASELINE},pwiser",
+DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser",
             "seeds": "8", "format": "md,latex"}
 GRID_KEYS = {("data", "dataset"): "--datasets", ("model", "name"): "--models",
              ("loss", "name"): "--losses", ("train", "seed"): "--seeds"}
