@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from prlbench.data.cache import CacheBuilder, Schema, open_cache
+from prlbench.data.cache import CacheBuilder, Manifest, Schema, open_cache
 from prlbench.data.loader import TensorData, batches, load_side, load_split
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.errors import CacheError, ConfigError, DataError
@@ -149,8 +149,8 @@ def test_errors_name_the_problem(synth, tmp_path):
         load_split(synth, "synthetic", "dev")
     with pytest.raises(CacheError, match="preprocess"):
         load_split(tmp_path, "synthetic", "train")
-    manifest = open_cache(synth, "synthetic")
-    manifest["columns"] = {**manifest["columns"], "click": "clicked"}
+    read = open_cache(synth, "synthetic")
+    manifest = Manifest({**read, "columns": {**read["columns"], "click": "clicked"}}, read.dir)
     with pytest.raises(CacheError, match=r"lacks the columns \['clicked'\]"):
         load_split(synth, "synthetic", "test", manifest=manifest)
     with pytest.raises(ConfigError, match="batch-size"):
