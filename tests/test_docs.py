@@ -58,15 +58,14 @@ def test_docs_module_runs_as_a_command():
 
 
 def _texts():
-    skip = {".git", ".venv", "tests", "__pycache__", "datasets", "results"}
-    for path in ROOT.rglob("*"):
-        parts = path.relative_to(ROOT).parts[:-1]
-        if any(p.endswith(".egg-info") for p in parts):
-            continue
-        if path.is_file() and not skip & set(parts) and \
-                path.suffix in (".md", ".py", ".toml", ".yaml", ".yml", ".cfg", ".txt", ""):
+    """The repository's own text files (git's view: tracked and not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in listed.splitlines():
+        path = ROOT / name
+        if path.suffix in (".md", ".py", ".toml", ".yaml", ".yml", ".cfg", ".txt", "") and \
+                path.is_file() and not name.startswith("tests/"):
             yield path
-    yield from (ROOT / "results").rglob("*.md")
 
 
 def test_nothing_in_the_repository_cites_notes_outside_it():
