@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from prlbench import results, stats
+from prlbench import stats
 from prlbench.config import resolve
 from prlbench.data.cache import open_cache
 from prlbench.data.loader import TensorData, batches, load_split
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.engine.evaluate import autocast, predict
-from prlbench.engine.train import train_run
+from prlbench.engine.run import train_run
+from prlbench.experiment.store import RunFolder
 from prlbench.losses import LOSSES
 from prlbench.models import MODELS, create_model
 from prlbench.models.layers import MLP, ExpertBank
@@ -300,11 +301,11 @@ def bf16_auc(args, data_dir: Path, out: Path) -> list[dict]:
                           "device": args.device, "threads": args.threads,
                           "batch_size": args.batch_size, "patience": args.auc_epochs}})
             run_dir = train_run(cfg, data_dir=data_dir, out=out, progress=False)
-            metrics = results.read_json(run_dir / "metrics.json")
-            record = results.read_json(run_dir / "run.json")
+            folder = RunFolder(run_dir)
+            metrics, record = folder.read_metrics(), folder.read_record()
             row[precision] = dict(ctr=metrics["ctr_auc"], ctcvr=metrics["ctcvr_auc"],
-                                  rate=record["samples_per_s"])
-        row["bf16_fp32eval"] = score_fp32(args, manifest, run_dir / "best.pt", test)
+                                  rate=record.samples_per_s)
+        row["bf16_fp32eval"] = score_fp32(args, manifest, RunFolder(run_dir), test)
         rows.append(row)
         f, b, e = row["fp32"], row["bf16"], row["bf16_fp32eval"]
         print(f"  seed {seed}: fp32 CTR {f['ctr']:.4f} CTCVR {f['ctcvr']:.4f} | bf16 CTR "
@@ -313,9 +314,9 @@ def bf16_auc(args, data_dir: Path, out: Path) -> list[dict]:
     return rows
 
 
-def score_fp32(args, manifest: dict, checkpoint: Path, test: TensorData) -> dict:
+def score_fp32(args, manifest, run: RunFolder, test: TensorData) -> dict:
     model = build("mmoe", "small", manifest, args.device)
-    model.load_state_dict(torch.load(checkpoint, weights_only=True, map_location=args.device))
+    model.load_state_dict(run.load_best(args.device))
     preds = predict(model, test, precision="fp32")
     return dict(ctr=stats.auc(test.click.cpu().numpy(), preds["p_ctr"]),
                 ctcvr=stats.auc(test.conversion.cpu().numpy(), preds["p_ctcvr"]))
