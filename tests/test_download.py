@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -40,6 +41,7 @@ class _State:
         self.misalign = False               # answer the next Range request from byte 0 (206)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.redirects: dict[str, str] = {}  # path -> Location of a 302
+        self.content_types: dict[str, str] = {}  # path -> Content-Type header of its answer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,6 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
+        if self.path in st.content_types:
+            self.send_header("Content-Type", st.content_types[self.path])
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if st.cut_after is not None:  # send a part, then drop the connection
@@ -704,3 +708,140 @@ def test_an_html_page_with_a_bom_is_refused_too(server, tmp_path):
     st.files["/x.zip"] = b"\xef\xbb\xbf<!DOCTYPE html><html>log in</html>"
     with pytest.raises(DownloadError, match="sent an HTML page"):
         _get(f"{base}/x.zip", tmp_path)
+
+
+@pytest.mark.parametrize("page", [
+    b"<!-- SSO -->\n<html><body>Please log in</body></html>",
+    b"<head><title>Login</title></head><body>log in</body>",
+    b"\xef\xbb\xbf<?xml version='1.0'?>\n<!-- a -->\r\n  <!--b-->\n<BODY>log in</BODY>",
+])
+def test_an_html_page_behind_a_comment_or_without_doctype_is_refused(server, tmp_path, page):
+    base, st = server
+    st.files["/sample_skeleton_train.csv"] = page
+    with pytest.raises(DownloadError, match="sent an HTML page, not a data file"):
+        dl.download("aliccp", tmp_path, url=f"{base}/sample_skeleton_train.csv",
+                    progress=False, backoff=0.01)
+    raw = tmp_path / "aliccp" / "raw"
+    assert _files(raw) == [] and _records(raw) == {}
+
+
+def test_a_text_html_answer_is_refused_whatever_its_body(server, tmp_path):
+    base, st = server
+    st.files["/sample_skeleton_train.csv"] = b"1,0,0,abc,0,\n"  # looks like data, is not
+    st.content_types["/sample_skeleton_train.csv"] = "text/html; charset=utf-8"
+    with pytest.raises(DownloadError, match="sent an HTML page.*text/html"):
+        dl.download("aliccp", tmp_path, url=f"{base}/sample_skeleton_train.csv",
+                    progress=False, backoff=0.01)
+    raw = tmp_path / "aliccp" / "raw"
+    assert _files(raw) == [] and _records(raw) == {}
+
+
+def test_a_new_url_for_a_recorded_file_is_fetched_and_replaced_only_deliberately(server,
+                                                                                  tmp_path):
+    """A wrong file kept earlier (a page an older prlbench took for data) must not make a
+    later --url to the right file a silent no-op: it is fetched, compared, and the message
+    says how to replace the recorded one."""
+    base, st = server
+    wrong, right = b"wrong,0\n", b"1,0,0,abc,0,\n"
+    st.files["/old/sample_skeleton_train.csv"] = wrong
+    st.files["/new/sample_skeleton_train.csv"] = right
+    get = functools.partial(dl.download, "aliccp", tmp_path, progress=False, backoff=0.01)
+    raw = get(url=f"{base}/old/sample_skeleton_train.csv")
+    n = len(st.requests)
+    with pytest.raises(DownloadError, match=r"differs from the one recorded.*delete .*"
+                       r"sample_skeleton_train\.csv and its entry in .*checksums\.json"):
+        get(url=f"{base}/new/sample_skeleton_train.csv")
+    assert len(st.requests) == n + 1  # the new URL was asked, not skipped
+    assert (raw / "sample_skeleton_train.csv").read_bytes() == wrong  # nothing replaced yet
+    assert _files(raw) == ["sample_skeleton_train.csv"]
+    (raw / "sample_skeleton_train.csv").unlink()  # what the message says to do
+    records = _records(raw)
+    del records["sample_skeleton_train.csv"]
+    (raw / dl.CHECKSUMS).write_text(json.dumps(records))
+    get(url=f"{base}/new/sample_skeleton_train.csv")
+    assert (raw / "sample_skeleton_train.csv").read_bytes() == right
+    assert _records(raw)["sample_skeleton_train.csv"]["source"].endswith("/new/"
+                                                                         "sample_skeleton_train.csv")
+    n = len(st.requests)
+    get(url=f"{base}/new/sample_skeleton_train.csv")  # the same URL again: not fetched again
+    assert len(st.requests) == n
+
+
+# ------------------------------------------------- links planted in a shared --data-dir
+def _plant(link: Path, victim: Path, content: bytes | None = b"precious\n") -> None:
+    """A symlink at `link` to a file outside the data folder (which may not exist)."""
+    if content is not None:
+        victim.write_bytes(content)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim)
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_planted_lock_file_link_is_refused(tmp_path, exists):
+    from prlbench.data.cache import dataset_lock
+    from prlbench.errors import CacheError
+
+    victim = tmp_path / "victim"
+    link = tmp_path / "data" / f".{NAME}.lock"
+    _plant(link, victim, b"precious\n" if exists else None)
+    with pytest.raises(CacheError, match=rf"{link}.* is a symbolic link; prlbench does not "
+                       "follow links it did not make: remove it"):
+        with dataset_lock(tmp_path / "data", NAME):
+            pass
+    assert victim.read_bytes() == b"precious\n" if exists else not victim.exists()
+    assert link.is_symlink()
+
+
+def test_a_planted_part_file_link_receives_nothing(server, tmp_path):
+    base, st = server
+    st.files["/f.bin"] = _content(5_000, seed=5)
+    victim = tmp_path / "victim"
+    link = tmp_path / NAME / "raw" / "f.bin.part"
+    _plant(link, victim)
+    with pytest.raises(DownloadError, match=rf"{link} is a symbolic link; .*remove it"):
+        _get(f"{base}/f.bin", tmp_path)
+    assert victim.read_bytes() == b"precious\n" and link.is_symlink()
+    assert not (tmp_path / NAME / "raw" / "f.bin").exists()
+
+
+def test_a_planted_part_file_link_is_refused_on_import_too(tmp_path):
+    src = tmp_path / "sample_skeleton_train.csv"
+    src.write_bytes(b"1,0\n")
+    victim = tmp_path / "victim"
+    link = tmp_path / "data" / "aliccp" / "raw" / "sample_skeleton_train.csv.part"
+    _plant(link, victim)
+    with pytest.raises(DownloadError, match=rf"{link} is a symbolic link"):
+        dl.download("aliccp", tmp_path / "data", from_path=src, progress=False)
+    assert victim.read_bytes() == b"precious\n" and link.is_symlink()
+
+
+def test_a_planted_checksums_temporary_link_is_not_written_through(server, tmp_path):
+    base, st = server
+    body = _content(3_000, seed=6)
+    st.files["/f.bin"] = body
+    victim = tmp_path / "victim"
+    link = tmp_path / NAME / "raw" / (dl.CHECKSUMS + ".tmp")
+    _plant(link, victim)
+    raw = _get(f"{base}/f.bin", tmp_path)
+    assert victim.read_bytes() == b"precious\n" and link.is_symlink()
+    assert _records(raw)["f.bin"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert (raw / "f.bin").read_bytes() == body
+    assert sorted(p.name for p in raw.iterdir()) == [dl.CHECKSUMS, link.name, "f.bin"]
+
+
+def test_a_zip_with_a_duplicate_entry_name_is_refused(tmp_path):
+    """Two entries of one name: which one is 'the' file is up to the reader (zipfile: the
+    last), so neither is taken."""
+    import warnings
+
+    arc = tmp_path / "a.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(arc, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns "Duplicate name"
+        zf.writestr("ok.csv", b"1\n")
+        zf.writestr("d/x.csv", b"first\n")
+        zf.writestr("d/x.csv", b"second\n")
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match=r"a\.zip: refusing entry 'd/x\.csv' \(a second "
+                       r"entry of that name\)"):
+        safe_extract(arc, dest)
+    _assert_nothing_extracted(dest, set())

@@ -417,3 +417,42 @@ def test_a_killed_swap_is_undone_before_the_raw_files_are_looked_for(tmp_path, a
     check_cache(tmp_path / "d" / "aliexpress_nl", aliexpress_raw, manifest)
     assert raw_dir.is_dir() and sorted(p.name for p in (tmp_path / "d").iterdir()) == [
         "aliexpress_nl"]
+
+
+@pytest.mark.parametrize("layout", ["outer", "download"])
+def test_an_archive_renamed_to_another_country_is_refused(tmp_path, raw_builders, layout):
+    """A Spanish archive saved under the Dutch name (inner names es_*) must not build the NL
+    cache: the country comes from the inner names, not from the name the user gave the file."""
+    es = raw_builders.aliexpress_rows(seed=1)
+    es.country = "es"
+    src = raw_builders.write_aliexpress(es, tmp_path / "src", layout)
+    outer = tmp_path / "src" / "aliexpress_ES_datasets.zip"
+    renamed = outer.with_name("aliexpress_NL_datasets.zip")
+    outer.rename(renamed)
+    if layout == "outer":
+        src = renamed
+    else:  # the folder holds only the renamed archive
+        import shutil
+        shutil.rmtree(tmp_path / "src" / "aliexpress_ES_datasets")
+    with pytest.raises(DataError) as err:
+        preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False)
+    msg = str(err.value)
+    assert "aliexpress_NL_datasets.zip" in msg and "holds ES data" in msg, msg
+    assert "prlbench preprocess aliexpress_es" in msg, msg
+    assert not (tmp_path / "d" / "aliexpress_nl").exists()
+
+
+def test_an_inner_zip_with_a_duplicate_entry_is_refused(tmp_path, aliexpress_raw,
+                                                        raw_builders):
+    import warnings
+    import zipfile
+
+    src = raw_builders.write_aliexpress(aliexpress_raw, tmp_path / "src", "inner")
+    path = src / "nl_item_test.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns "Duplicate name"
+        zf.writestr("nl_item_test.csv", b"not,the,rows\n")
+    with pytest.raises(DataError, match=r"nl_item_test\.zip: two entries named "
+                       r"'nl_item_test\.csv'"):
+        preprocess_aliexpress(tmp_path / "d", country="nl", source=src, progress=False)
+    assert not (tmp_path / "d").exists()

@@ -332,3 +332,40 @@ def test_a_killed_swap_beside_a_symlinked_cache_is_undone_too(tmp_path):
     preprocess("synthetic", tmp_path / "d", progress=False, rows=2000)
     assert (tmp_path / "big" / "store" / "raw" / "archive.zip").read_bytes() == b"keep me"
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["store"]
+
+
+@pytest.mark.parametrize("damage", ["killed_swap", "killed_swap_no_manifest", "no_manifest"])
+def test_first_use_never_generates_over_the_users_cache(tmp_path, damage):
+    """train / compare build the default data set only when there is no cache at all: a cache
+    moved aside by a swap killed between its renames is put back, and a cache without its
+    manifest is an error, never replaced by the default data."""
+    from prlbench.data.preprocess import ensure_generated
+    from prlbench.errors import CacheError
+
+    preprocess("synthetic", tmp_path, progress=False, rows=4000, seed=3)
+    cache = tmp_path / "synthetic"
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    if damage != "killed_swap":
+        (cache / "manifest.json").unlink()
+    if damage != "no_manifest":  # as _swap_into_place leaves it: .synthetic.old-<pid>-<random>
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        cache.rename(tmp_path / f".synthetic.old-{dead.pid}-k2j4x_9a")
+    if damage == "killed_swap":
+        ensure_generated(tmp_path, "synthetic", progress=False)
+        params = open_cache(tmp_path, "synthetic")["params"]
+        assert (params["rows"], params["seed"]) == (4000, 3)
+    else:
+        with pytest.raises(CacheError, match=r"synthetic has no manifest\.json.*prlbench "
+                           r"preprocess synthetic"):
+            ensure_generated(tmp_path, "synthetic", progress=False)
+        before.pop("manifest.json")
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+def test_first_use_generates_the_default_data_set_when_there_is_none(tmp_path):
+    from prlbench.data.preprocess import ensure_generated
+
+    ensure_generated(tmp_path / "d", "synthetic", progress=False)
+    assert open_cache(tmp_path / "d", "synthetic")["dataset"] == "synthetic"

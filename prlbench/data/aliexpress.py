@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +94,25 @@ def _classify(entry: csvio.Entry, country: str, others: list[str]) -> str | None
             break
     else:
         return None
-    # A file naming another country (es_user_train.csv for country nl) is not ours.
-    names = " ".join([entry.disk.name, *entry.members]).lower()
-    tokens = set(_COUNTRY.findall(names))
-    if tokens and country not in tokens:
-        others.append(entry.display)
-        return None
-    return role
+    # The country is what the data's own names say: the members of an archive (inner zip,
+    # CSV) were written by Tianchi, the archive's file name by whoever saved it.
+    inner = _countries(entry.members or [entry.disk.name])
+    if not inner - {country}:
+        return role
+    if entry.members and country in _countries([entry.disk.name, *entry.members]):
+        # es_* data inside an archive named (or a member named) for nl: refused, not skipped
+        found = sorted(inner - {country})[0]
+        raise DataError(
+            f"{entry.disk}: named for {country.upper()} but holds {found.upper()} data "
+            f"({'/'.join(entry.members)}); fetch aliexpress_{country.upper()}_datasets.zip "
+            f"again, or preprocess it as what it is: prlbench preprocess aliexpress_{found} "
+            f"--source {shlex.quote(str(entry.disk))}")
+    others.append(entry.display)  # another country's file (es_user_train.csv for nl)
+    return None
+
+
+def _countries(names: list[str]) -> set[str]:
+    return set(_COUNTRY.findall(" ".join(names).lower()))
 
 
 # ---------------------------------------------------------------------------------- raw

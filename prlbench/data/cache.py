@@ -14,12 +14,15 @@ bounded memory. `open_cache` reads a manifest back and checks that the files mat
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -63,6 +66,44 @@ def aliexpress_schema() -> Schema:
         categorical=tuple(f"categorical_{i}" for i in range(1, 17)),
         numerical=tuple(f"numerical_{i}" for i in range(1, 64)),
     )
+
+
+def link_refused(path: Path) -> str:
+    return (f"{path} is a symbolic link; prlbench does not follow links it did not make: "
+            "remove it")
+
+
+def open_nofollow(path: Path, flags: int, error: type[Exception] = CacheError) -> int:
+    """os.open that never follows a link at `path`: data folders may be shared and
+    group-writable, and a planted link must not make prlbench write to a file elsewhere.
+    O_NONBLOCK: a planted FIFO fails at once instead of hanging the open."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise error(link_refused(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{path} is not a regular file (a device, socket or pipe?); prlbench "
+                    "writes only files it made: remove it")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def write_atomic(path: Path, data: bytes, error: type[Exception] = CacheError) -> None:
+    """Write `path` whole or not at all, through a new temporary file of a unique name:
+    O_EXCL never writes through a link or into a file someone else created."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, error)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # a rename replaces a link at `path`, it never follows it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -337,9 +378,7 @@ def _file_facts(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -371,7 +410,7 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     said = False
     while True:
-        lock = open(path, "a")
+        lock = os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT), "wb")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -381,7 +420,8 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
                 said = True
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:  # the holder before us removes the file on leaving: lock the file at the path
-            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+            # (lstat: a link put there since is not the file we hold)
+            if os.lstat(path).st_ino == os.fstat(lock.fileno()).st_ino:
                 break
         except FileNotFoundError:
             pass

@@ -143,10 +143,21 @@ def _disk_files(root: Path) -> list[Path]:
 
 def _members(zf: zipfile.ZipFile, disk: Path, prefix: tuple[str, ...]) -> list[Entry]:
     infos = [i for i in zf.infolist() if not i.is_dir() and not _skip(i.filename)]
+    _refuse_duplicates(infos, "/".join([str(disk), *prefix]))
     data = [i for i in infos if not _is_zip_name(i.filename)]
     zip_name = (prefix[-1] if prefix else disk.name).rsplit("/", 1)[-1]
     return [Entry(disk, (*prefix, i.filename), i.file_size, zip_name, len(data) == 1)
             for i in infos]
+
+
+def _refuse_duplicates(infos: list[zipfile.ZipInfo], display: str) -> None:
+    """zipfile opens the last of two entries of one name: which is the data is a guess."""
+    seen: set[str] = set()
+    for i in infos:
+        if i.filename in seen:
+            raise DataError(f"{display}: two entries named {i.filename!r}, so which one is the "
+                            "data is ambiguous; download the archive again")
+        seen.add(i.filename)
 
 
 def list_entries(root: Path, level: int) -> list[Entry]:

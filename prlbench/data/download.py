@@ -38,7 +38,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from prlbench import __version__
-from prlbench.data.cache import cache_folder, dataset_lock, sha256_file, sweep_stale
+from prlbench.data.cache import (cache_folder, dataset_lock, link_refused, open_nofollow,
+                                 sha256_file, sweep_stale, write_atomic)
 from prlbench.data.csvio import check_zip_start
 from prlbench.data.datasets import DATASETS, DatasetSpec
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
@@ -200,10 +201,8 @@ def _load_records(raw: Path) -> dict:
 
 
 def _save_records(raw: Path, records: dict) -> None:
-    path = raw / CHECKSUMS
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    data = json.dumps(records, indent=2, sort_keys=True) + "\n"
+    write_atomic(raw / CHECKSUMS, data.encode(), DownloadError)
 
 
 def _check(raw: Path, rel: str, digest: str, expected: str | None, old: dict | None) -> None:
@@ -262,18 +261,37 @@ def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: b
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + PART)
     try:
-        with open(src, "rb") as fin, open(part, "wb") as fout, \
+        with open(src, "rb") as fin, _open_part(part, append=False) as fout, \
                 _bar(f"import {src.name}", src.stat().st_size, 0, progress) as advance:
             while block := fin.read(CHUNK):
                 fout.write(block)
                 advance(len(block))
         return _accept(raw, rel, part, str(src.resolve()), sha256)
+    except _PlantedLink:
+        raise  # not ours: left alone
     except OSError as e:
         part.unlink(missing_ok=True)
         raise DownloadError(f"cannot copy {src} to {part}: {e}") from e
     except BaseException:  # Ctrl-C / SIGTERM, also while hashing: an import starts again
         part.unlink(missing_ok=True)
         raise
+
+
+class _PlantedLink(DownloadError):
+    """A link (or other non-file) where prlbench writes a partial file: it is not removed."""
+
+
+def _open_part(part: Path, *, append: bool) -> IO[bytes]:
+    """Open a partial file for writing without following a link planted at its name."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    return os.fdopen(open_nofollow(part, flags, _PlantedLink), "ab" if append else "wb")
+
+
+def _part_size(part: Path) -> int:
+    """Bytes already in a partial file (0 if none); a link there is refused, not measured."""
+    if part.is_symlink():
+        raise _PlantedLink(link_refused(part))
+    return part.stat().st_size if part.exists() else 0
 
 
 @contextlib.contextmanager
@@ -304,8 +322,11 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
     # With a query string, URLs of one path (/dl?id=1, /dl?id=2) are different files: only the
     # URL's own record counts as "fetched before", and its partial file is its own.
     endpoint = bool(urlparse(url).query)
-    if target.is_file() and name in records and (not endpoint or served):
-        _verify_one(raw, name, records[name])  # fetched before: check it, do not fetch again
+    # Fetched before from this very URL: check it, do not fetch again. A file recorded from
+    # elsewhere is fetched and compared (`_accept` refuses other content and says how to
+    # replace the recorded file), so a wrong file kept earlier never hides the right one.
+    if target.is_file() and name in records and _same_source(records[name], url, key):
+        _verify_one(raw, name, records[name])
         _check(raw, name, records[name]["sha256"], sha256, None)
         return target
     if target.is_file() and not endpoint and name not in records:
@@ -329,6 +350,15 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
     return _accept(raw, name, part, _without_query(url), sha256, url_sha256=key)
 
 
+def _same_source(record: object, url: str, key: str) -> bool:
+    """Whether `record` was fetched from `url`: the same full URL, or for a URL without a
+    query string, the same recorded address (records written before url_sha256 was)."""
+    if not isinstance(record, dict):
+        return False
+    return record.get("url_sha256") == key or (
+        not urlparse(url).query and record.get("source") == _without_query(url))
+
+
 def _url_key(url: str) -> str:
     """The full URL, hashed: finds an endpoint's file again without storing its token."""
     return hashlib.sha256(url.encode()).hexdigest()
@@ -340,16 +370,41 @@ def _usable_name(name: str) -> bool:
         and name != CHECKSUMS and not name.endswith(PART)
 
 
+_HTML_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body")
+_PREAMBLE = ((b"<?", b"?>"), (b"<!--", b"-->"))  # an XML prolog, comments: skipped
+_SNIFF = 1 << 16
+
+
 def _refuse_html(part: Path, url: str) -> None:
     """A login or error page served with status 200 is not a data file: say so, keep nothing."""
-    with open(part, "rb") as f:
-        head = f.read(512).removeprefix(b"\xef\xbb\xbf").lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")) or (
-            head.startswith(b"<?xml") and b"<html" in head):
+    with os.fdopen(open_nofollow(part, os.O_RDONLY, _PlantedLink), "rb") as f:
+        head = f.read(_SNIFF)
+    if _looks_like_html(head):
         part.unlink()
-        raise DownloadError(f"{_without_query(url)} sent an HTML page, not a data file (a login "
-                            "or error page?); Tianchi needs a login: download by hand in a "
-                            "browser and import the file with --from PATH")
+        raise DownloadError(_html_message(url, "an HTML page"))
+
+
+def _looks_like_html(head: bytes) -> bool:
+    """True if the bytes start, after a BOM, whitespace, an XML prolog and comments, with an
+    HTML tag. No raw file (zip, tar, CSV) starts with '<', so this cannot refuse data."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lower()
+    while True:
+        text = text.lstrip()
+        for start, end in _PREAMBLE:
+            if text.startswith(start):
+                cut = text.find(end, len(start))
+                if cut < 0:  # a comment longer than what was read: no data file is that
+                    return True
+                text = text[cut + len(end):]
+                break
+        else:
+            return text.startswith(_HTML_TAGS)
+
+
+def _html_message(url: str, what: str) -> str:
+    return (f"{_without_query(url)} sent {what}, not a data file (a login or error page?); "
+            "Tianchi needs a login: download by hand in a browser and import the file with "
+            "--from PATH")
 
 
 def _without_query(url: str) -> str:
@@ -396,7 +451,7 @@ def _fetch(url: str, part: Path, retries: int, backoff: float, progress: bool,
 
 
 def _fetch_once(url: str, part: Path, progress: bool, seen: dict | None = None) -> None:
-    offset = part.stat().st_size if part.exists() else 0
+    offset = _part_size(part)
     headers = {"User-Agent": f"prlbench/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -408,6 +463,10 @@ def _fetch_once(url: str, part: Path, progress: bool, seen: dict | None = None) 
         return _http_error(e, url, part, offset, progress, seen)
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
         raise _Retryable(f"connection error: {e}") from e
+    kind = resp.headers.get_content_type()
+    if kind in ("text/html", "application/xhtml+xml"):  # a login page, whatever its body
+        resp.close()
+        raise DownloadError(_html_message(url, f"an HTML page (Content-Type: {kind})"))
     if seen is not None:  # the name the server gives (Content-Disposition, or after redirects)
         seen["name"] = resp.headers.get_filename() or PurePosixPath(
             unquote(urlparse(resp.geturl()).path)).name
@@ -455,7 +514,7 @@ def _content_range(value: str | None) -> tuple[int, int, int | None]:
 def _stream(resp: IO[bytes], part: Path, offset: int, end: int | None, progress: bool) -> int:
     """Append the body to `part` (from byte `offset`); returns the size of `part` after."""
     done = offset
-    with open(part, "ab" if offset else "wb") as out, \
+    with _open_part(part, append=bool(offset)) as out, \
             _bar(part.name[:-len(PART)], end, offset, progress) as advance:
         while True:
             try:
@@ -570,8 +629,14 @@ def _extract_all(archive: Path, stage: Path, max_bytes: int, progress: bool) -> 
     """Check every entry first (nothing is written if one is refused), then write the files."""
     try:
         with _entries(archive) as entries:
+            names: set[str] = set()
             for e in entries:
                 _check_entry(archive, e)
+                if e.kind == "file" and _rel(e.name) in names:  # a reader would pick one
+                    raise ArchiveRefused(f"{archive.name}: refusing entry {e.name!r} (a second "
+                                         "entry of that name); nothing was extracted. The "
+                                         "archive is damaged or tampered with: fetch it again")
+                names.add(_rel(e.name))
             files = [e for e in entries if e.kind == "file"]
             declared = sum(e.size for e in files)
             if declared > max_bytes:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from prlbench.data.cache import cache_folder, dataset_lock, sweep_stale
 from prlbench.data.datasets import DATASETS, DEFAULT_DATASET
-from prlbench.errors import ConfigError
+from prlbench.errors import CacheError, ConfigError
 
 # The synthetic generator's options (preprocess_synthetic's), refused for downloaded data.
 SYNTHETIC_OPTIONS = ("rows", "seed", "click_rate", "conversion_rate", "noise_rate")
@@ -51,11 +52,22 @@ def _check_source_outside_cache(source: Path, cache: Path) -> None:
 def ensure_generated(data_dir: Path, name: str = DEFAULT_DATASET, *,
                      progress: bool = True) -> None:
     """A generated data set (the default one among them) is built on first use, so everything
-    runs out of the box; a downloaded one is left alone (it needs the user's files)."""
+    runs out of the box; a downloaded one is left alone (it needs the user's files). Only
+    when there is no cache at all: the user's own (other rows, another seed) is never
+    replaced by the default data."""
     spec = DATASETS.get(name)
     manifest = Path(data_dir) / name / "manifest.json"
     if not spec.generated or manifest.exists():
         return
     with dataset_lock(Path(data_dir), name):
-        if not manifest.exists():  # another process may have built it while we waited
-            spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options)
+        folder = cache_folder(data_dir, name)
+        sweep_stale(folder)  # a swap killed between its renames: the user's cache comes back
+        if manifest.exists():  # put back, or built by another process while we waited
+            return
+        if folder.is_dir() and any(folder.iterdir()):
+            raise CacheError(
+                f"{Path(data_dir) / name} has no manifest.json: the cache is damaged, and is "
+                f"not replaced by the default data; rebuild it with: prlbench preprocess "
+                f"{name} --data-dir {shlex.quote(str(data_dir))} (with the options you built "
+                "it with), or delete the folder to get the default data set")
+        spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options)
