@@ -22,6 +22,9 @@ from prlbench.errors import ConfigError
 # The loss every other loss is compared with, paired by seed (and the default loss). Named here,
 # not in prlbench.losses, because the report and the command line read it without torch.
 BASELINE = "bce"
+# Seeds run from 0 to 2**63 - 1: torch takes up to 2**64 - 1, but the tables and compare.json
+# hold seeds as signed 64-bit integers (pandas), so a larger one could not be reported.
+MAX_SEED = 2**63
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
     changes = {}
     for key, value in updates.items():
         if key not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"{where}: unknown key {shown(key)}; valid keys: {', '.join(valid)}")
         if value is None:
             continue
         current = getattr(base, key)
@@ -106,7 +109,7 @@ def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
         elif isinstance(current, dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}.{key}: expected a mapping of names to values, got "
-                                  f"{value!r}")
+                                  f"{shown(value)}")
             changes[key] = {**current, **{k: v for k, v in value.items() if v is not None}}
         else:
             changes[key] = _typed(value, valid[key].type, f"{where}.{key}")
@@ -140,23 +143,93 @@ def _typed(value: Any, annotation: Any, where: str) -> Any:
         expected = "a name (text)"
     else:
         return value
-    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    raise ConfigError(f"{where}: expected {expected}, got {shown(value)}")
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """`value`'s repr for a message, at most `limit` characters: a file's value may be huge,
+    and a message is one line. reprlib stops early, so a huge value is never written out."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
+    text = " ".join(r.repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines; this bounds what parsing can cost
+MAX_CONFIG_DEPTH = 32  # sections nest two or three levels
+
+
+class _Refused(Exception):
+    """What the YAML loader below refuses, said as the message's tail."""
+
+
+def _safe_loader():
+    """yaml's SafeLoader without aliases (`*name`: one line can expand to gigabytes, the
+    "billion laughs") and with a nesting limit (deep nesting exhausts the recursion)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise _Refused(f"line {mark.line + 1} uses a YAML alias (*name); prlbench does "
+                               "not expand aliases: write the value out")
+            if self.depth >= MAX_CONFIG_DEPTH:
+                raise _Refused(f"nested too deeply (more than {MAX_CONFIG_DEPTH} levels)")
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return Loader
 
 
 def load_yaml(path: Path) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    text = _config_text(path)
+    data = _parse_yaml(text, path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of sections "
                           f"({', '.join(_SECTIONS)})")
     return data
+
+
+def _config_text(path: Path) -> str:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path}: {path.stat().st_size:,} bytes; a config file is "
+                          f"at most {MAX_CONFIG_BYTES:,} bytes (is it the right file?)")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a UTF-8 text file; give a YAML file") from None
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_safe_loader())  # noqa: S506 - a SafeLoader subclass
+    except _Refused as e:
+        raise ConfigError(f"--config {path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path}: nested too deeply") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error in one line: the problem and where (its str() spans several lines)."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return shown(" ".join(str(e).split()), 160)
 
 
 def resolve(config_file: Path | None, flags: Mapping[str, Any], *,
@@ -197,7 +270,8 @@ def validate(cfg: RunConfig) -> None:
     t = cfg.train
     finite = {k: math.isfinite(getattr(t, k)) for k in ("lr", "weight_decay", "checkpoint_every_s")}
     checks = [
-        (t.seed >= 0, f"{_key('seed')} must be >= 0, got {t.seed}"),
+        (0 <= t.seed < MAX_SEED, f"{_key('seed')} must be >= 0 and < 2**63, got "
+                                 f"{shown(t.seed, 30)}"),
         (t.epochs >= 1, f"{_key('epochs')} must be >= 1, got {t.epochs}"),
         (t.batch_size >= 2, f"{_key('batch_size')} must be >= 2, got {t.batch_size}"),
         (t.lr > 0 and finite["lr"], f"{_key('lr')} must be a finite number > 0, got {t.lr}"),
@@ -205,10 +279,11 @@ def validate(cfg: RunConfig) -> None:
          f"{_key('weight_decay')} must be a finite number >= 0, got {t.weight_decay}"),
         (t.patience >= 1, f"{_key('patience')} must be >= 1, got {t.patience}"),
         (t.precision in PRECISIONS, f"{_key('precision')} must be one of "
-                                    f"{', '.join(PRECISIONS)}, got {t.precision!r}"),
+                                    f"{', '.join(PRECISIONS)}, got {shown(t.precision)}"),
         (t.threads is None or t.threads >= 1, f"{_key('threads')} must be >= 1, got {t.threads}"),
         (re.fullmatch(r"cpu|cuda(:\d+)?", t.device) is not None,
-         f"{_key('device')} must be cpu, cuda or cuda:N (N: the GPU's number), got {t.device!r}"),
+         f"{_key('device')} must be cpu, cuda or cuda:N (N: the GPU's number), got "
+         f"{shown(t.device)}"),
         (t.eval_batch_size >= 1, f"{_key('eval_batch_size')} must be >= 1, got "
                                  f"{t.eval_batch_size}"),
         (t.checkpoint_every_s > 0 and finite["checkpoint_every_s"],

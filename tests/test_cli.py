@@ -154,3 +154,43 @@ def test_train_and_compare_help_state_the_real_defaults(command):
                                                                      text)
     assert f"{pw['score']} for pwiser" in text or f"pwiser (default {pw['score']})" in text
     assert f"{rn['score']} for ranknet" in text or f"ranknet (default {rn['score']})" in text
+
+
+# ------------------------------------------------------------ nothing lost on bad input
+def _record_of_an_earlier_compare(out: Path) -> dict:
+    """compare.json and a table, as an earlier compare left them: path -> bytes."""
+    (out / "tables").mkdir(parents=True)
+    (out / "compare.json").write_text('{"models": ["mmoe"], "runs": []}')
+    (out / "tables" / "auc.md").write_text("| the earlier table |")
+    return {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("flag", ["--models", "--datasets", "--losses", "--seeds"])
+def test_compare_with_an_empty_grid_flag_fails_and_keeps_the_earlier_record(tmp_path, flag):
+    """`--models "$MODELS"` with MODELS unset: once exit 0, the report deleted and compare.json
+    replaced by an empty grid."""
+    out = tmp_path / "cmp"
+    before = _record_of_an_earlier_compare(out)
+    r = invoke("compare", "--data-dir", str(tmp_path / "d"), "--out", str(out), "--seeds", "2",
+               flag, "", "-q")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and f"{flag} is empty" in text, text
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("seed", [str(2**64 + 1), str(2**63)])
+def test_train_with_a_seed_beyond_2_63_is_one_line_and_writes_nothing(tmp_path, seed):
+    out = tmp_path / "r"
+    r = invoke("train", "--data-dir", str(tmp_path / "d"), "--out", str(out), "--seed", seed)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and "--seed) must be >= 0 and < 2**63" in r.output
+    assert not out.exists() and not (tmp_path / "d").exists()
+
+
+def test_a_binary_config_file_is_one_line_naming_it(tmp_path):
+    f = tmp_path / "model.pt"
+    f.write_bytes(bytes(range(256)) * 4)
+    for command in ("train", "compare"):
+        r = invoke(command, "--data-dir", str(tmp_path / "d"), "--config", str(f))
+        text = " ".join(r.output.split())
+        assert r.exit_code == 1 and f"--config {f}: not a UTF-8 text file" in text, text

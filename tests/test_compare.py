@@ -633,3 +633,165 @@ def test_a_results_folder_of_prlbench_0_1_is_read_and_reused(finished, data_dir,
     res = run_compare(make_grid(), data_dir, out)
     assert [o.status for o in res.outcomes] == ["reused"] * 4 and fits == []
     assert (out / "tables" / "cells.csv").read_text() == before
+
+
+# ------------------------------------------- damaged run files: refused, one line, the fix
+def report_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for sub in ("tables", "plots")
+            for p in sorted((out / sub).iterdir())}
+
+
+def _one_line_error(r, text: str, path: Path) -> None:
+    assert r.exit_code == 1, text
+    assert "Traceback" not in r.output and str(path) in text, text
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [1.7, float("inf"), -0.5])
+def test_j_a_metric_out_of_range_is_refused_not_tabled(finished, data_dir, tmp_path, fits,
+                                                       value):
+    out = copy_of(finished[0], tmp_path)
+    before = report_files(out)
+    run = out / "runs" / expected_ids(data_dir)[0]
+    m = read_json(run / "metrics.json")
+    m["ctr_auc" if value != -0.5 else "ctr_logloss"] = value
+    (run / "metrics.json").write_text(json.dumps(m))
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--tables-only")
+    _one_line_error(r, text, run / "metrics.json")
+    assert f"prlbench evaluate {run}" in text and "**inf**" not in text
+    assert report_files(out) == before and fits == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, damage", [
+    ("metrics.json", b'{"ctr_auc": 0.7'), ("run.json", b'{"status": "done", "run_id": 3}'),
+    ("history.json", b'[{"epoch": "one"}]'), ("predictions.parquet", b"PAR1\x00\x01"),
+])
+def test_j_a_damaged_run_file_is_one_line_naming_it(finished, data_dir, tmp_path, fits, name,
+                                                    damage):
+    out = copy_of(finished[0], tmp_path)
+    before = report_files(out)
+    run = out / "runs" / expected_ids(data_dir)[1]
+    (run / name).write_bytes(damage)
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--tables-only")
+    _one_line_error(r, text, run / name)
+    assert report_files(out) == before
+
+
+@pytest.mark.slow
+def test_j_evaluate_with_a_truncated_best_pt_is_one_line_naming_it(finished, data_dir,
+                                                                   tmp_path):
+    out = copy_of(finished[0], tmp_path)
+    best = out / "runs" / expected_ids(data_dir)[0] / "best.pt"
+    best.write_bytes(best.read_bytes()[:100])
+    r = CliRunner().invoke(app, ["evaluate", str(best.parent), "--data-dir", str(data_dir)])
+    _one_line_error(r, " ".join(r.output.split()), best)
+    assert "damaged or truncated" in " ".join(r.output.split())
+
+
+@pytest.mark.slow
+def test_j_a_report_that_fails_midway_leaves_the_previous_one_whole(finished, data_dir,
+                                                                    tmp_path, monkeypatch):
+    import errno
+
+    from prlbench.report import plots
+
+    out = copy_of(finished[0], tmp_path)
+    before = report_files(out)
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plots, "save", full)  # the tables are written, then the disk fills
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1",
+                             "--format", "md", "--tables-only")
+    assert r.exit_code == 1 and "No space left on device" in text, text
+    assert report_files(out) == before  # not a new table beside an old plot
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "plots", "runs", "tables"]
+
+
+# ------------------------------------------------- links planted in a shared --out folder
+LINK_REFUSED = "is a symbolic link; prlbench does not follow links it did not make in --out"
+
+
+def test_a_lock_file_link_is_refused_and_its_target_left_as_it_was(tmp_path):
+    """Store.lock once opened runs/.locks/<id>.lock with "w": a link there truncated its
+    target (any file the user can write)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    locks = tmp_path / "out" / "runs" / ".locks"
+    locks.mkdir(parents=True)
+    (locks / "r1.lock").symlink_to(victim)
+    with pytest.raises(ConfigError, match=LINK_REFUSED) as e:
+        with Store(tmp_path / "out").lock("r1"):
+            pass
+    assert str(locks / "r1.lock") in str(e.value) and "remove it" in str(e.value)
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("link", ["runs/.locks", "runs"])
+def test_a_linked_lock_or_runs_folder_is_refused(tmp_path, link):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    path = tmp_path / "out" / link
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(victim)
+    with pytest.raises(ConfigError, match=LINK_REFUSED):
+        with Store(tmp_path / "out").lock("r1"):
+            pass
+    if link == "runs":  # every run folder lies under it
+        with pytest.raises(ConfigError, match=LINK_REFUSED):
+            Store(tmp_path / "out").partial("r1")
+    assert list(victim.iterdir()) == []
+
+
+def test_the_lock_file_keeps_its_content_and_serves_again(tmp_path):
+    store = Store(tmp_path)
+    with store.lock("r1"):
+        pass
+    (tmp_path / "runs" / ".locks" / "r1.lock").write_text("kept")
+    with store.lock("r1"):  # opened without truncation
+        pass
+    assert (tmp_path / "runs" / ".locks" / "r1.lock").read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_a_partial_folder_link_is_refused_before_training(data_dir, tmp_path, fits):
+    """A `.partial` link planted in --out once received a run's files (and was then renamed
+    into place as the 'finished' run)."""
+    grid = make_grid(losses=("bce",), seeds=(1,))
+    rid = run_id(grid.config("synthetic", "shared_bottom", "bce", 1, {}),
+                 data_hash(data_dir / "synthetic"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "out" / "runs").mkdir(parents=True)
+    (tmp_path / "out" / "runs" / f"{rid}{PARTIAL}").symlink_to(victim)
+    with pytest.raises(ConfigError, match=LINK_REFUSED):
+        run_compare(grid, data_dir, tmp_path / "out")
+    assert list(victim.iterdir()) == [] and fits == []
+    with pytest.raises(ConfigError, match=LINK_REFUSED):
+        train_mod.train_run(grid.config("synthetic", "shared_bottom", "bce", 1, {}),
+                            data_dir=data_dir, out=tmp_path / "out", progress=False)
+    assert list(victim.iterdir()) == [] and fits == []
+
+
+@pytest.mark.slow
+def test_train_waits_for_the_run_lock_that_another_process_holds(data_dir, tmp_path, fits):
+    """Two `prlbench train` of one config once shared a .partial folder; now the second
+    waits, then finds the run finished. (Compare's executor holds the lock around train_run.)"""
+    import threading
+
+    cfg = make_grid().config("synthetic", "shared_bottom", "bce", 1, {})
+    rid = run_id(cfg, data_hash(data_dir / "synthetic"))
+    found = []
+    with Store(tmp_path).lock(rid):  # as another process would (a separate open file)
+        t = threading.Thread(target=lambda: found.append(train_mod.train(
+            cfg, data_dir=data_dir, out=tmp_path, progress=False)))
+        t.start()
+        t.join(timeout=1.5)
+        assert t.is_alive() and fits == [] and not (tmp_path / "runs" / f"{rid}{PARTIAL}").exists()
+    t.join(timeout=120)
+    assert found == [tmp_path / "runs" / rid] and fits == [rid]

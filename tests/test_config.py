@@ -48,7 +48,7 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
     ({"train": {"weight_decay": float("inf")}},
      "train.weight_decay must be a finite number >= 0, got inf"),
     ({"train": {"checkpoint_every_s": float("inf")}}, "train.checkpoint_every_s must be a finite"),
-    ({"train": {"seed": -1}}, "train.seed (--seed) must be >= 0, got -1"),
+    ({"train": {"seed": -1}}, "train.seed (--seed) must be >= 0 and < 2**63, got -1"),
 ])
 def test_bad_values_name_the_option(flags, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
@@ -117,3 +117,101 @@ def test_registry_lists_valid_names():
         r.resolve("a,c")
     with pytest.raises(ValueError):
         r.register("a")(3)
+
+
+# ------------------------------------------------------------- hostile or broken files
+def _alias_bomb(levels: int) -> str:
+    """Billion laughs: each anchor repeats the one before nine times (9**levels leaves once
+    expanded), defined where any key is taken (model.overrides) and used in a typed key."""
+    lines = ["model:", "  overrides:", "    a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    return "\n".join(lines) + f"\ntrain:\n  lr: *a{levels - 1}\n"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path: Path):
+    """An alias bomb in a typed key once cost minutes and gigabytes (its repr in the message)."""
+    import time
+
+    f = tmp_path / "bomb.yaml"
+    f.write_text(_alias_bomb(6))  # 9**6 = half a million leaves once expanded
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        resolve(f, {})
+    assert time.perf_counter() - t0 < 5
+    message = str(e.value)
+    assert message.startswith(f"--config {f}:"), message[:300]
+    assert "alias" in message.removeprefix(f"--config {f}:") and len(message) < 300, message[:300]
+
+
+def test_long_values_are_cut_short_in_config_errors(tmp_path: Path):
+    f = tmp_path / "long.yaml"
+    f.write_text("train:\n  lr: [" + ", ".join(["123456789"] * 5000) + "]\n")
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a number, got \[") as e:
+        resolve(f, {})
+    assert len(str(e.value)) < 200 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a UTF-8 text file"),
+    (b"[" * 20000 + b"]" * 20000, "nested too deeply"),
+    (b"train: {epochs: 3\n", "not valid YAML"),
+])
+def test_unreadable_config_files_are_one_line_naming_the_file(tmp_path: Path, content,
+                                                               fragment):
+    f = tmp_path / "odd.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as e:
+        resolve(f, {})
+    assert str(e.value).startswith(f"--config {f}:") and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------ seeds
+@pytest.mark.parametrize("seed", [2**63, 2**64 + 1, 10**30])
+def test_a_seed_beyond_what_torch_and_the_tables_hold_is_refused(seed):
+    with pytest.raises(ConfigError, match=re.escape("train.seed (--seed) must be >= 0 and < "
+                                                    "2**63")):
+        resolve(None, {"train": {"seed": seed}})
+    assert resolve(None, {"train": {"seed": 2**63 - 1}}).train.seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("1000000000", "at most 1000 seeds"),
+    ("1" + "0" * 5000, "--seeds: expected a count"),
+    (",".join(str(i) for i in range(1, 1100)), "at most 1000 seeds"),
+    (f"1,{2**63}", "each below 2**63"),
+    (str(2**63), "at most 1000 seeds"),
+    ("", "--seeds is empty"),
+    (" , ", "--seeds is empty"),
+])
+def test_seed_counts_and_values_are_bounded_before_any_work(text, fragment):
+    import time
+
+    from prlbench.experiment.grid import parse_seeds
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        parse_seeds(text)
+    assert time.perf_counter() - t0 < 1
+    assert parse_seeds("1000") == tuple(range(1, 1001))
+
+
+# ------------------------------------------------------------------------ empty grid
+@pytest.mark.parametrize("flag", ["models", "datasets", "losses", "seeds"])
+@pytest.mark.parametrize("value", ["", " ", ","])
+def test_an_empty_grid_flag_is_an_error_naming_it(flag, value):
+    from prlbench.experiment.grid import CompareConfig
+
+    with pytest.raises(ConfigError, match=rf"^--{flag} is empty"):
+        CompareConfig.resolve(None, {flag: value})
+
+
+@pytest.mark.parametrize("axis", ["datasets", "models", "losses", "seeds"])
+def test_a_grid_with_an_empty_axis_fails_its_check(axis):
+    from dataclasses import replace
+
+    from prlbench.experiment.grid import CompareConfig
+
+    grid = CompareConfig.resolve(None, {"seeds": "2"}).grid
+    with pytest.raises(ConfigError, match=rf"--{axis} is empty"):
+        replace(grid, **{axis: ()}).check()

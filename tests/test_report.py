@@ -601,3 +601,32 @@ def test_ci_bounds_keep_their_sign_when_they_round_to_zero():
     assert (bound(0.00004, 4), bound(-0.00004, 4), bound(0.0, 4)) == ("+0.0000", "-0.0000",
                                                                       "0.0000")
     assert signed(0.00004, 4) == "0.0000"  # a point estimate's sign below precision is not shown
+
+
+def test_a_report_that_fails_midway_leaves_the_previous_one_and_no_staging(summary_t,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    import errno
+
+    from prlbench import report
+
+    write_report(summary_t, tmp_path)
+    (tmp_path / "tables" / "notes.txt").write_text("mine")  # not a report file: left alone
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()}
+    real, calls = report.to_latex, []
+
+    def disk_fills(table, **kw):  # the second LaTeX table finds the disk full
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(table, **kw)
+
+    monkeypatch.setattr(report, "to_latex", disk_fills)
+    with pytest.raises(OSError, match="No space"):
+        write_report(summary_t, tmp_path, formats=("md", "tex"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]  # no staging folder left
+    monkeypatch.setattr(report, "to_latex", real)
+    paths = write_report(summary_t, tmp_path, formats=("md",))
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == sorted(
+        [p.name for p in paths] + ["notes.txt"])  # the .tex of the earlier report is gone

@@ -103,3 +103,105 @@ def test_publish_renames_a_partial_folder_into_place(tmp_path):
     final = store.publish(part)
     assert final.path == tmp_path / "runs" / "r1" and final.is_finished()
     assert not part.path.exists()
+
+
+# ------------------------------------------- every value that can reach a table is checked
+def _run_with_metrics(tmp_path, metrics: dict, rows: int | None = 3) -> RunFolder:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = RunFolder(tmp_path / "runs" / "r")
+    folder.path.mkdir(parents=True)
+    (folder.path / "metrics.json").write_text(json.dumps(metrics))
+    if rows is not None:
+        pq.write_table(pa.table({"row": list(range(rows))}), folder.path / "predictions.parquet")
+    return folder
+
+
+GOOD = {"ctr_auc": 0.7, "ctcvr_auc": 0.8, "cvr_auc": float("nan"), "ctr_logloss": 0.4,
+        "cvr_clipped_share": 0.0, "rows": 3, "clicks": 2, "conversions": 1, "seconds": 0.5,
+        "not_registered": "kept as it is"}
+
+
+def test_read_metrics_accepts_what_evaluation_writes(tmp_path):
+    folder = _run_with_metrics(tmp_path, GOOD)
+    back = folder.read_metrics()
+    assert back["ctr_auc"] == 0.7 and back["rows"] == 3 and back["cvr_auc"] != back["cvr_auc"]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"ctr_auc": 1.7}, "ctr_auc is 1.7, outside [0, 1]"),
+    ({"ctcvr_auc": -0.1}, "ctcvr_auc is -0.1, outside [0, 1]"),
+    ({"ctr_auc": float("inf")}, "ctr_auc is inf"),
+    ({"ctr_logloss": -0.2}, "ctr_logloss is -0.2, below 0"),
+    ({"ctr_logloss": float("-inf")}, "ctr_logloss is -inf"),
+    ({"ctr_auc": "0.7"}, "ctr_auc is '0.7', not a number"),
+    ({"ctr_auc": True}, "ctr_auc is True, not a number"),
+    ({"cvr_clipped_share": 2.0}, "cvr_clipped_share is 2.0, outside [0, 1]"),
+    ({"rows": 2.5}, "rows is 2.5, not a whole number"),
+    ({"clicks": -1}, "clicks is -1, below 0"),
+    ({"clicks": 4}, "clicks (4) exceed rows (3)"),
+    ({"conversions": 4}, "conversions (4) exceed rows (3)"),
+    ({"rows": 5, "clicks": 2}, "rows is 5 but predictions.parquet has 3 rows"),
+])
+def test_read_metrics_refuses_a_value_no_evaluation_writes(tmp_path, change, fragment):
+    folder = _run_with_metrics(tmp_path, {**GOOD, **change})
+    with pytest.raises(StoreError) as e:
+        folder.read_metrics()
+    message = str(e.value)
+    assert fragment in message and str(folder.path / "metrics.json") in message
+    assert f"prlbench evaluate {folder.path}" in message and "\n" not in message
+
+
+def test_read_metrics_without_predictions_checks_the_counts_among_themselves(tmp_path):
+    folder = _run_with_metrics(tmp_path, GOOD, rows=None)
+    assert folder.read_metrics()["rows"] == 3
+
+
+# --------------------------------------------- damaged files are StoreErrors naming the file
+def test_a_truncated_checkpoint_is_a_store_error_naming_the_file(tmp_path):
+    import torch
+
+    folder = RunFolder(tmp_path / "r")
+    folder.path.mkdir()
+    folder.save_best({"w": torch.zeros(1000)})
+    folder.save_state({"w": torch.zeros(1000)})
+    for name, load, fix in (("best.pt", folder.load_best, "retrain it"),
+                            ("state.pt", folder.load_state, "--restart")):
+        data = (folder.path / name).read_bytes()
+        (folder.path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(StoreError, match="is damaged or truncated") as e:
+            load("cpu")
+        assert str(folder.path / name) in str(e.value) and fix in str(e.value)
+
+
+def test_a_truncated_predictions_file_is_a_store_error_naming_the_file(tmp_path):
+    folder = _run_with_metrics(tmp_path, GOOD)
+    path = folder.path / "predictions.parquet"
+    path.write_bytes(path.read_bytes()[:20])
+    for read in (folder.prediction_columns, lambda: folder.read_predictions(["row"]),
+                 folder.read_predictions_frame, folder.read_metrics):
+        with pytest.raises(StoreError, match="is damaged or truncated") as e:
+            read()
+        assert str(path) in str(e.value) and "prlbench evaluate" in str(e.value)
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("history.json", [{"epoch": "one", "train_loss": 0.5, "val_ctr_auc": 0.6,
+                       "val_ctcvr_auc": 0.7, "val_score": 0.65}], "epoch is 'one', not int"),
+    ("history.json", [{"epoch": 1, "train_loss": 0.5, "val_ctr_auc": 3.0,
+                       "val_ctcvr_auc": 0.7, "val_score": 0.65}], "val_ctr_auc is 3.0, outside"),
+    ("history.json", [[1, 0.5]], "expected a JSON object"),
+    ("history.json", {"epoch": 1}, "expected a list of epochs"),
+    ("run.json", {**V01_RUN, "threads": "two"}, "threads is 'two', not int"),
+    ("run.json", {**V01_RUN, "best_epoch": 1.5}, "best_epoch is 1.5, not int"),
+    ("run.json", {**V01_RUN, "test": [0.7]}, "test is [0.7], not dict"),
+])
+def test_a_record_with_a_value_of_the_wrong_type_is_refused(tmp_path, name, content, fragment):
+    folder = RunFolder(tmp_path / "r")
+    folder.path.mkdir()
+    (folder.path / name).write_text(json.dumps(content))
+    read = folder.read_history if name == "history.json" else folder.read_record
+    with pytest.raises(StoreError, match="not a valid|expected") as e:
+        read()
+    assert fragment in str(e.value) and str(folder.path / name) in str(e.value)

@@ -230,3 +230,80 @@ def test_evaluating_a_run_of_an_earlier_prlbench_says_to_retrain(data_dir, tmp_p
 def test_run_json_records_the_thread_count(data_dir, tmp_path):
     run = train_mod.train_run(_cfg(threads=1), data_dir=data_dir, out=tmp_path, progress=False)
     assert read_json(run / "run.json")["threads"] == 1
+
+
+# ------------------------------------------------------- damaged run folders and checkpoints
+def _cut_run(data_dir: Path, out: Path, monkeypatch, stop_after) -> Path:
+    """An interrupted run (mid-epoch 1) whose state.pt is then cut in half, as a full disk or a
+    killed copy leaves it."""
+    with monkeypatch.context() as m:
+        m.setattr(loop_mod, "StopFlag", lambda: stop_after(20))
+        with pytest.raises(Interrupted):
+            train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=out, progress=False)
+    part = next((out / "runs").glob("*.partial"))
+    state = part / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    return part
+
+
+def test_train_resume_with_a_truncated_state_pt_is_one_line_naming_the_file(
+        data_dir, tmp_path, monkeypatch, stop_after):
+    from typer.testing import CliRunner
+
+    from prlbench.cli import app
+
+    part = _cut_run(data_dir, tmp_path, monkeypatch, stop_after)
+    r = CliRunner().invoke(app, ["train", "--dataset", "synthetic", "--model", "mmoe", "--loss",
+                                 "pwiser", "--epochs", "1", "--batch-size", "1024", "--threads",
+                                 "1", "--data-dir", str(data_dir), "--out", str(tmp_path),
+                                 "--resume", "-q"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1, text
+    assert "Traceback" not in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)  # no traceback either
+    assert f"{part / 'state.pt'} is damaged or truncated" in text and "--restart" in text
+    assert (part / "state.pt").exists()  # refused: nothing moved, nothing discarded
+
+
+@pytest.mark.slow
+def test_compare_sets_a_damaged_state_pt_aside_and_starts_the_run_over(
+        data_dir, tmp_path, monkeypatch, stop_after, capfd):
+    part = _cut_run(data_dir, tmp_path / "cut", monkeypatch, stop_after)
+    # As prlbench compare's executor calls it: always resume.
+    run = train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=tmp_path / "cut",
+                              resume=True, progress=False)
+    kept = list(run.glob("state.pt.damaged-*"))
+    assert len(kept) == 1 and not (run / "state.pt").exists()
+    err = " ".join(capfd.readouterr().err.split())
+    assert f"{part / 'state.pt'} is damaged or truncated" in err and kept[0].name in err
+    assert "started over" in err
+    # Started over from scratch: the numbers of a run never interrupted.
+    whole = train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=tmp_path / "whole",
+                                progress=False)
+    assert _metrics(run) == _metrics(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["no run.json", "status failed", "not JSON"])
+def test_a_finished_folder_that_is_not_done_is_set_aside_and_trained_again(
+        data_dir, tmp_path, capfd, damage):
+    run = train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=tmp_path, progress=False)
+    before = _metrics(run)
+    record = run / "run.json"
+    if damage == "no run.json":
+        record.unlink()
+    elif damage == "status failed":
+        write_json(record, {**read_json(record), "status": "failed"})
+    else:
+        record.write_text('{"status": "do')
+    again = train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=tmp_path, progress=False)
+    assert again == run and read_json(run / "run.json")["status"] == "done"
+    assert _metrics(again) == before
+    aside = list((tmp_path / "runs").glob(f"{run.name}.broken-*"))
+    assert len(aside) == 1 and (aside[0] / "best.pt").exists()  # kept, not deleted
+    err = " ".join(capfd.readouterr().err.split())
+    assert f"{run} is not a finished run" in err and aside[0].name in err
+    # and once only: the next call reuses the new run
+    assert train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=tmp_path,
+                               progress=False) == run
+    assert len(list((tmp_path / "runs").glob("*.broken-*"))) == 1

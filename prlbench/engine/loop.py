@@ -19,7 +19,8 @@ from prlbench.config import BASELINE, RunConfig
 from prlbench.data.loader import TensorData, batches
 from prlbench.engine.evaluate import autocast, predict, validation_score
 from prlbench.errors import Interrupted, TrainingError
-from prlbench.experiment.store import Epoch, RunFolder, RunStatus
+from prlbench.experiment.store import (STATE_FIX, DamagedCheckpoint, Epoch, RunFolder,
+                                       RunStatus)
 from prlbench.losses import LOSSES
 from prlbench.signals import StopFlag
 
@@ -125,10 +126,15 @@ class Loop:
 
     def load_state(self, opt) -> tuple[LoopState, torch.Tensor]:
         ckpt = self.folder.load_state(self.device)
-        self.model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        return LoopState(**ckpt["loop"]), ckpt["epoch_generator"]
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            return LoopState(**ckpt["loop"]), ckpt["epoch_generator"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            # readable by torch but not a state of this run (a key missing, another shape)
+            raise DamagedCheckpoint(self.folder.path / RunFolder.STATE,
+                                    f"{type(e).__name__}: {e}", STATE_FIX) from None
 
     def _fail_nonfinite(self, loss: torch.Tensor, state: LoopState) -> None:
         kept = [n for n in (RunFolder.BEST, RunFolder.STATE) if self.folder.has(n)]

@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prlbench import __version__
+from prlbench import __version__, signals
 from prlbench.config import RunConfig, run_id
 from prlbench.data.cache import Manifest, open_cache
 from prlbench.data.loader import load_side, load_split
 from prlbench.engine.evaluate import evaluate_on_test
 from prlbench.engine.loop import Loop, LoopState
-from prlbench.errors import ConfigError, DataError, Interrupted, TrainingError
-from prlbench.experiment.store import PARTIAL, RunFolder, RunStatus, Store
+from prlbench.errors import ConfigError, DataError, Interrupted, StoreError, TrainingError
+from prlbench.experiment.store import (PARTIAL, DamagedCheckpoint, RunFolder, RunStatus,
+                                       Store)
 from prlbench.models import create_model
 
 
@@ -122,9 +123,75 @@ def _check_validation_split(manifest: Manifest, dataset: str) -> None:
                         "--rows or --conversion-rate)")
 
 
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _set_aside(path: Path, why: str) -> Path:
+    """Rename `path` to `<path>.<why>-<UTC time>` (kept for inspection, out of the way)."""
+    aside = path.with_name(f"{path.name}.{why}-{_stamp()}")
+    n = 1
+    while aside.exists():  # twice in one second
+        aside, n = path.with_name(f"{path.name}.{why}-{_stamp()}-{n}"), n + 1
+    os.rename(path, aside)
+    return aside
+
+
+def _notice(message: str) -> None:
+    """A warning on stderr: what prlbench did by itself, so that nobody wonders later."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def _why_unfinished(folder: RunFolder) -> str | None:
+    """None for a finished run folder; else why it is not one."""
+    if not folder.has(RunFolder.RECORD):
+        return f"it has no {RunFolder.RECORD}"
+    try:
+        status = folder.read_record().status
+    except StoreError as e:
+        return str(e).split("; ")[0]
+    return None if status == RunStatus.DONE else f"its {RunFolder.RECORD} says {status.value!r}"
+
+
+def _set_aside_unfinished(final: RunFolder) -> None:
+    """`runs/<id>/` is only ever made by renaming a complete run into place, so one that is not
+    done was damaged or edited afterwards. Left there it would be retrained by every compare
+    and never replaced (the rename into place fails on a folder that exists): it is moved
+    aside, kept, and the run trained again."""
+    why = _why_unfinished(final)
+    if why is None:
+        return
+    aside = _set_aside(final.path, "broken")
+    _notice(f"{final.path} is not a finished run ({why}): moved to {aside.name} (kept, delete "
+            "it when you no longer need it) and trained again")
+
+
+def _fit(ctx: "RunContext", *, resume: bool, progress: bool, set_aside_damaged: bool):
+    """ctx.fit, and the context that fitted. A state.pt that cannot be read is refused
+    (`prlbench train --resume`: the user chooses --restart), or, for a compare, which always
+    resumes and has no --restart, set aside as state.pt.damaged-<time> and the run started
+    over with a fresh model (the numbers of a run never interrupted)."""
+    try:
+        return ctx.fit(resume=resume, progress=progress), ctx
+    except DamagedCheckpoint as e:
+        if not set_aside_damaged or e.path.name != RunFolder.STATE:
+            raise
+        aside = _set_aside(e.path, "damaged")
+        _notice(f"{e.path} is damaged or truncated ({e.reason}): moved to {aside.name} (kept) "
+                "and the run started over from its first epoch")
+    fresh = RunContext(ctx.cfg, ctx.folder, ctx.data_dir, ctx.manifest, ctx.device)
+    return fresh.fit(resume=False, progress=progress), fresh
+
+
 def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
-              restart: bool = False, progress: bool = True) -> Path:
-    """Train and evaluate one run; returns its finished folder (reused if already finished)."""
+              restart: bool = False, progress: bool = True,
+              set_aside_damaged: bool = True) -> Path:
+    """Train and evaluate one run; returns its finished folder (reused if already finished).
+    `set_aside_damaged`: with `resume`, a state.pt that cannot be read is set aside and the run
+    started over (as prlbench compare needs), rather than refused (prlbench train)."""
     if resume and restart:
         raise ConfigError("--resume continues an interrupted run and --restart discards it: "
                           "give one of them")
@@ -133,8 +200,10 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     manifest = open_cache(data_dir, cfg.data.dataset)
     store, rid = Store(out), run_id(cfg, manifest.data_sha256)
     final, part = store.finished(rid), store.partial(rid)
-    if final.is_finished():
-        return final.path
+    if final.path.exists():
+        _set_aside_unfinished(final)
+        if final.path.exists():
+            return final.path
     if part.path.exists() and not (resume or restart) and part.has(RunFolder.STATE):
         raise ConfigError(f"an interrupted run of this configuration is in {part.path}; add "
                           "--resume to continue it or --restart to discard it")
@@ -151,11 +220,13 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
                        versions=versions(), data_dir=str(Path(data_dir).resolve()),
                        pid=os.getpid(), argv=list(sys.argv), threads=torch.get_num_threads())
     try:
-        state = ctx.fit(resume=resume, progress=progress)
+        state, ctx = _fit(ctx, resume=resume, progress=progress,
+                          set_aside_damaged=set_aside_damaged)
         t0 = time.perf_counter()
         metrics = ctx.evaluate_and_write()
     except (Interrupted, KeyboardInterrupt) as e:
-        part.update_record(RunStatus.INTERRUPTED, error=str(e) or "interrupted")
+        with signals.deferred():  # a second signal must not leave the record saying running
+            part.update_record(RunStatus.INTERRUPTED, error=str(e) or "interrupted")
         raise
     except TrainingError:
         raise  # recorded as failed where it was raised
@@ -177,8 +248,12 @@ def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
     from prlbench.data.preprocess import ensure_generated
 
     ensure_generated(data_dir, cfg.data.dataset, progress=progress)
-    return train_run(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
-                     progress=progress)
+    # The run's lock, as compare's executor takes it around train_run (not in train_run: a
+    # second flock on the same file in one process would wait for the first forever).
+    rid = run_id(cfg, open_cache(data_dir, cfg.data.dataset, verify=False).data_sha256)
+    with Store(out).lock(rid):
+        return train_run(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
+                         progress=progress, set_aside_damaged=False)
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,

@@ -189,19 +189,23 @@ def _executor(cc: CompareConfig):
 
 
 def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareConfig) -> None:
-    from prlbench.report import analysis, plots, write_report
+    from prlbench.report import StagedReport, analysis, plots, write_tables
     from prlbench.report.markdown import to_markdown
     from prlbench.report.table import build_table
 
     runs = analysis.load_runs(run_dirs)
     summary = analysis.summarise(runs, **cc.stats_options)
     summary.selection = cc.grid.selection()
+    # Tables and plots are staged and swapped in together: a failure midway (a full disk, a
+    # damaged history.json) leaves the previous report whole, never new tables by old plots.
+    report = StagedReport(store.root)
+    with report as stage:
+        write_tables(summary, stage.tables_dir, cc.formats)
+        plots.forest_plot(summary, stage.plots_dir / "forest")
+        plots.validation_curves(runs, stage.plots_dir / "validation")
     res.warnings = list(summary.warnings)
-    res.written = write_report(summary, store.root, formats=cc.formats)
+    res.written = report.written
     res.markdown = to_markdown(build_table(summary))
-    plots.forest_plot(summary, store.plots_dir / "forest")
-    plots.validation_curves(runs, store.plots_dir / "validation")
-    res.written += sorted(store.plots_dir.iterdir())
 
 
 def _record(grid: Grid, res: CompareResult, seconds: float) -> CompareRecord:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from prlbench import signals
 from prlbench.config import RunConfig, run_id
-from prlbench.errors import ConfigError, Interrupted
+from prlbench.errors import ConfigError, Interrupted, StoreError
 from prlbench.experiment.store import Outcome, RunFolder, Store
 
 OnEvent = Callable[[str, RunConfig, "RunResult | None"], None]  # ("start" | "end", cfg, result)
@@ -60,7 +60,7 @@ def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> RunResult
         rid = run_id(cfg, manifest.data_sha256)
         store = Store(Path(out))
         with store.lock(rid):
-            finished = store.finished(rid).is_finished()
+            finished = _done(store.finished(rid))
             # An earlier attempt's failure record must not travel into the finished folder.
             store.partial(rid).drop_failure()
             run_dir = train_run(cfg, data_dir=Path(data_dir), out=Path(out), resume=True,
@@ -72,6 +72,14 @@ def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> RunResult
     except Exception as e:  # noqa: BLE001 - a failed run is recorded; the grid goes on
         return RunResult(rid, Outcome.FAILED, error=f"{type(e).__name__}: {e}",
                          trace=traceback.format_exc(), seconds=time.perf_counter() - t0)
+
+
+def _done(folder: RunFolder) -> bool:
+    """Finished; a run.json that cannot be read is not (train_run sets the folder aside)."""
+    try:
+        return folder.is_finished()
+    except StoreError:
+        return False
 
 
 class LocalExecutor:
@@ -93,13 +101,18 @@ class LocalExecutor:
             return found
         return self._pooled(cfgs, args, on_event)
 
-    def _pooled(self, cfgs: list[RunConfig], args: list[tuple], on_event: OnEvent
-                ) -> list[RunResult]:
+    def pool(self) -> ProcessPoolExecutor:
+        """`jobs` workers, each of which exits when this process dies (signals.worker_init)."""
         import multiprocessing as mp
 
-        found: dict[int, RunResult] = {}
         ctx = mp.get_context("spawn")  # fork after torch is imported is not safe
-        pool = ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=signals.worker_init)
+        return ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=signals.worker_init,
+                                   initargs=(os.getpid(),))
+
+    def _pooled(self, cfgs: list[RunConfig], args: list[tuple], on_event: OnEvent
+                ) -> list[RunResult]:
+        found: dict[int, RunResult] = {}
+        pool = self.pool()
         try:
             pending: dict[Future, int] = {}
             queue = list(range(len(cfgs)))

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from prlbench.config import BASELINE, RunConfig, complete, load_yaml, resolve, validate
+from prlbench.config import (BASELINE, MAX_SEED, RunConfig, complete, load_yaml, resolve, shown,
+                             validate)
 from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 
@@ -28,6 +29,8 @@ FIXED_PARAMS = ("phi", "score", "head")
 # What the grid is when a flag is not given (the CLI shows these as its defaults).
 DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser",
             "seeds": "8", "format": "md,latex"}
+MAX_SEEDS = 1000  # a bound checked before a range is built: "--seeds 1000000000" is a typo
+GRID_AXES = ("datasets", "models", "losses", "seeds")
 GRID_KEYS = {("data", "dataset"): "--datasets", ("model", "name"): "--models",
              ("loss", "name"): "--losses", ("train", "seed"): "--seeds"}
 
@@ -53,7 +56,11 @@ class Grid:
 
     def check(self) -> None:
         """Validate every configuration of the grid up front: a bad option (e.g. a negative
-        value in --lambda) fails before anything is trained, not when its turn comes."""
+        value in --lambda) fails before anything is trained, not when its turn comes. An empty
+        axis is an error: a compare of nothing would replace the record of the last one."""
+        for axis in GRID_AXES:
+            if not getattr(self, axis):
+                raise ConfigError(_empty(axis))
         for d, m, l in self.arms():
             for p in self.candidates(l):
                 self.config(d, m, l, self.seeds[0], p)
@@ -143,6 +150,9 @@ def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
     from prlbench.losses import LOSSES
     from prlbench.models import MODELS
 
+    for axis in GRID_AXES:  # an empty shell variable ("--models $MODELS") means no grid
+        if not _names(_given(flags, axis)):
+            raise ConfigError(_empty(axis))
     loss_names = tuple(LOSSES.resolve(_given(flags, "losses")))
     if BASELINE not in loss_names:
         raise ConfigError(f"--losses must include {BASELINE}, the baseline every loss is "
@@ -156,6 +166,17 @@ def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
                 models=tuple(MODELS.resolve(_given(flags, "models"))),
                 losses=(BASELINE,) + tuple(n for n in loss_names if n != BASELINE),
                 seeds=parse_seeds(_given(flags, "seeds")), loss_grid=loss_grid, base=base)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in str(text).split(",") if n.strip()]
+
+
+def _empty(axis: str) -> str:
+    what = ("a count (8 = seeds 1..8) or a list (1,2,3)" if axis == "seeds" else
+            f"at least one name (prlbench ls {axis})")
+    return (f"--{axis} is empty; give {what}, or leave the flag out for the default "
+            f"({DEFAULTS[axis]})")
 
 
 def _given(flags: Mapping[str, Any], key: str) -> Any:
@@ -207,31 +228,46 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"{flag}: expected a number or a comma-separated list, got {text!r}"
-                          ) from None
+        raise ConfigError(f"{flag}: expected a number or a comma-separated list, got "
+                          f"{shown(text)}") from None
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """"8" -> seeds 1..8; "1,2,3" -> those seeds."""
+    """"8" -> seeds 1..8; "1,2,3" -> those seeds. At most MAX_SEEDS seeds, each in
+    [0, 2**63), checked before any range is built."""
+    parts = _names(text)
+    if not parts:
+        raise ConfigError(_empty("seeds"))
+    if len(parts) > MAX_SEEDS:
+        raise ConfigError(_too_many(f"{len(parts):,}"))
     try:
-        if "," in text:
-            seeds = tuple(int(s) for s in text.split(",") if s.strip())
-        else:
-            seeds = tuple(range(1, int(text) + 1))
-    except ValueError:
-        raise ConfigError(f"--seeds: expected a count (6) or a list (1,2,3), got {text!r}"
-                          ) from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        numbers = [int(s) for s in parts]
+    except ValueError:  # also a number of more than 4,300 digits
+        raise ConfigError(f"--seeds: expected a count (6) or a list (1,2,3), got "
+                          f"{shown(text)}") from None
+    if "," not in str(text):
+        if numbers[0] > MAX_SEEDS:
+            raise ConfigError(_too_many(f"{numbers[0]:,}" if numbers[0] < 10**30 else "more"))
+        numbers = list(range(1, numbers[0] + 1))
+    if not numbers or len(set(numbers)) != len(numbers) or min(numbers) < 0:
         raise ConfigError(f"--seeds: need at least one seed, none negative and no repeats, got "
-                          f"{text!r}")
-    return seeds
+                          f"{shown(text)}")
+    if max(numbers) >= MAX_SEED:
+        raise ConfigError(f"--seeds: seeds are whole numbers from 0, each below 2**63 (what the "
+                          f"tables hold), got {shown(text)}")
+    return tuple(numbers)
+
+
+def _too_many(count: str) -> str:
+    return (f"--seeds: {count} seeds asked for; a compare takes at most {MAX_SEEDS} seeds "
+            "(8 to 30 are usual)")
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
     out = []
     for f in (x.strip() for x in text.split(",") if x.strip()):
         if f not in FORMAT_ALIASES:
-            raise ConfigError(f"--format: unknown format {f!r}; valid: md, latex (the CSVs "
+            raise ConfigError(f"--format: unknown format {shown(f)}; valid: md, latex (the CSVs "
                               "are always written)")
         out.append(FORMAT_ALIASES[f])
     return tuple(out)

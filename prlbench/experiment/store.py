@@ -10,15 +10,21 @@ carries the folder's schema version (`SCHEMA`). `docs/results-format.md` documen
 (a test keeps it in sync with the dataclasses below). Writes are atomic (temporary file, then
 rename); a run folder is renamed from `.partial` to its final name only once it is complete, so a
 folder without the suffix is always finished.
+
+Reads are checked: a record field of the wrong type, a metric outside the range of its kind
+(prlbench.metrics), counts that disagree, a checkpoint or predictions file that torch / pyarrow
+cannot read are each a StoreError naming the file and the fix, never a traceback or a wrong table.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import time
+import typing
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
@@ -197,9 +203,66 @@ def _from_json(cls, data: Any, path: Path, fix: str):
     try:
         for key, enum in _ENUMS.get(cls, {}).items():
             values[key] = enum(values[key])
+        _check_types(cls, values)
         return cls(**values)
     except (TypeError, ValueError, KeyError) as e:
         raise StoreError(f"{path}: not a valid {cls.__name__} record ({e}); {fix}") from None
+
+
+# JSON has no tuples: a list stands for one. A float field takes an int (JSON writes 1.0 as 1.0,
+# but a hand-made record may say 1).
+_JSON_TYPES = {tuple: (tuple, list), float: (int, float)}
+
+
+def _check_types(cls, values: dict) -> None:
+    """Every value of the type its field declares, and every registered metric in its range:
+    a record is trusted by every reader after this (a wrong type would surface later as a
+    traceback in the report, a value out of range as a wrong table)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        allowed = tuple(t for a in typing.get_args(hints[key]) or (hints[key],)
+                        for t in _JSON_TYPES.get(a, (a,)))
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            names = " or ".join(sorted({getattr(a, "__name__", str(a)) for a in allowed}
+                                       - {"NoneType"}))
+            raise ValueError(f"{key} is {value!r}, not {names}")
+        if cls is Epoch and value is not None:
+            _check_metric(key, value)
+
+
+def _check_metric(name: str, value: Any) -> None:
+    """ValueError unless `value` lies in the range its kind (prlbench.metrics) allows; NaN is
+    allowed where evaluation writes it for a metric that is undefined (e.g. no conversions).
+    Names the registry does not know are not checked (they reach no table)."""
+    from prlbench.metrics import METRICS
+
+    if name not in METRICS:
+        return
+    kind = METRICS.get(name).kind
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is {value!r}, not a number")
+    if kind == "count":
+        if not isinstance(value, int):
+            raise ValueError(f"{name} is {value!r}, not a whole number (a count)")
+    elif math.isnan(value):
+        if kind in _UNDEFINED_OK:
+            return
+        raise ValueError(f"{name} is NaN")
+    lo, hi = _RANGES[kind]
+    if math.isinf(value):
+        raise ValueError(f"{name} is {value!r}, not a finite number")
+    if hi is not None and not lo <= value <= hi:
+        raise ValueError(f"{name} is {value!r}, outside [{lo}, {hi}] (a {kind})")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} is {value!r}, below {lo} (a {kind})")
+
+
+# prlbench.metrics' kinds -> (lowest, highest) value; None: unbounded. AUCs, scores (a mean of
+# AUCs) and shares are fractions; loglosses, counts and seconds are >= 0; a training objective
+# only needs to be finite.
+_RANGES = {"auc": (0, 1), "score": (0, 1), "share": (0, 1), "logloss": (0, None),
+           "count": (0, None), "seconds": (0, None), "loss": (None, None)}
+_UNDEFINED_OK = {"auc", "score", "share", "logloss"}
 
 
 def _read(path: Path, fix: str) -> Any:
@@ -299,11 +362,49 @@ class RunFolder:
         write_json(self.path / self.METRICS, dict(metrics))
 
     def read_metrics(self) -> dict[str, float | int]:
-        data = _read(self.path / self.METRICS, self._evaluate_fix())
+        """metrics.json, checked: every registered metric in its range (prlbench.metrics'
+        kinds), the counts consistent among themselves and with predictions.parquet's rows.
+        Every table reads its numbers through here, so none shows a value no evaluation writes
+        (an AUC of 1.7, an infinite logloss)."""
+        path = self.path / self.METRICS
+        data = _read(path, self._evaluate_fix())
         if not isinstance(data, dict):
-            raise StoreError(f"{self.path / self.METRICS}: expected a JSON object; "
-                             f"{self._evaluate_fix()}")
+            raise StoreError(f"{path}: expected a JSON object; {self._evaluate_fix()}")
+        try:
+            for name, value in data.items():
+                _check_metric(name, value)
+            self._check_counts(data)
+        except ValueError as e:
+            raise StoreError(f"{path}: {e}, which no evaluation writes (the file was changed or "
+                             f"damaged); {self._evaluate_fix()}") from None
         return data
+
+    def _check_counts(self, data: dict) -> None:
+        rows = data.get("rows")
+        if rows is None:
+            return
+        for name in ("clicks", "conversions"):
+            if data.get(name, 0) > rows:
+                raise ValueError(f"{name} ({data[name]}) exceed rows ({rows})")
+        if self.has(self.PREDICTIONS):  # its footer holds the row count: cheap to read
+            written = self._parquet(lambda pq, p: pq.read_metadata(p).num_rows)
+            if written != rows:
+                raise ValueError(f"rows is {rows} but {self.PREDICTIONS} has {written} rows")
+
+    def _parquet(self, read):
+        """`read(pyarrow.parquet, path)` of predictions.parquet; a damaged file is a
+        StoreError naming it (pyarrow's own error says neither the file nor the fix)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.path / self.PREDICTIONS
+        try:
+            return read(pq, path)
+        except FileNotFoundError:
+            raise StoreError(f"{path} is missing; {self._evaluate_fix()}") from None
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise StoreError(f"{path} is damaged or truncated ({_one_line(e)}); "
+                             f"{self._evaluate_fix()}") from None
 
     def _evaluate_fix(self) -> str:
         import shlex
@@ -325,22 +426,17 @@ class RunFolder:
 
     def prediction_columns(self) -> set[str] | None:
         """The columns of predictions.parquet, None when the file is missing."""
-        import pyarrow.parquet as pq
-
-        path = self.path / self.PREDICTIONS
-        return set(pq.read_schema(path).names) if path.exists() else None
+        if not self.has(self.PREDICTIONS):
+            return None
+        return set(self._parquet(lambda pq, p: pq.read_schema(p).names))
 
     def read_predictions(self, columns: list[str]) -> dict:
         """column -> numpy array."""
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(self.path / self.PREDICTIONS, columns=sorted(columns))
+        table = self._parquet(lambda pq, p: pq.read_table(p, columns=sorted(columns)))
         return {c: table.column(c).to_numpy() for c in columns}
 
     def read_predictions_frame(self):
-        import pandas as pd
-
-        return pd.read_parquet(self.path / self.PREDICTIONS)
+        return self._parquet(lambda pq, p: pq.read_table(p).to_pandas())
 
     # -- best.pt and state.pt (torch; never pickle: weights_only)
     def save_best(self, state_dict: dict) -> None:
@@ -349,13 +445,13 @@ class RunFolder:
     def load_best(self, device: str) -> dict:
         if not self.has(self.BEST):
             raise ConfigError(f"{self.path} has no {self.BEST}: the run never finished an epoch")
-        return _torch_load(self.path / self.BEST, device)
+        return _torch_load(self.path / self.BEST, device, self._fix())
 
     def save_state(self, state: dict) -> None:
         _torch_save(state, self.path / self.STATE)
 
     def load_state(self, device: str) -> dict:
-        return _torch_load(self.path / self.STATE, device)
+        return _torch_load(self.path / self.STATE, device, STATE_FIX)
 
     def drop_state(self) -> None:
         (self.path / self.STATE).unlink(missing_ok=True)
@@ -391,13 +487,51 @@ def _torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _torch_load(path: Path, device: str) -> Any:
+STATE_FIX = ("start the run over: the same train command with --restart instead of --resume "
+             "(prlbench compare sets a damaged state.pt aside and starts over by itself)")
+
+
+class DamagedCheckpoint(StoreError):
+    """best.pt or state.pt that torch cannot read (truncated by a full disk, a killed copy)."""
+
+    def __init__(self, path: Path, reason: str, fix: str) -> None:
+        super().__init__(f"{path} is damaged or truncated ({reason}); {fix}")
+        self.path, self.reason = Path(path), reason
+
+
+def _torch_load(path: Path, device: str, fix: str) -> Any:
+    import pickle
+    import zipfile
+
     import torch
 
-    return torch.load(path, weights_only=True, map_location=device)
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except (RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:
+        raise DamagedCheckpoint(path, _one_line(e), fix) from None
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line, shortened (torch's can run to many lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # ---------------------------------------------------------------------- the experiment
+def _refuse_links(*paths: Path) -> None:
+    """A link in --out that prlbench did not make is refused, not followed (a checked path
+    can still be replaced by another process later: --out should not be writable by others)."""
+    for path in paths:
+        if path.is_symlink():
+            raise ConfigError(_link_message(path))
+
+
+def _link_message(path: Path) -> str:
+    return (f"{path} is a symbolic link; prlbench does not follow links it did not make in "
+            "--out: remove it")
+
+
 class Store:
     """An experiment folder (`--out`): its runs, their locks and compare.json."""
 
@@ -422,17 +556,31 @@ class Store:
         return RunFolder(self.runs_dir / run_id)
 
     def partial(self, run_id: str) -> RunFolder:
-        return RunFolder(self.runs_dir / f"{run_id}{PARTIAL}")
+        """The run's `.partial` folder, which is written into: refused where it, or runs/, is
+        a link (--out may be shared; a link there would send a run's files elsewhere)."""
+        path = self.runs_dir / f"{run_id}{PARTIAL}"
+        _refuse_links(self.runs_dir, path)
+        return RunFolder(path)
 
     @contextmanager
     def lock(self, run_id: str) -> Iterator[None]:
         """Hold `runs/.locks/<id>.lock` exclusively: one process at a time trains or stores a
-        run; another waits for it."""
+        run; another waits for it. The file is never truncated and never a link followed."""
         path = self.runs_dir / ".locks" / f"{run_id}.lock"
+        _refuse_links(self.runs_dir, path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        _refuse_links(self.runs_dir, path.parent)  # made by another process meanwhile
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            if path.is_symlink():  # ELOOP; FreeBSD and macOS say EMLINK
+                raise ConfigError(_link_message(path)) from None
+            raise e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def publish(self, part: RunFolder) -> RunFolder:
         """Rename a complete partial folder into place; if another process won the race, keep

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from prlbench.metrics import TABLES
@@ -25,17 +28,26 @@ TABLE_FILES = tuple(f"{t}.{ext}" for t in TABLES for ext in ("md", "tex")) + (
     "cells.csv", "runs.csv", "delong.csv")
 PLOT_FILES = ("forest.png", "forest.pdf", "validation.png", "validation.pdf")
 
-__all__ = ["FORMATS", "Summary", "Table", "build_table", "clear_report", "load_runs",
-           "summarise", "to_csv", "to_latex", "to_markdown", "write_report"]
+__all__ = ["FORMATS", "StagedReport", "Summary", "Table", "build_table", "clear_report",
+           "load_runs", "summarise", "to_csv", "to_latex", "to_markdown", "write_report",
+           "write_tables"]
 
 
 def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FORMATS
                  ) -> list[Path]:
     """Write out_dir/tables/: auc.{md,tex} and logloss.{md,tex} (where the summary has those
     metrics, in the `formats` asked for), and always cells.csv, runs.csv and delong.csv, which
-    the tables' captions refer to; each file atomically. Returns the paths."""
+    the tables' captions refer to; staged, then swapped in together (StagedReport). Returns
+    the paths."""
+    report = StagedReport(out_dir)
+    with report as stage:
+        write_tables(summary, stage.tables_dir, formats)
+    return report.written
+
+
+def write_tables(summary: Summary, tables: Path, formats: tuple[str, ...] = FORMATS) -> None:
+    """The table files (see write_report) into the folder `tables`."""
     from prlbench.errors import ConfigError
-    from prlbench.experiment.store import Store
     from prlbench.fileio import atomic_write_bytes
 
     unknown = set(formats) - set(FORMATS)
@@ -56,14 +68,55 @@ def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FOR
     files["runs.csv"] = runs_csv(summary)
     if not summary.delong.empty:
         files["delong.csv"] = delong_csv(summary)
-    written = []
-    tables = Store(out_dir).tables_dir
     for name, text in files.items():
-        atomic_write_bytes(tables / name, text.encode("utf-8"))
-        written.append(tables / name)
-    for name in set(TABLE_FILES) - set(files):
-        (tables / name).unlink(missing_ok=True)
-    return written
+        atomic_write_bytes(Path(tables) / name, text.encode("utf-8"))
+
+
+class StagedReport:
+    """A report written whole or not at all. `with StagedReport(out) as stage:` yields a Store
+    on a hidden folder inside `out` (same file system); write the report's files into its
+    tables_dir / plots_dir. Only when the block ends without an error are they moved into
+    out/tables and out/plots (renames, which need no disk space), and the report files that
+    this report did not write removed there (no table or plot of an earlier compare stays next
+    to the new ones as if it were current); `written` then lists them. On an error (a full
+    disk, a damaged run file) the previous report stays as it was. The staging folder is
+    removed either way."""
+
+    SUBDIRS = (("tables", TABLE_FILES), ("plots", PLOT_FILES))
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.written: list[Path] = []
+
+    def __enter__(self):
+        from prlbench.experiment.store import Store
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=".report-", dir=self.out_dir))
+        return Store(self.stage)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.written = self._swap_in()
+        finally:
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+    def _swap_in(self) -> list[Path]:
+        written = []
+        for sub, known in self.SUBDIRS:
+            staged = self.stage / sub
+            if not staged.is_dir():  # this report has none of these (write_report: no plots)
+                continue
+            final = self.out_dir / sub
+            final.mkdir(exist_ok=True)
+            names = sorted(p.name for p in staged.iterdir())
+            for name in names:
+                os.replace(staged / name, final / name)
+                written.append(final / name)
+            for name in set(known) - set(names):
+                (final / name).unlink(missing_ok=True)
+        return written
 
 
 def clear_report(out_dir: Path) -> list[Path]:
