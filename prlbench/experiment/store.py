@@ -252,9 +252,10 @@ def _check_metric(name: str, value: Any) -> None:
     if math.isinf(value):
         raise ValueError(f"{name} is {value!r}, not a finite number")
     if hi is not None and not lo <= value <= hi:
-        raise ValueError(f"{name} is {value!r}, outside [{lo}, {hi}] (a {kind})")
+        raise ValueError(f"{name} is {value!r}, outside [{lo}, {hi}] (the range of a {kind} "
+                         "metric)")
     if lo is not None and value < lo:
-        raise ValueError(f"{name} is {value!r}, below {lo} (a {kind})")
+        raise ValueError(f"{name} is {value!r}, below {lo} (the least a {kind} metric can be)")
 
 
 # prlbench.metrics' kinds -> (lowest, highest) value; None: unbounded. AUCs, scores (a mean of
