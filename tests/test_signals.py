@@ -52,6 +52,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("watch", ["prctl", "polling"])
 def test_pool_workers_exit_when_their_driver_is_killed(tmp_path, watch):
     """SIGKILL of compare's driver once left its workers (~0.5 GB each) blocked forever. Linux

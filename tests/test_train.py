@@ -246,6 +246,7 @@ def _cut_run(data_dir: Path, out: Path, monkeypatch, stop_after) -> Path:
     return part
 
 
+@pytest.mark.slow
 def test_train_resume_with_a_truncated_state_pt_is_one_line_naming_the_file(
         data_dir, tmp_path, monkeypatch, stop_after):
     from typer.testing import CliRunner
