@@ -180,7 +180,7 @@ def test_a_truncated_predictions_file_is_a_store_error_naming_the_file(tmp_path)
     path = folder.path / "predictions.parquet"
     path.write_bytes(path.read_bytes()[:20])
     for read in (folder.prediction_columns, lambda: folder.read_predictions(["row"]),
-                 folder.read_predictions_frame, folder.read_metrics):
+                 folder.read_metrics):
         with pytest.raises(StoreError, match="is damaged or truncated") as e:
             read()
         assert str(path) in str(e.value) and "prlbench evaluate" in str(e.value)

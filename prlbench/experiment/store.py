@@ -171,10 +171,6 @@ class CompareRecord:
     schema: int = _doc("the version of this record", default=SCHEMA)
 
 
-RECORDS = {"run.json": RunRecord, "history.json": Epoch, "failure.json": Failure,
-           "compare.json": CompareRecord, "compare.json runs": RunEntry}
-
-
 def _to_json(record) -> dict:
     return asdict(record)
 
@@ -435,9 +431,6 @@ class RunFolder:
         """column -> numpy array."""
         table = self._parquet(lambda pq, p: pq.read_table(p, columns=sorted(columns)))
         return {c: table.column(c).to_numpy() for c in columns}
-
-    def read_predictions_frame(self):
-        return self._parquet(lambda pq, p: pq.read_table(p).to_pandas())
 
     # -- best.pt and state.pt (torch; never pickle: weights_only)
     def save_best(self, state_dict: dict) -> None:
