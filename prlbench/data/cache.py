@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import stat
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 
 from prlbench import __version__
 from prlbench.errors import CacheError, DataError
+from prlbench.fileio import atomic_write_bytes
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -89,21 +89,6 @@ def open_nofollow(path: Path, flags: int, error: type[Exception] = CacheError) -
                     "writes only files it made: remove it")
     os.set_blocking(fd, True)
     return fd
-
-
-def write_atomic(path: Path, data: bytes, error: type[Exception] = CacheError) -> None:
-    """Write `path` whole or not at all, through a new temporary file of a unique name:
-    O_EXCL never writes through a link or into a file someone else created."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, error)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # a rename replaces a link at `path`, it never follows it
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -378,7 +363,7 @@ def _file_facts(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _pid_alive(pid: int) -> bool:

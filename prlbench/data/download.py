@@ -39,10 +39,11 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
 
 from prlbench import __version__
 from prlbench.data.cache import (cache_folder, dataset_lock, link_refused, open_nofollow,
-                                 sha256_file, sweep_stale, write_atomic)
+                                 sha256_file, sweep_stale)
 from prlbench.data.csvio import check_zip_start
 from prlbench.data.datasets import DATASETS, DatasetSpec
 from prlbench.errors import ConfigError, DownloadError, ManualDownloadRequired
+from prlbench.fileio import atomic_write_bytes
 from prlbench.registry import UnknownNameError
 
 CHECKSUMS = "checksums.json"
@@ -202,7 +203,7 @@ def _load_records(raw: Path) -> dict:
 
 def _save_records(raw: Path, records: dict) -> None:
     data = json.dumps(records, indent=2, sort_keys=True) + "\n"
-    write_atomic(raw / CHECKSUMS, data.encode(), DownloadError)
+    atomic_write_bytes(raw / CHECKSUMS, data.encode())  # a new, unique temporary file
 
 
 def _check(raw: Path, rel: str, digest: str, expected: str | None, old: dict | None) -> None:

@@ -36,13 +36,16 @@ class RunOutcome:
     error: str = ""
     seconds: float = 0.0
     role: Role = Role.TABLE
+    best_val_score: float | None = None  # what its epoch (and a candidate) was chosen by
 
-    @property
-    def best_val_score(self) -> float | None:
-        """The validation score the run chose its epoch by (None when unknown)."""
-        if self.run_dir is None or not RunFolder(self.run_dir).has(RunFolder.RECORD):
-            return None
-        return RunFolder(self.run_dir).read_record().best_val_score
+
+def _outcome(cfg, run_id: str | None, status: Outcome, run_dir: Path | None = None,
+             error: str = "", seconds: float = 0.0) -> RunOutcome:
+    """A run's outcome with its validation score, read once from its run.json."""
+    folder = RunFolder(run_dir) if run_dir is not None else None
+    score = (folder.read_record().best_val_score
+             if folder is not None and folder.has(RunFolder.RECORD) else None)
+    return RunOutcome(cfg, run_id, status, run_dir, error, seconds, best_val_score=score)
 
 
 @dataclass
@@ -88,8 +91,8 @@ def _execute(cfgs: list, executor, data_dir: Path, out: Path, train: bool,
     outcomes = []
     for cfg, r in zip(cfgs, executor.map(cfgs, data_dir, out, on_event), strict=True):
         record_failure(Store(out), r)
-        outcomes.append(RunOutcome(cfg, r.run_id, r.status, Path(r.run_dir) if r.run_dir else
-                                   None, r.error, r.seconds))
+        run_dir = Path(r.run_dir) if r.run_dir else None
+        outcomes.append(_outcome(cfg, r.run_id, r.status, run_dir, r.error, r.seconds))
     return outcomes
 
 
@@ -108,8 +111,8 @@ def _lookup(cfg, data_dir: Path, out: Path) -> RunOutcome:
     rid = run_id(cfg, data_hash(Path(data_dir) / cfg.data.dataset))
     final = Store(out).finished(rid)
     if final.is_finished():
-        return RunOutcome(cfg, rid, Outcome.REUSED, final.path)
-    return RunOutcome(cfg, rid, Outcome.MISSING)
+        return _outcome(cfg, rid, Outcome.REUSED, final.path)
+    return _outcome(cfg, rid, Outcome.MISSING)
 
 
 def _select(phase1: list, found: list[RunOutcome]) -> list[int]:

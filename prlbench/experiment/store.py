@@ -409,17 +409,14 @@ class RunFolder:
         return f"recompute it with: prlbench evaluate {shlex.quote(str(self.path))}"
 
     def write_predictions(self, table) -> None:
-        """A pyarrow Table: one row per test row (see docs/results-format.md)."""
+        """A pyarrow Table: one row per test row (see docs/results-format.md); written whole
+        or not at all, like every file here."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = self.path / self.PREDICTIONS
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        atomic_write_bytes(self.path / self.PREDICTIONS, buf.getvalue().to_pybytes())
 
     def prediction_columns(self) -> set[str] | None:
         """The columns of predictions.parquet, None when the file is missing."""
