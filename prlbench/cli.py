@@ -36,7 +36,22 @@ Dataset = Annotated[str, typer.Argument(help="A data set name (prlbench ls datas
 Phi = Annotated[Optional[str], typer.Option(
     help="PWiseR phi: squared_hinge (default), hinge, logistic.")]
 Head = Annotated[Optional[str], typer.Option(
-    help="PWiseR head: ctr (default), ctcvr or both.")]
+    help="Head the pairwise term ranks (pwiser, ranknet): ctr (default), ctcvr or both.")]
+Norm = Annotated[Optional[str], typer.Option(
+    help="PWiseR's reading: pairs (default: mean over each term's pairs) or paper (sum over "
+    "conversions, mean over the other group).")]
+Lambda = Annotated[Optional[float], typer.Option(
+    "--lambda", help="Weight of the ranking term (pwiser, graded, ranknet; default 0.5).")]
+M1 = Annotated[Optional[float], typer.Option(
+    help="PWiseR margin, conversion vs click-only (default 0.05).")]
+M2 = Annotated[Optional[float], typer.Option(
+    help="PWiseR margin, conversion vs non-click (default 0.1).")]
+Score = Annotated[Optional[str], typer.Option(
+    help="prob or logit (default: prob for pwiser, logit for ranknet).")]
+Temperature = Annotated[Optional[float], typer.Option(
+    help="Graded: temperature T > 0 dividing the logit differences (default 1).")]
+Alpha = Annotated[Optional[float], typer.Option(
+    help="ListCE: weight of BCE in [0, 1], the list term gets 1 - alpha (default 0.9).")]
 Preset = Annotated[Optional[str], typer.Option(
     help="Model sizes: paper or small (default small on synthetic, paper otherwise).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 10).")]
@@ -244,18 +259,10 @@ def train(
     model: Annotated[Optional[str], typer.Option(
         help="Model (prlbench ls models; default mmoe).")] = None,
     loss: Annotated[Optional[str], typer.Option(
-        help="Loss: bce, pwiser or ranknet (default bce).")] = None,
+        help="Loss (prlbench ls losses; default bce).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (default 1).")] = None,
-    lam: Annotated[Optional[float], typer.Option(
-        "--lambda", help="Weight of the pairwise term (pwiser, ranknet; default 0.5).")] = None,
-    m1: Annotated[Optional[float], typer.Option(
-        help="PWiseR margin, conversion vs click-only (default 0.05).")] = None,
-    m2: Annotated[Optional[float], typer.Option(
-        help="PWiseR margin, conversion vs non-click (default 0.1).")] = None,
-    phi: Phi = None,
-    score: Annotated[Optional[str], typer.Option(
-        help="prob or logit (default: prob for pwiser, logit for ranknet).")] = None,
-    head: Head = None,
+    lam: Lambda = None, m1: M1 = None, m2: M2 = None, phi: Phi = None, score: Score = None,
+    head: Head = None, norm: Norm = None, temperature: Temperature = None, alpha: Alpha = None,
     preset: Preset = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
@@ -283,11 +290,14 @@ def train(
     Examples:
       prlbench train --dataset synthetic --model mmoe --loss pwiser --seed 1
       prlbench train --dataset aliexpress_nl --model ple --loss pwiser --lambda 0.5 --m1 0.05 --m2 0.1 --preset paper
+      prlbench train --loss ranknet --head both --lambda 0.4286   # Combined-Pair (Lin et al.)
     """
     from prlbench.config import resolve
     from prlbench.engine.run import train as run_train
+    from prlbench.losses import all_params
 
-    params = {"lam": lam, "m1": m1, "m2": m2, "phi": phi, "score": score, "head": head}
+    given = dict(locals())
+    params = {key: given[key] for key in all_params()}
     cfg = resolve(config, {
         "data": {"dataset": dataset},
         "model": {"name": model, "preset": preset},
@@ -350,12 +360,16 @@ Models = Annotated[str, typer.Option(help="Comma-separated models, or all.")]
 Losses = Annotated[str, typer.Option(help="Comma-separated losses; bce is the baseline.")]
 Seeds = Annotated[str, typer.Option(help="A count (8 = seeds 1..8) or a list (1,2,3).")]
 LambdaList = Annotated[Optional[str], typer.Option(
-    "--lambda", help="Pairwise weight of pwiser and ranknet (default 0.5); a list is chosen on "
-    "validation (e.g. 0.1,0.5,1).")]
+    "--lambda", help="Ranking-term weight of pwiser, graded and ranknet (default 0.5). Every "
+    "loss option takes a list, whose candidates are chosen on validation (e.g. 0.1,0.5,1).")]
 M1List = Annotated[Optional[str], typer.Option(help="PWiseR margin m1 (default 0.05), or a list.")]
 M2List = Annotated[Optional[str], typer.Option(help="PWiseR margin m2 (default 0.1), or a list.")]
 ScoreBoth = Annotated[Optional[str], typer.Option(
     help="prob or logit, for pwiser (default prob) and ranknet (default logit) alike.")]
+TemperatureList = Annotated[Optional[str], typer.Option(
+    help="Graded: temperature T > 0 (default 1), or a list.")]
+AlphaList = Annotated[Optional[str], typer.Option(
+    help="ListCE: BCE weight in [0, 1] (default 0.9), or a list.")]
 Executor = Annotated[str, typer.Option(help="local (process pool) or ray.")]
 Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(cores, 2)).")]
 RunThreads = Annotated[Optional[int], typer.Option(
@@ -383,7 +397,9 @@ def compare(
     datasets: Datasets = GRID_DEFAULTS["datasets"], models: Models = GRID_DEFAULTS["models"],
     losses: Losses = GRID_DEFAULTS["losses"], seeds: Seeds = GRID_DEFAULTS["seeds"],
     lam: LambdaList = None, m1: M1List = None, m2: M2List = None, phi: Phi = None,
-    score: ScoreBoth = None, head: Head = None, preset: Preset = None, epochs: Epochs = None,
+    score: ScoreBoth = None, head: Head = None, norm: Norm = None,
+    temperature: TemperatureList = None, alpha: AlphaList = None,
+    preset: Preset = None, epochs: Epochs = None,
     batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, ray_address: RayAddress = None,
@@ -397,6 +413,7 @@ def compare(
     Examples:
       prlbench compare
       prlbench compare --models mmoe,ple --losses bce,pwiser,ranknet --seeds 8
+      prlbench compare --losses bce,pwiser,graded,ranknet,listce --lambda 0.1,0.5,1
       prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
       prlbench compare --executor ray --ray-address auto
       prlbench compare --format latex --out results/nl_fr --tables-only

@@ -81,10 +81,18 @@ class RunConfig:
         return _merge(cls(), d, "config")
 
     def identity(self) -> dict:
-        """The parts that define the run's results (device, threads, folders excluded)."""
+        """The parts that define the run's results (device, threads, folders excluded). A loss
+        parameter added in a later version is left out at its default, the behaviour every
+        earlier run had, so those runs keep their ids and are reused."""
+        from prlbench.losses import LOSSES, loss_param_specs
+
         d = self.to_dict()
         for key in ("device", "threads", "checkpoint_every_s", "eval_batch_size"):
             d["train"].pop(key)
+        if self.loss.name in LOSSES:
+            for key, spec in loss_param_specs(self.loss.name).items():
+                if spec.added_later and d["loss"]["params"].get(key) == spec.default:
+                    del d["loss"]["params"][key]
         return d
 
 

@@ -586,7 +586,8 @@ def test_config_file_loss_params_and_train_settings_reach_every_run(data_dir, tm
     ("loss:\n  name: pwiser\n", "loss.name is a single run's setting; compare takes it from "
                                 "--losses"),
     ("train:\n  seed: 3\n", "train.seed is a single run's setting; compare takes it from --seeds"),
-    ("loss:\n  params:\n    gamma: 2.0\n", "loss.params.gamma: none of the losses bce, pwiser "
+    ("loss:\n  params:\n    gamma: 2.0\n", "loss.params.'gamma' is no loss's parameter"),
+    ("loss:\n  params:\n    alpha: 0.8\n", "loss.params.alpha: none of the losses bce, pwiser "
                                           "takes it"),
 ])
 def test_config_file_naming_the_grid_is_refused(data_dir, tmp_path, fits, yaml_text, fragment):

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from prlbench.errors import ConfigError
 from prlbench.losses import (
     HEADS,
-    LOSS_SUMMARIES,
     LOSSES,
     PHIS,
     SCORES,
     bce_loss,
+    loss_info,
     loss_params,
     pwiser_loss,
     ranknet_loss,
@@ -185,7 +185,7 @@ def test_sum_and_mean_relation():
     mean_pc = pwiser_loss(logits[pc], click[pc], conversion[pc])
     mean_pu = pwiser_loss(logits[pu], click[pu], conversion[pu])
     mean = pwiser_loss(logits, click, conversion)
-    total = pwiser_loss(logits, click, conversion, reduction="sum")
+    total = pwiser_loss(logits, click, conversion, norm="sum")
     assert mean.item() == pytest.approx((mean_pc + mean_pu).item(), rel=1e-12)
     assert total.item() == pytest.approx((n_p * n_c * mean_pc + n_p * n_u * mean_pu).item())
 
@@ -231,7 +231,7 @@ def test_bfloat16_and_autocast():
     [
         (dict(phi="square"), "squared_hinge, hinge, logistic"),
         (dict(score="probability"), "prob, logit"),
-        (dict(reduction="none"), "mean, sum"),
+        (dict(norm="none"), "pairs, paper, sum"),
         (dict(m1=-0.1), "m1"),
         (dict(m2=float("nan")), "m2"),
     ],
@@ -267,12 +267,14 @@ def _brute_bce(outputs, click, conversion):
 
 
 def test_registry_names_defaults_and_summaries():
-    assert LOSSES.names() == ["bce", "pwiser", "ranknet"]
-    assert set(LOSS_SUMMARIES) == set(LOSSES.names())
+    assert LOSSES.names() == ["bce", "pwiser", "graded", "ranknet", "listce"]
+    assert all(loss_info(n).summary and loss_info(n).display_name for n in LOSSES.names())
     assert loss_params("bce") == {}
     assert loss_params("pwiser") == dict(lam=0.5, m1=0.05, m2=0.1, phi="squared_hinge",
-                                         score="prob", head="ctr")
-    assert loss_params("ranknet") == dict(lam=0.5, score="logit")
+                                         score="prob", head="ctr", norm="pairs")
+    assert loss_params("ranknet") == dict(lam=0.5, score="logit", head="ctr")
+    assert loss_params("graded") == dict(lam=0.5, temperature=1.0)
+    assert loss_params("listce") == dict(alpha=0.9)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -346,7 +348,12 @@ def test_ranknet_ignores_conversions():
         ("pwiser", dict(phi="cube"), "squared_hinge, hinge, logistic"),
         ("pwiser", dict(head="cvr"), "ctr, ctcvr, both"),
         ("pwiser", dict(m2=-0.1), "--m2"),
-        ("ranknet", dict(head="ctr"), "'head'"),
+        ("ranknet", dict(norm="paper"), "'norm'"),
+        ("graded", dict(temperature=0.0), "> 0"),
+        ("graded", dict(m1=0.1), "'m1'"),
+        ("listce", dict(alpha=1.5), "<= 1"),
+        ("listce", dict(lam=0.5), "'lam'"),
+        ("ranknet", dict(head="cvr"), "ctr, ctcvr, both"),
     ],
 )
 def test_bad_params_raise_config_error(name, params, match):

@@ -119,7 +119,8 @@ def test_load_runs_reads_one_row_per_run_in_the_grid_order(tree, runs):
                & (runs["arm"] == "pwiser") & (runs["seed"] == 3)].iloc[0]
     metrics = json.loads((Path(row.run_dir) / "metrics.json").read_text())
     assert row.ctr_auc == metrics["ctr_auc"] and row.cvr_logloss == metrics["cvr_logloss"]
-    assert json.loads(row.params) == PARAMS["pwiser"]
+    # written as prlbench 0.2 wrote it (no "norm"): read with the default of the later parameter
+    assert json.loads(row.params) == {**PARAMS["pwiser"], "norm": "pairs"}
 
 
 def test_arm_labels_name_only_the_settings_that_differ(tmp_path):
@@ -380,7 +381,8 @@ def test_latex_structure_and_caption():
     for needed in ("over 6 seeds", "seeds: 1--6", "paired t-test", "Holm correction",
                    "all 6 comparisons of this table", "Test-split", r"$\lambda$=0.5", "m1=0.05",
                    "m2=0.1",
-                   r"$\phi$=squared hinge", "s=probability", "head=ctr", "reconstruction",
+                   r"$\phi$=squared hinge", "s=probability", "head=ctr", "norm=pairs",
+                   "publishes none",
                    r"95 \% bootstrap CI"):
         assert needed in caption, needed
     assert tex.count(r"\textbf{") == 3 and tex.count(r"$\uparrow^{*}$") >= 3

@@ -73,10 +73,10 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
     validation score or error, never reported in the tables)."""
     on_event = on_event or (lambda *a: None)
     first, rest = grid.seeds[0], grid.seeds[1:]
-    phase1 = [grid.config(d, m, l, first, p) for d, m, l in grid.arms()
-              for p in grid.candidates(l)]
+    arms = [(d, m, l, p) for d, m, l in grid.arms() for p in grid.candidates(l)]
+    phase1 = [grid.config(d, m, l, first, p) for d, m, l, p in arms]
     found = _execute(phase1, executor, data_dir, out, train, on_event)
-    chosen = _select(phase1, found)
+    chosen = _select([a[:3] for a in arms], found)
     phase2 = [replace(phase1[i], train=replace(phase1[i].train, seed=s))
               for i in chosen for s in rest]
     later = _execute(phase2, executor, data_dir, out, train, on_event)
@@ -115,12 +115,11 @@ def _lookup(cfg, data_dir: Path, out: Path) -> RunOutcome:
     return _outcome(cfg, rid, Outcome.MISSING)
 
 
-def _select(phase1: list, found: list[RunOutcome]) -> list[int]:
-    """Per (data set, model, loss): the index of the candidate with the best validation score
-    on the first seed (the first candidate when none has one)."""
+def _select(arms: list[tuple], found: list[RunOutcome]) -> list[int]:
+    """Per arm (data set, model, loss spec): the index of the candidate with the best
+    validation score on the first seed (the first candidate when none has one)."""
     chosen = []
-    key = lambda i: (phase1[i].data.dataset, phase1[i].model.name, phase1[i].loss.name)  # noqa
-    for _, group in itertools.groupby(range(len(phase1)), key=key):
+    for _, group in itertools.groupby(range(len(arms)), key=arms.__getitem__):
         group = list(group)
         scores = [found[i].best_val_score for i in group]
         scored = [(float("-inf") if s is None else float(s), j) for j, s in enumerate(scores)]

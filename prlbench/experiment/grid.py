@@ -4,11 +4,16 @@
 The grid is data sets x models x losses (x loss settings) x seeds. Loss settings given as lists
 (e.g. --lambda 0.1,0.5,1) are candidates chosen on the validation split per data set, model and
 loss: each is trained on the first seed, and the best validation score runs on the other seeds.
+
+A loss in --losses may fix its own settings: `pwiser[norm=paper]` or `ranknet[head=both,
+lam=0.4286]` is an arm of its own, beside plain `pwiser` and `ranknet`, so that two readings of
+one loss share a table. Settings in brackets win over the flags for that arm.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,9 +27,6 @@ TESTS = ("wilcoxon", "ttest")
 CORRECTIONS = ("holm", "bh")
 EXECUTORS = ("local", "ray")
 FORMAT_ALIASES = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "csv"}
-# Loss parameters that compare takes as a comma-separated list of candidates, and as one value.
-LIST_PARAMS = ("lam", "m1", "m2")
-FIXED_PARAMS = ("phi", "score", "head")
 # The single-run settings a compare config file may not hold: the grid gives them.
 # What the grid is when a flag is not given (the CLI shows these as its defaults).
 DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser",
@@ -39,20 +41,22 @@ GRID_KEYS = {("data", "dataset"): "--datasets", ("model", "name"): "--models",
 class Grid:
     datasets: tuple[str, ...]
     models: tuple[str, ...]
-    losses: tuple[str, ...]  # the baseline first
+    losses: tuple[str, ...]  # loss specs ("pwiser", "pwiser[norm=paper]"), the baseline first
     seeds: tuple[int, ...]
     # Loss parameter -> candidate values (one value: fixed; several: chosen on validation).
     loss_grid: dict = field(default_factory=dict)
     base: RunConfig = field(default_factory=RunConfig)
 
     def candidates(self, loss: str) -> list[dict]:
-        """Every combination of the listed loss parameters that `loss` takes."""
+        """Every combination of the listed loss parameters that loss spec `loss` takes, with
+        the settings fixed in its brackets."""
         from prlbench.losses import loss_params
 
-        known = loss_params(loss)
-        keys = [k for k in self.loss_grid if k in known]
+        name, fixed = split_loss(loss)
+        known = loss_params(name)
+        keys = [k for k in self.loss_grid if k in known and k not in fixed]
         combos = itertools.product(*(self.loss_grid[k] for k in keys))
-        return [dict(zip(keys, values)) for values in combos]
+        return [{**dict(zip(keys, values)), **fixed} for values in combos]
 
     def check(self) -> None:
         """Validate every configuration of the grid up front: a bad option (e.g. a negative
@@ -61,9 +65,15 @@ class Grid:
         for axis in GRID_AXES:
             if not getattr(self, axis):
                 raise ConfigError(_empty(axis))
+        seen: dict[str, str] = {}
         for d, m, l in self.arms():
             for p in self.candidates(l):
-                self.config(d, m, l, self.seeds[0], p)
+                cfg = self.config(d, m, l, self.seeds[0], p)
+                key = json.dumps(cfg.identity(), sort_keys=True, default=str)
+                if seen.setdefault(key, l) != l:
+                    raise ConfigError(f"--losses: {seen[key]} and {l} give the same runs "
+                                      f"({cfg.loss.name} with {shown(cfg.loss.params, 200)}); "
+                                      "keep one of them")
 
     def arms(self) -> list[tuple[str, str, str]]:
         """(data set, model, loss) in the grid's order."""
@@ -78,7 +88,7 @@ class Grid:
         b = self.base
         cfg = replace(b, data=replace(b.data, dataset=dataset),
                       model=replace(b.model, name=model),
-                      loss=replace(b.loss, name=loss, params=dict(params)),
+                      loss=replace(b.loss, name=split_loss(loss)[0], params=dict(params)),
                       train=replace(b.train, seed=seed))
         validate(cfg)
         return complete(cfg)
@@ -86,12 +96,13 @@ class Grid:
     def selection(self) -> dict:
         """{"seed": first seed, "losses": {loss: {parameter: candidates}}} for the settings
         chosen on validation; empty when every setting is fixed."""
-        out = {}
+        out: dict = {}
         for loss in self.losses:
             cands = self.candidates(loss)
             if len(cands) > 1:
-                out[loss] = {k: sorted({c[k] for c in cands}, key=str) for k in cands[0]
-                             if len({c[k] for c in cands}) > 1}
+                varied = {k: sorted({c[k] for c in cands}, key=str) for k in cands[0]
+                          if len({c[k] for c in cands}) > 1}
+                out.setdefault(split_loss(loss)[0], {}).update(varied)
         return {"seed": self.seeds[0], "losses": out} if out else {}
 
 
@@ -124,6 +135,7 @@ class CompareConfig:
                                          "ray_address", "tables_only") if flags.get(k) is not None}
         cc = cls(grid=grid, formats=parse_formats(_given(flags, "format")), **options)
         cc.check()
+        grid.check()
         return cc
 
     def check(self) -> None:
@@ -153,19 +165,82 @@ def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
     for axis in GRID_AXES:  # an empty shell variable ("--models $MODELS") means no grid
         if not _names(_given(flags, axis)):
             raise ConfigError(_empty(axis))
-    loss_names = tuple(LOSSES.resolve(_given(flags, "losses")))
-    if BASELINE not in loss_names:
+    specs = parse_losses(_given(flags, "losses"))
+    loss_names = tuple(dict.fromkeys(split_loss(x)[0] for x in specs))
+    if BASELINE not in specs:
         raise ConfigError(f"--losses must include {BASELINE}, the baseline every loss is "
                           "compared to")
-    lists = {k: parse_floats(flags.get(k), "--lambda" if k == "lam" else f"--{k}")
-             for k in LIST_PARAMS}
-    loss_grid = {k: list(dict.fromkeys(v)) for k, v in lists.items() if v}  # no repeats
-    loss_grid.update({k: [flags[k]] for k in FIXED_PARAMS if flags.get(k) is not None})
+    loss_grid = _flag_params(flags, loss_names)
     _add_file_params(loss_grid, file_params, loss_names, config_file)
     return Grid(datasets=tuple(DATASETS.resolve(_given(flags, "datasets"))),
                 models=tuple(MODELS.resolve(_given(flags, "models"))),
-                losses=(BASELINE,) + tuple(n for n in loss_names if n != BASELINE),
+                losses=(BASELINE,) + tuple(x for x in specs if x != BASELINE),
                 seeds=parse_seeds(_given(flags, "seeds")), loss_grid=loss_grid, base=base)
+
+
+def parse_losses(text: str) -> tuple[str, ...]:
+    """"bce,pwiser,pwiser[norm=paper,lam=1]" -> each spec checked and written canonically
+    ("pwiser[lam=1,norm=paper]"); "all" -> every registered loss; repeats dropped."""
+    from prlbench.losses import LOSSES
+
+    parts, depth, current = [], 0, ""
+    for ch in str(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0 or depth > 1:
+            raise ConfigError(f"--losses: unbalanced brackets in {shown(text)}; write a loss's "
+                              "own settings as pwiser[norm=paper,lam=1]")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    if depth:
+        raise ConfigError(f"--losses: unbalanced brackets in {shown(text)}; write a loss's own "
+                          "settings as pwiser[norm=paper,lam=1]")
+    parts = [p.strip() for p in parts + [current] if p.strip()]
+    if parts == ["all"]:
+        return tuple(LOSSES.names())
+    return tuple(dict.fromkeys(_canonical(p) for p in parts))
+
+
+def split_loss(spec: str) -> tuple[str, dict]:
+    """"pwiser[lam=1,norm=paper]" -> ("pwiser", {"lam": 1.0, "norm": "paper"}), each setting
+    checked against the loss's parameters."""
+    from prlbench.losses import LOSSES, loss_param_specs, resolve_params
+
+    name, _, inner = spec.partition("[")
+    name = name.strip()
+    LOSSES.get(name)  # an unknown loss names the valid ones
+    if not inner:
+        return name, {}
+    if not inner.endswith("]") or not inner[:-1].strip():
+        raise ConfigError(f"--losses: {shown(spec)}: write a loss's own settings as "
+                          "name[key=value,...], e.g. pwiser[norm=paper]")
+    specs, fixed = loss_param_specs(name), {}
+    for item in inner[:-1].split(","):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if not eq or not key or not value:
+            raise ConfigError(f"--losses: {shown(spec)}: {shown(item)} is not key=value")
+        if key in fixed:
+            raise ConfigError(f"--losses: {shown(spec)}: {key} is given twice")
+        if key in specs and not specs[key].choices:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"--losses: {shown(spec)}: {key} must be a number, got "
+                                  f"{shown(value)}") from None
+        fixed[key] = value
+    resolve_params(name, fixed)  # unknown keys and bad values: the loss's own message
+    return name, fixed
+
+
+def _canonical(spec: str) -> str:
+    name, fixed = split_loss(spec)
+    if not fixed:
+        return name
+    inner = ",".join(f"{k}={v!r}".removesuffix(".0") if isinstance(v, float) else f"{k}={v}"
+                     for k, v in sorted(fixed.items()))
+    return f"{name}[{inner}]"
 
 
 def _names(text: str) -> list[str]:
@@ -184,12 +259,39 @@ def _given(flags: Mapping[str, Any], key: str) -> Any:
     return DEFAULTS[key] if value is None else value
 
 
+def _flag_params(flags: Mapping[str, Any], loss_names: tuple[str, ...]) -> dict:
+    """Every loss parameter given on the command line: its candidates (one value: fixed; a
+    comma-separated list: chosen on validation), numbers parsed, choices checked by the loss."""
+    from prlbench.losses import LOSSES, all_params, takes
+
+    grid = {}
+    for key, spec in all_params().items():
+        text = flags.get(key)
+        if text is None:
+            continue
+        values = (_names(text) if spec.choices else parse_floats(str(text), spec.flag))
+        if not values:
+            raise ConfigError(f"{spec.flag} is empty; give a value or a comma-separated list, "
+                              "or leave the flag out for each loss's default")
+        users = [n for n in loss_names if takes(n, key)]
+        if not users:
+            takers = [n for n in LOSSES.names() if takes(n, key)]
+            raise ConfigError(f"{spec.flag}: none of the losses {', '.join(loss_names)} takes "
+                              f"it (it is a parameter of {', '.join(takers)}); drop the flag or "
+                              "add such a loss to --losses")
+        grid[key] = list(dict.fromkeys(values))  # no repeats
+    return grid
+
+
 def _add_file_params(loss_grid: dict, file_params: dict, loss_names: tuple[str, ...],
                      config_file: Path | None) -> None:
     """The file's loss.params: values or candidate lists; a flag given for a key wins."""
-    from prlbench.losses import loss_params
+    from prlbench.losses import all_params, loss_params
 
     for key, value in file_params.items():
+        if key not in all_params():
+            raise ConfigError(f"{config_file}: loss.params.{shown(key)} is no loss's parameter; "
+                              f"valid keys: {', '.join(all_params())}")
         if value == [] or value is None:
             raise ConfigError(f"{config_file}: loss.params.{key} is empty; give a value or a "
                               "list of candidates, or remove the key")

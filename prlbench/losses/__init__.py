@@ -4,38 +4,46 @@
     loss = bce + lam * pwiser_loss(ctr_logit, click, conversion, m1=0.05, m2=0.1)
 
 Registered losses (`LOSSES.get(name)(outputs, click, conversion, **params) -> (total, parts)`):
-bce, pwiser, ranknet. `loss_params(name)` gives their defaults, `LOSS_SUMMARIES` one line each,
-`loss_info(name)` everything registered with one (its display name, summary and parameters).
+bce, pwiser, graded, ranknet, listce. `loss_params(name)` gives their defaults, `loss_info(name)`
+everything registered with one (its display name, one-line summary and parameters).
 """
 
 from prlbench.losses.bce import (
-    LOSS_SUMMARIES,
     LOSSES,
     LossInfo,
+    all_params,
     Param,
     bce_loss,
     loss_info,
     loss_param_specs,
     loss_params,
     resolve_params,
+    takes,
 )
-from prlbench.losses.pwiser import HEADS, PHIS, REDUCTIONS, SCORES, pwiser_loss
+from prlbench.losses.pwiser import HEADS, NORMS, PHIS, SCORES, pwiser_loss
+from prlbench.losses.graded import graded_loss  # imported in listing order
 from prlbench.losses.ranknet import ranknet_loss
+from prlbench.losses.listce import listce_loss
+from prlbench.losses.pairs import logistic_pair_sum
 
 __all__ = [
     "HEADS",
     "LOSSES",
-    "LOSS_SUMMARIES",
     "LossInfo",
+    "all_params",
+    "NORMS",
     "PHIS",
     "Param",
-    "REDUCTIONS",
     "SCORES",
     "bce_loss",
+    "graded_loss",
+    "listce_loss",
+    "logistic_pair_sum",
     "loss_info",
     "loss_param_specs",
     "loss_params",
     "pwiser_loss",
     "ranknet_loss",
     "resolve_params",
+    "takes",
 ]

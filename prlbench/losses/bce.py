@@ -25,7 +25,6 @@ from prlbench.registry import Registry
 
 LossFn = Callable[..., "tuple[Tensor, dict[str, Tensor]]"]
 LOSSES: Registry[LossFn] = Registry("loss", "losses")
-LOSS_SUMMARIES: dict[str, str] = {}  # name -> one line for `prlbench ls losses`
 _INFO: dict[str, "LossInfo"] = {}
 
 
@@ -35,7 +34,31 @@ class Param:
 
     default: Any
     flag: str
-    choices: tuple[str, ...] = ()  # empty: a finite real number >= 0
+    choices: tuple[str, ...] = ()  # empty: a finite real number in [low, high]
+    low: float = 0.0
+    high: float = math.inf
+    low_open: bool = False  # True: > low (a temperature), else >= low
+    # Added after runs were stored: at its default it is left out of the run id, so that the
+    # runs made before it existed (which ran with exactly that default) are found again.
+    added_later: bool = False
+
+    def describe(self) -> str:
+        """The valid values in words: "one of pairs, paper", "a number in [0, 1]"."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        low = f"{'>' if self.low_open else '>='} {self.low:g}"
+        if math.isinf(self.high):
+            return f"a finite number {low}"
+        return f"a number {low} and <= {self.high:g}"
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return False
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.low_open else value >= self.low
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,9 @@ class LossInfo:
     display_name: str  # in tables and plots: "PWiseR"
     summary: str  # one line for `prlbench ls losses`
     params: dict[str, Param]
+    # What a caption says about an arm's settings ({key: [values]}, one value each when fixed)
+    # beyond listing them: where they come from, what they equal. "" for nothing.
+    note: Callable[[dict], str] = lambda settings: ""
 
 
 def loss_info(name: str) -> LossInfo:
@@ -64,8 +90,28 @@ def loss_param_specs(name: str) -> dict[str, Param]:
     return dict(loss_info(name).params)
 
 
+def all_params() -> dict[str, Param]:
+    """Every parameter key of every registered loss -> its spec in the first loss that takes it
+    ("lam" -> Param(0.5, "--lambda")). A key that several losses take has one flag and one kind
+    (number or choice) for all of them; only its default may differ."""
+    out: dict[str, Param] = {}
+    for info in _INFO.values():
+        for key, spec in info.params.items():
+            first = out.setdefault(key, spec)
+            if (first.flag, bool(first.choices)) != (spec.flag, bool(spec.choices)):
+                raise RuntimeError(f"loss parameter {key!r} of {info.name!r} differs in flag or "
+                                   "kind from the same key of another loss")
+    return out
+
+
+def takes(name: str, key: str) -> bool:
+    """Whether loss `name` has parameter `key`."""
+    return key in loss_info(name).params
+
+
 def register_loss(name: str, summary: str, params: dict[str, Param], *,
-                  display_name: str) -> Callable[[LossFn], LossFn]:
+                  display_name: str, note: Callable[[dict], str] | None = None
+                  ) -> Callable[[LossFn], LossFn]:
     """Register `fn(outputs, click, conversion, **all_params)` under `name`.
 
     The registered callable checks the given params (unknown -> ConfigError, None -> default),
@@ -79,11 +125,17 @@ def register_loss(name: str, summary: str, params: dict[str, Param], *,
 
         loss.__name__, loss.__qualname__, loss.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
         LOSSES.register(name)(loss)
-        LOSS_SUMMARIES[name] = summary
-        _INFO[name] = LossInfo(name, display_name, summary, dict(params))
+        _INFO[name] = LossInfo(name, display_name, summary, dict(params),
+                               **({"note": note} if note else {}))
         return loss
 
     return add
+
+
+def single(settings: dict, key: str):
+    """The one value of `key` in a caption's settings ({key: [values]}), else None."""
+    values = settings.get(key) or []
+    return values[0] if len(values) == 1 else None
 
 
 def resolve_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -104,20 +156,10 @@ def resolve_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_value(name: str, key: str, spec: Param, value: Any) -> Any:
-    if spec.choices:
-        if value not in spec.choices:
-            raise ConfigError(
-                f"loss {name!r}: {_named(key, spec)} must be one of {', '.join(spec.choices)};"
-                f" got {value!r}"
-            )
-        return value
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise ConfigError(
-            f"loss {name!r}: {_named(key, spec)} must be a finite number >= 0; got {value!r}"
-            f" (the default is {spec.default})"
-        )
-    return float(value)
+    if not spec.accepts(value):
+        raise ConfigError(f"loss {name!r}: {_named(key, spec)} must be {spec.describe()}; got "
+                          f"{value!r} (the default is {spec.default})")
+    return value if spec.choices else float(value)
 
 
 def _named(key: str, spec: Param) -> str:

@@ -74,12 +74,20 @@ def _read_run(d: Path) -> dict:
                         "finish the run or leave it out")
     metrics = folder.read_metrics()
     row = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,
-           "params": json.dumps(cfg.loss.params or {}, sort_keys=True),
+           "params": json.dumps(_full_params(cfg.loss.name, cfg.loss.params), sort_keys=True),
            "seed": int(cfg.train.seed), "run_id": run.run_id or d.name,
            "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     return row
+
+
+def _full_params(loss: str, params: dict | None) -> dict:
+    """A run's loss settings with the defaults of parameters added after it was made (a 0.2
+    pwiser run has no "norm": it ran the "pairs" reading), so captions name every setting."""
+    from prlbench.losses import LOSSES, loss_params
+
+    return {**(loss_params(loss) if loss in LOSSES else {}), **(params or {})}
 
 
 def _arm_labels(df: pd.DataFrame) -> pd.Series:

@@ -14,8 +14,8 @@ from prlbench.metrics import METRICS, display_name, lower_is_better, table_metri
 from prlbench.report.analysis import Summary
 
 DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown ties are both bold
-PARAM_ORDER = ("lam", "m1", "m2", "phi", "score", "head")
-PARAM_NAMES = {"lam": "λ", "phi": "φ", "score": "s"}
+PARAM_ORDER = ("lam", "alpha", "m1", "m2", "phi", "score", "head", "norm", "temperature")
+PARAM_NAMES = {"lam": "λ", "phi": "φ", "score": "s", "alpha": "α", "temperature": "T"}
 VALUE_NAMES = {"squared_hinge": "squared hinge", "prob": "probability"}
 TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
 CORRECTION_NAMES = {"holm": "Holm correction", "bh": "Benjamini-Hochberg correction"}
@@ -235,9 +235,15 @@ def _settings_text(summary: Summary, arm: str) -> str:
                  + ("; each cell's in cells.csv)" if varied else ")"))
     elif varied:
         text += " (chosen on validation per data set and model; each cell's in cells.csv)"
-    if loss == "pwiser":
-        text += " (this project's reconstruction; the paper does not publish them)"
-    return text + "."
+    note = loss_note(loss, settings)
+    return text + (f" ({note})." if note else ".")
+
+
+def loss_note(loss: str, settings: dict) -> str:
+    """What the loss's registration says about these settings ("" for an unknown loss)."""
+    from prlbench.losses import LOSSES, loss_info
+
+    return loss_info(loss).note(settings) if loss in LOSSES else ""
 
 
 def loss_name(loss: str) -> str:
