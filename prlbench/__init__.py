@@ -1,3 +1,3 @@
 """prlbench: does a pairwise ranking loss (PWiseR) really help multi-task recommenders?"""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -20,5 +20,14 @@ def listing(kind: str) -> list[tuple[str, str]]:
     if kind == "losses":
         from prlbench.losses import LOSSES, loss_info
 
-        return [(n, loss_info(n).summary) for n in LOSSES]
+        return [(n, loss_info(n).summary + _params_text(loss_info(n).params)) for n in LOSSES]
     raise ConfigError(f"prlbench ls {kind}: expected one of {', '.join(KINDS)}")
+
+
+def _params_text(params: dict) -> str:
+    """" (--lambda 0.5, --norm pairs|paper)": each parameter's flag and default (and choices)."""
+    if not params:
+        return ""
+    items = [f"{p.flag} {'|'.join(p.choices) if p.choices else f'{p.default:g}'}"
+             + (f" (default {p.default})" if p.choices else "") for p in params.values()]
+    return f". Options: {', '.join(items)}"

@@ -29,7 +29,7 @@ EXECUTORS = ("local", "ray")
 FORMAT_ALIASES = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "csv"}
 # The single-run settings a compare config file may not hold: the grid gives them.
 # What the grid is when a flag is not given (the CLI shows these as its defaults).
-DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser",
+DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser,ranknet",
             "seeds": "8", "format": "md,latex"}
 MAX_SEEDS = 1000  # a bound checked before a range is built: "--seeds 1000000000" is a typo
 GRID_AXES = ("datasets", "models", "losses", "seeds")

@@ -50,7 +50,8 @@ class _LogisticPairSum(torch.autograd.Function):
 
 
 def logistic_pair_sum(pos: Tensor, neg: Tensor) -> Tensor:
-    """sum_{i, j} softplus(neg_j - pos_i) over pos [P] x neg [N], a scalar of their dtype.
+    """sum_{i, j} softplus(neg_j - pos_i) over pos [P] x neg [N], a scalar: float32 for
+    float16 / bfloat16 / float32 inputs, float64 for float64.
 
     Either side empty: exactly 0, with zero gradient. Differentiable once (the gradient is
     computed in the forward pass; double backward is not supported).
@@ -60,7 +61,10 @@ def logistic_pair_sum(pos: Tensor, neg: Tensor) -> Tensor:
                          f"{tuple(neg.shape)}")
     if pos.dtype != neg.dtype:
         raise ValueError(f"pos and neg must share a dtype, got {pos.dtype} and {neg.dtype}")
-    return _LogisticPairSum.apply(pos, neg)
+    # float16 / bfloat16 in float32: exp(spread / 2) and the products of GROUP factors need
+    # float32's range (float16's ends at 65504 and 6e-5).
+    work = torch.promote_types(pos.dtype, torch.float32)
+    return _LogisticPairSum.apply(pos.to(work), neg.to(work))
 
 
 def _sweep(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -109,4 +113,6 @@ def _relu_pair_sum(pos: Tensor, neg: Tensor) -> Tensor:
     ordered, _ = torch.sort(neg)
     suffix = torch.cat([ordered.flip(0).cumsum(0).flip(0), ordered.new_zeros(1)])
     k = torch.searchsorted(ordered, pos, right=True)  # neg_j > pos_i for j >= k_i
-    return (suffix[k] - (neg.numel() - k).to(pos.dtype) * pos).sum()
+    count = (neg.numel() - k).to(pos.dtype)
+    # a row without such a neg adds 0, also where pos_i is +inf (0 * inf would be NaN)
+    return (suffix[k] - torch.where(count > 0, count * pos, 0)).sum()
