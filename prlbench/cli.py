@@ -33,25 +33,31 @@ DataDir = Annotated[Path, typer.Option(
     help="The Parquet cache of data sets. Env: PRLBENCH_DATA_DIR.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bars.")]
 Dataset = Annotated[str, typer.Argument(help="A data set name (prlbench ls datasets).")]
-Phi = Annotated[Optional[str], typer.Option(
-    help="PWiseR phi: squared_hinge (default), hinge, logistic.")]
-Head = Annotated[Optional[str], typer.Option(
-    help="Head the pairwise term ranks (pwiser, ranknet): ctr (default), ctcvr or both.")]
-Norm = Annotated[Optional[str], typer.Option(
-    help="PWiseR's reading: pairs (default: mean over each term's pairs) or paper (sum over "
-    "conversions, mean over the other group).")]
-Lambda = Annotated[Optional[float], typer.Option(
-    "--lambda", help="Weight of the ranking term (pwiser, graded, ranknet; default 0.5).")]
-M1 = Annotated[Optional[float], typer.Option(
-    help="PWiseR margin, conversion vs click-only (default 0.05).")]
-M2 = Annotated[Optional[float], typer.Option(
-    help="PWiseR margin, conversion vs non-click (default 0.1).")]
-Score = Annotated[Optional[str], typer.Option(
-    help="prob or logit (default: prob for pwiser, logit for ranknet).")]
-Temperature = Annotated[Optional[float], typer.Option(
-    help="Graded: temperature T > 0 dividing the logit differences (default 1).")]
-Alpha = Annotated[Optional[float], typer.Option(
-    help="ListCE: weight of BCE in [0, 1], the list term gets 1 - alpha (default 0.9).")]
+# Loss options: train takes one value, compare one value or a list of candidates (a string).
+LOSS_HELP = {
+    "lam": "Weight of the ranking term (pwiser, graded, ranknet; default 0.5).",
+    "m1": "PWiseR margin, conversion vs click-only (default 0.05).",
+    "m2": "PWiseR margin, conversion vs non-click (default 0.1).",
+    "phi": "PWiseR phi: squared_hinge (default), hinge, logistic.",
+    "score": "prob or logit (default: prob for pwiser, logit for ranknet).",
+    "head": "Head the pairwise term ranks (pwiser, ranknet): ctr (default), ctcvr or both.",
+    "norm": "PWiseR's reading: pairs (default: mean over each term's pairs) or paper (sum over "
+            "conversions, mean over the other group).",
+    "temperature": "Graded: temperature T > 0 dividing the logit differences (default 1).",
+    "alpha": "ListCE: weight of BCE in [0, 1], the list term gets 1 - alpha (default 0.9).",
+}
+LIST_HELP = " A comma-separated list is chosen on validation."
+
+
+def _loss_option(key: str, kind: type, *decls: str, listed: bool = False):
+    return Annotated[Optional[kind], typer.Option(  # type: ignore[valid-type]
+        *decls, help=LOSS_HELP[key] + (LIST_HELP if listed else ""))]
+
+
+Lambda, M1, M2 = (_loss_option("lam", float, "--lambda"), _loss_option("m1", float),
+                  _loss_option("m2", float))
+Temperature, Alpha = _loss_option("temperature", float), _loss_option("alpha", float)
+Phi, Score, Head, Norm = (_loss_option(k, str) for k in ("phi", "score", "head", "norm"))
 Preset = Annotated[Optional[str], typer.Option(
     help="Model sizes: paper or small (default small on synthetic, paper otherwise).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 10).")]
@@ -357,19 +363,14 @@ def evaluate(
 # compare's own options (those it shares with train are declared at the top)
 Datasets = Annotated[str, typer.Option(help="Comma-separated data sets.")]
 Models = Annotated[str, typer.Option(help="Comma-separated models, or all.")]
-Losses = Annotated[str, typer.Option(help="Comma-separated losses; bce is the baseline.")]
+Losses = Annotated[str, typer.Option(
+    help="Comma-separated losses (prlbench ls losses); bce is the baseline. A loss with settings "
+    "of its own is an arm of its own: \"bce,pwiser,pwiser[norm=paper]\".")]
 Seeds = Annotated[str, typer.Option(help="A count (8 = seeds 1..8) or a list (1,2,3).")]
-LambdaList = Annotated[Optional[str], typer.Option(
-    "--lambda", help="Ranking-term weight of pwiser, graded and ranknet (default 0.5). Every "
-    "loss option takes a list, whose candidates are chosen on validation (e.g. 0.1,0.5,1).")]
-M1List = Annotated[Optional[str], typer.Option(help="PWiseR margin m1 (default 0.05), or a list.")]
-M2List = Annotated[Optional[str], typer.Option(help="PWiseR margin m2 (default 0.1), or a list.")]
-ScoreBoth = Annotated[Optional[str], typer.Option(
-    help="prob or logit, for pwiser (default prob) and ranknet (default logit) alike.")]
-TemperatureList = Annotated[Optional[str], typer.Option(
-    help="Graded: temperature T > 0 (default 1), or a list.")]
-AlphaList = Annotated[Optional[str], typer.Option(
-    help="ListCE: BCE weight in [0, 1] (default 0.9), or a list.")]
+LambdaList, M1List, M2List, TemperatureList, AlphaList, PhiList, ScoreList, HeadList, \
+    NormList = (_loss_option(k, str, *(("--lambda",) if k == "lam" else ()), listed=True)
+                for k in ("lam", "m1", "m2", "temperature", "alpha", "phi", "score", "head",
+                          "norm"))
 Executor = Annotated[str, typer.Option(help="local (process pool) or ray.")]
 Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(cores, 2)).")]
 RunThreads = Annotated[Optional[int], typer.Option(
@@ -396,8 +397,8 @@ ExperimentDir = Annotated[Optional[Path], typer.Option(
 def compare(
     datasets: Datasets = GRID_DEFAULTS["datasets"], models: Models = GRID_DEFAULTS["models"],
     losses: Losses = GRID_DEFAULTS["losses"], seeds: Seeds = GRID_DEFAULTS["seeds"],
-    lam: LambdaList = None, m1: M1List = None, m2: M2List = None, phi: Phi = None,
-    score: ScoreBoth = None, head: Head = None, norm: Norm = None,
+    lam: LambdaList = None, m1: M1List = None, m2: M2List = None, phi: PhiList = None,
+    score: ScoreList = None, head: HeadList = None, norm: NormList = None,
     temperature: TemperatureList = None, alpha: AlphaList = None,
     preset: Preset = None, epochs: Epochs = None,
     batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
