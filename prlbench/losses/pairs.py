@@ -12,18 +12,19 @@ Here one forward sweep over row blocks of at most `BLOCK` pairs (memory bounded 
 batch) computes the value and both gradients, and the backward pass only scales two vectors:
 
     d/d neg_j = sum_i sigmoid(neg_j - pos_i)        d/d pos_i = -sum_j sigmoid(neg_j - pos_i)
-    softplus(d) = max(d, 0) - log max(sigmoid(d), 1 - sigmoid(d))
 
-- sigmoid(neg_j - pos_i) = a_j / (a_j + b_i) with a = exp(neg - c), b = exp(pos - c) and c the
-  middle of the scores' range: P + N exps, then one add and one division per pair. Scores
-  spread over more than `MAX_SPREAD` (where exp would overflow) take a sigmoid per pair.
-- sum max(d, 0) over all pairs comes from the sorted negatives' suffix sums, O((P + N) log N).
-- the logs are taken of products of `GROUP` factors, each in [1/2, 1] (>= 2^-32: no underflow
-  in float32), so they run over 1/GROUP of the pairs.
+- With a = exp(neg - c), b = exp(pos - c) and c the middle of the scores' range (P + N exps),
+  u_ij = a_j + b_i gives sigmoid(neg_j - pos_i) = a_j / u_ij and
+  softplus(neg_j - pos_i) = log u_ij - (pos_i - c): per pair one add, one division and a share
+  of a log, which is taken of the product of up to `GROUP` factors (as many as float32's range
+  allows for the spread), so the logs run over a fraction of the pairs.
+- Scores spread over more than `MAX_SPREAD` (exp would overflow) take a sigmoid per pair, with
+  softplus(d) = max(d, 0) - log max(sigmoid(d), 1 - sigmoid(d)): the first sum from the sorted
+  negatives' suffix sums in O((P + N) log N), the second from products of factors in [1/2, 1].
 
-Accuracy: a pair whose loss is below the float epsilon (6e-8 in float32, 1e-16 in float64) adds
-0 instead of its value; the gradients are exact to rounding. tests/test_losses.py checks both
-against a direct double loop and `gradcheck`.
+Accuracy: each log u_ij carries float32 rounding (about 6e-8 x |log u_ij|, at most spread / 2 + 0.7; float64: 1e-16);
+the gradients are exact to rounding. tests/test_loss_zoo.py checks both paths, the blocks and
+the groups against a direct double loop and `gradcheck`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 BLOCK = 1 << 18  # pairs per block: two 1 MiB float32 buffers (smaller blocks run on one thread)
-GROUP = 32  # factors in [1/2, 1] multiplied before one log: >= 2^-32, far from underflow
+GROUP = 32  # at most this many factors multiplied before one log
 MAX_SPREAD = 160.0  # scores spread wider than this take the sigmoid path (exp would overflow)
 
 
@@ -70,42 +71,49 @@ def logistic_pair_sum(pos: Tensor, neg: Tensor) -> Tensor:
 def _sweep(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(value, d value / d pos, d value / d neg), over row blocks of the pair matrix."""
     n_pos, n_neg = pos.numel(), neg.numel()
-    grad_pos, grad_neg = torch.zeros_like(pos), torch.zeros_like(neg)
     if n_pos == 0 or n_neg == 0:
-        return pos.new_zeros(()), grad_pos, grad_neg
-    lo = torch.minimum(pos.min(), neg.min())
-    hi = torch.maximum(pos.max(), neg.max())
-    wide = bool(hi - lo > MAX_SPREAD)  # exp(+-spread / 2) must stay finite and normal
+        return pos.new_zeros(()), torch.zeros_like(pos), torch.zeros_like(neg)
+    lo, hi = torch.cat([pos, neg]).aminmax()
+    spread = float(hi - lo)
+    wide = not spread <= MAX_SPREAD  # also NaN: exp(+-spread / 2) must stay finite and normal
     rows = max(1, BLOCK // n_neg)
-    size = min(rows, n_pos) * n_neg
-    s_buf, m_buf = pos.new_empty((2, size)).unbind(0)
-    if not wide:  # sigmoid(neg_j - pos_i) = a_j / (a_j + b_i): a division, not an exp, per pair
+    s_buf, m_buf = pos.new_empty((2, min(rows, n_pos) * n_neg)).unbind(0)
+    if wide:
+        group = GROUP
+    else:  # sigmoid(neg_j - pos_i) = a_j / u_ij with u_ij = a_j + b_i: a division per pair
         mid = (lo + hi) / 2
-        a, b = torch.exp(neg - mid)[None, :], torch.exp(pos - mid)
-    log_m = pos.new_zeros(())
+        a, b = torch.exp(neg - mid)[None, :], torch.exp(pos - mid)[:, None]
+        # log u_ij is within log 2 + spread / 2 of 0: a product of `group` of them stays
+        # inside float32's range (e^-87 .. e^88)
+        group = max(1, min(GROUP, int(80 / (spread / 2 + 1))))
+    logs, row_sums, col_sum = [], [], None
     for start in range(0, n_pos, rows):
         r = min(rows, n_pos - start)
         s, m = s_buf[: r * n_neg].view(r, n_neg), m_buf[: r * n_neg].view(r, n_neg)
-        if wide:
+        if wide:  # m = max(sigmoid(d), 1 - sigmoid(d)), in [1/2, 1]
             torch.sub(neg[None, :], pos[start:start + r, None], out=m)
             torch.sigmoid(m, out=s)
             torch.mul(s, -1, out=m).add_(1)  # 1 - sigmoid(d) = sigmoid(-d), exact where small
             torch.maximum(m, s, out=m)
-        else:
-            b_rows = b[start:start + r, None]
-            torch.add(a, b_rows, out=m)
-            torch.div(a, m, out=s)  # sigmoid(neg_j - pos_i)
-            m.reciprocal_().mul_(torch.maximum(a, b_rows))  # max(a, b) / (a + b), in [1/2, 1]
-        grad_pos[start:start + r] = s.sum(1).neg_()
-        grad_neg += s.sum(0)
-        log_m += _log_product(m_buf[: r * n_neg])
-    return _relu_pair_sum(pos, neg) - log_m, grad_pos, grad_neg
+        else:  # m = u
+            torch.add(a, b[start:start + r], out=m)
+            torch.div(a, m, out=s)
+        row_sums.append(s.sum(1))
+        col_sum = s.sum(0) if col_sum is None else col_sum.add_(s.sum(0))
+        logs.append(_log_product(m_buf[: r * n_neg], group))
+    grad_pos = (row_sums[0] if len(row_sums) == 1 else torch.cat(row_sums)).neg_()
+    log_sum = logs[0] if len(logs) == 1 else torch.stack(logs).sum()
+    if wide:  # softplus(d) = max(d, 0) - log max(sigmoid(d), 1 - sigmoid(d))
+        return _relu_pair_sum(pos, neg) - log_sum, grad_pos, col_sum
+    # softplus(d_ij) = log(1 + a_j / b_i) = log u_ij - log b_i = log u_ij - (pos_i - mid)
+    return log_sum - n_neg * (pos - mid).sum(), grad_pos, col_sum
 
 
-def _log_product(m: Tensor) -> Tensor:
-    """sum(log(m)) for m in [1/2, 1], as logs of products of GROUP factors."""
-    whole = m.numel() // GROUP * GROUP
-    return torch.log(m[:whole].view(-1, GROUP).prod(1)).sum() + torch.log(m[whole:]).sum()
+def _log_product(m: Tensor, group: int) -> Tensor:
+    """sum(log(m)), as the logs of products of `group` factors."""
+    whole = m.numel() // group * group  # rows of the view multiply elementwise: vectorised
+    total = torch.log(m[:whole].view(group, -1).prod(0)).sum()
+    return total if whole == m.numel() else total + torch.log(m[whole:]).sum()
 
 
 def _relu_pair_sum(pos: Tensor, neg: Tensor) -> Tensor:
