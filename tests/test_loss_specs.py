@@ -163,3 +163,21 @@ def test_compare_puts_two_readings_of_pwiser_in_one_table(data_dir, tmp_path):
     assert "PWiseR (norm=pairs)" in table and "PWiseR (norm=paper)" in table
     # the caption names both readings' settings
     assert "reading=paper" in table or "norm=paper" in table
+
+
+def test_train_takes_every_new_parameter_and_refuses_a_foreign_one(data_dir, tmp_path):
+    runner = CliRunner()
+    common = ["train", "--dataset", "synthetic", "--data-dir", str(data_dir), "--model",
+              "shared_bottom", "--epochs", "1", "--batch-size", "1024", "--preset", "small",
+              "-q", "--out", str(tmp_path)]
+    r = runner.invoke(app, [*common, "--loss", "graded", "--temperature", "2", "--lambda",
+                            "0.3"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    cfg = json.loads((run / "config.json").read_text())["loss"]
+    assert cfg == {"name": "graded", "params": {"lam": 0.3, "temperature": 2.0}}
+    r = runner.invoke(app, [*common, "--loss", "bce", "--alpha", "0.5"])
+    assert r.exit_code != 0
+    text = " ".join(r.output.split())
+    assert "loss 'bce' has no parameter 'alpha'" in text
+    assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 1

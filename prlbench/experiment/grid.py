@@ -159,7 +159,6 @@ class CompareConfig:
 def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
           config_file: Path | None) -> Grid:
     from prlbench.data.datasets import DATASETS
-    from prlbench.losses import LOSSES
     from prlbench.models import MODELS
 
     for axis in GRID_AXES:  # an empty shell variable ("--models $MODELS") means no grid

@@ -22,9 +22,10 @@ batch) computes the value and both gradients, and the backward pass only scales 
   softplus(d) = max(d, 0) - log max(sigmoid(d), 1 - sigmoid(d)): the first sum from the sorted
   negatives' suffix sums in O((P + N) log N), the second from products of factors in [1/2, 1].
 
-Accuracy: each log u_ij carries float32 rounding (about 6e-8 x |log u_ij|, at most spread / 2 + 0.7; float64: 1e-16);
-the gradients are exact to rounding. tests/test_loss_zoo.py checks both paths, the blocks and
-the groups against a direct double loop and `gradcheck`.
+Accuracy: each log u_ij carries float32 rounding, about 6e-8 x |log u_ij| with |log u_ij| at
+most spread / 2 + 0.7 (float64: 1e-16 x); the gradients are exact to rounding.
+tests/test_loss_zoo.py checks both paths, the blocks and the groups against a direct double
+loop and `gradcheck`.
 """
 
 from __future__ import annotations
