@@ -46,8 +46,8 @@ def graded_loss(logits: Tensor, click: Tensor, conversion: Tensor, *,
 def _note(settings: dict) -> str:
     t = single(settings, "temperature")
     return ("grades no click < click only < click and conversion, every pair of different "
-            "grades on the CTR logit (EasyRec's pairwise logistic" +
-            (", T=1 as published)" if t == 1 else ")"))
+            "grades on the CTR logit: EasyRec's pairwise logistic" +
+            (", T=1 as published" if t == 1 else ""))
 
 
 @register_loss(

@@ -43,10 +43,10 @@ def listce_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 def _note(settings: dict) -> str:
     alpha = single(settings, "alpha")
-    text = "each head's positives against the batch's summed sigmoids (Bai et al., WWW 2023)"
+    text = "each head's positives against the batch's summed sigmoids, Bai et al., WWW 2023"
     if alpha is not None and 0 < alpha < 1:
         text += (f"; α={alpha:g} is BCE + {(1 - alpha) / alpha:.3g} × ListCE scaled by "
-                 f"{alpha:g}" + (" (the published α)" if alpha == 0.9 else ""))
+                 f"{alpha:g}" + (", the published α" if alpha == 0.9 else ""))
     return text
 
 

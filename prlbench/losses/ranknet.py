@@ -49,7 +49,7 @@ def _note(settings: dict) -> str:
     if head == "ctr":
         return "clicks ranked above non-clicks, conversions ignored: the pairwise control"
     if head == "both" and lam is not None and abs(lam - 3 / 7) < 5e-4:
-        return ("head both with λ=3/7: the Combined-Pair loss of Lin et al. (KDD 2024), "
+        return ("head both with λ=3/7: the Combined-Pair loss of Lin et al., KDD 2024, "
                 "0.7 BCE + 0.3 RankNet per task, up to the factor 0.7")
     return "each head's positives ranked above its negatives" + (
         ", the mean of the two heads" if head == "both" else "")
