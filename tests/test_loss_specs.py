@@ -181,3 +181,20 @@ def test_train_takes_every_new_parameter_and_refuses_a_foreign_one(data_dir, tmp
     text = " ".join(r.output.split())
     assert "loss 'bce' has no parameter 'alpha'" in text
     assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_a_compare_config_file_takes_every_new_parameter(tmp_path):
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("loss:\n  params:\n    norm: [pairs, paper]\n    alpha: 0.8\n"
+                   "    temperature: [0.5, 1.0]\n")
+    cc = CompareConfig.resolve(cfg, {"datasets": "synthetic", "models": "mmoe",
+                                     "losses": "bce,pwiser,graded,listce", "alpha": "0.7"})
+    # the flag wins over the file for alpha; the file's lists are candidates
+    assert cc.grid.loss_grid == {"alpha": [0.7], "norm": ["pairs", "paper"],
+                                 "temperature": [0.5, 1.0]}
+    assert cc.grid.candidates("listce") == [{"alpha": 0.7}]
+    assert len(cc.grid.candidates("pwiser")) == 2 and len(cc.grid.candidates("graded")) == 2
+    cfg.write_text("loss:\n  params:\n    norm: [pairs, sideways]\n")
+    with pytest.raises(ConfigError, match="must be one of pairs, paper"):
+        CompareConfig.resolve(cfg, {"datasets": "synthetic", "models": "mmoe",
+                                    "losses": "bce,pwiser"})
