@@ -830,6 +830,7 @@ def _model_names():
     return MODELS.names()
 
 
+@pytest.mark.slow  # 40 short runs through the real engine, about 25 s
 @pytest.mark.parametrize("model", _model_names())
 @pytest.mark.parametrize("loss", LOSSES.names())
 def test_every_loss_trains_every_model_one_epoch(data_dir, tmp_path, loss, model):
@@ -841,7 +842,8 @@ def test_every_loss_trains_every_model_one_epoch(data_dir, tmp_path, loss, model
 
 @pytest.mark.parametrize("name,params", VARIANTS[len(LOSSES.names()):],
                          ids=VARIANT_IDS[len(LOSSES.names()):])
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_loss_variants_train_through_the_engine(data_dir, tmp_path, name, params, precision):
     from prlbench.engine.run import train_run
 
