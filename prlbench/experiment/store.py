@@ -162,7 +162,8 @@ class CompareRecord:
 
     datasets: tuple = _doc("the grid's data sets")
     models: tuple = _doc("its models")
-    losses: tuple = _doc("its losses, the baseline first")
+    losses: tuple = _doc("its losses as given, the baseline first (a loss with settings of its "
+                         "own as pwiser[norm=paper])")
     seeds: tuple = _doc("its seeds; the first one chooses among candidate settings")
     loss_grid: dict = _doc("loss parameter -> candidate values (one value: fixed)")
     base: dict = _doc("the configuration every run starts from (as config.json)")
