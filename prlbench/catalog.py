@@ -12,7 +12,8 @@ def listing(kind: str) -> list[tuple[str, str]]:
     if kind == "datasets":
         from prlbench.data.datasets import DATASETS
 
-        return [(n, DATASETS.get(n).description) for n in DATASETS]
+        return [(n, DATASETS.get(n).description + _access_text(DATASETS.get(n)))
+                for n in DATASETS]
     if kind == "models":
         from prlbench.models import MODELS
 
@@ -31,3 +32,12 @@ def _params_text(params: dict) -> str:
     items = [f"{p.flag} {'|'.join(p.choices) if p.choices else f'{p.default:g}'}"
              + (f" (default {p.default})" if p.choices else "") for p in params.values()]
     return f". Options: {', '.join(items)}"
+
+
+def _access_text(spec) -> str:
+    """". Licence CC BY-SA 4.0, 47.4 MB download, no login": what a data set's spec states."""
+    parts = [f"licence {spec.licence}" if spec.licence else "",
+             f"{spec.size_bytes / 1e6:.1f} MB download" if spec.size_bytes else "",
+             {True: "login needed", False: "no login"}.get(spec.needs_login, "")]
+    text = ", ".join(p for p in parts if p)
+    return f". {text[:1].upper()}{text[1:]}" if text else ""

@@ -185,6 +185,7 @@ def download(
       prlbench download aliexpress_nl --url https://mirror.example/aliexpress_NL_datasets.zip
       prlbench download aliexpress_nl --from ~/Downloads/aliexpress_NL_datasets.zip
       prlbench download aliccp          # says where to get it and what to run next
+      prlbench download kuairand_pure   # a public archive: fetched, md5 checked, unpacked
     """
     import shlex
 
@@ -222,6 +223,12 @@ def preprocess(
         metavar="SHARE", help="Real data: the share of rows that may be dropped for want of "
         "their user row (AliExpress) or common features (Ali-CCP); more is an error (default "
         "0.001).")] = None,
+    conversion: Annotated[Optional[str], typer.Option(
+        metavar="LABEL", help="kuairand_pure: the deeper label that makes a click a conversion: "
+        "like, long_view, follow, comment or forward (default like).")] = None,
+    drop_unclicked_deep: Annotated[bool, typer.Option(
+        "--drop-unclicked-deep", metavar="", help="kuairand_pure: drop the rows with the "
+        "deeper label but no click (default: keep them as non-clicks).")] = False,
     data_dir: DataDir = Path("datasets"),
     quiet: Quiet = False,
 ) -> None:
@@ -232,12 +239,15 @@ def preprocess(
       prlbench preprocess aliexpress_nl
       prlbench preprocess aliexpress_nl --source ~/MTReclib/data/AliExpress_NL
       prlbench preprocess aliccp --source ~/aliccp
+      prlbench preprocess kuairand_pure --conversion long_view
     """
     from prlbench.data.preprocess import preprocess as run_preprocess
 
     manifest = run_preprocess(name, data_dir, source=source, progress=not quiet, rows=rows,
                               seed=seed, click_rate=click_rate, conversion_rate=conversion_rate,
-                              noise_rate=noise_rate, max_unmatched=max_unmatched)
+                              noise_rate=noise_rate, max_unmatched=max_unmatched,
+                              conversion=conversion,
+                              drop_unclicked_deep=drop_unclicked_deep or None)
     _print_manifest(manifest, data_dir / name)
 
 
@@ -248,7 +258,7 @@ def _print_manifest(manifest, where: Path) -> None:
     table = Table(title=f"{manifest['dataset']} -> {where}", header_style="bold")
     for col in ("split", "rows", "click rate", "CTCVR rate", "CVR rate"):
         table.add_column(col, justify="right")
-    for split, s in manifest["splits"].items():
+    for split, s in {**manifest["splits"], **manifest.get("extra_splits", {})}.items():
         table.add_row(split, f"{s['rows']:,}", f"{s['click_rate']:.4%}",
                       f"{s['ctcvr_rate']:.4%}", f"{s['cvr_rate']:.3%}")
     cols = manifest["columns"]

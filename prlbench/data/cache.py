@@ -2,10 +2,12 @@
 
 1. checks the labels of each chunk (naming the source file and line of a bad row),
 2. carves the validation split out of train by whole groups (a fixed-seed hash of the group id,
-   independent of any training seed),
+   independent of any training seed), unless the source gives it (KuaiRand: by date),
 3. counts categorical ids on the train split only, and re-indexes them (unseen / rare -> 0),
-4. writes `{train,val,test}.parquet` and `manifest.json` into a temporary folder that replaces
-   the cache only once everything is written: a failure leaves the old cache (or nothing).
+4. writes `{train,val,test}.parquet` (and any extra evaluation split, such as KuaiRand's
+   `test_random.parquet`, listed under "extra_splits") and `manifest.json` into a temporary
+   folder that replaces the cache only once everything is written: a failure leaves the old
+   cache (or nothing).
 
 Chunks are staged on disk as Parquet files, so the real ~40 GB Ali-CCP files stream through in
 bounded memory. `open_cache` reads a manifest back and checks that the files match it.
@@ -175,7 +177,8 @@ class CacheBuilder:
     """
 
     def __init__(self, out_dir: Path, schema: Schema, *, min_count: int = 0,
-                 has_groups: bool = True, carve_val: bool = True) -> None:
+                 has_groups: bool = True, carve_val: bool = True,
+                 validation: dict | None = None, extra_splits: tuple[str, ...] = ()) -> None:
         # A cache folder that is a symlink (a big data set on another disk) is rebuilt where
         # it points, so that the link stays valid and the swap stays on one file system.
         self.out_dir = cache_folder(Path(out_dir).parent, Path(out_dir).name)
@@ -183,8 +186,14 @@ class CacheBuilder:
         self.min_count = min_count
         self.has_groups = has_groups
         self.carve_val = carve_val
+        # How a validation split given by the source was made (KuaiRand: by date); recorded in
+        # the manifest instead of {"given_by_source": true}.
+        self.validation = validation
+        # Further evaluation splits beside train / val / test (KuaiRand's random log), encoded
+        # with the same train vocabulary and listed under "extra_splits" in the manifest.
+        self.extra_splits = tuple(extra_splits)
         self._counters = {c: _IdCounter() for c in schema.categorical}
-        self._chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
+        self._chunks: dict[str, list[Path]] = {s: [] for s in (*SPLITS, *self.extra_splits)}
         self._side_chunks: dict[str, list[Path]] = {s: [] for s in SPLITS}
         self._stage: Path | None = None
 
@@ -208,7 +217,7 @@ class CacheBuilder:
         extra per-row columns written to `{split}.side.parquet`, aligned row for row (the
         synthetic data set's true probabilities), never into the feature files.
         """
-        if split not in SPLITS:
+        if split not in SPLITS and split not in self.extra_splits:
             raise ValueError(f"unknown split {split!r}")
         missing = [c for c in self.schema.columns() if c not in columns]
         if missing:
@@ -270,7 +279,9 @@ class CacheBuilder:
             splits[split] = self._write_split(split, vocab, final)
             if self._side_chunks[split]:
                 side_files[split] = self._concat_side(split, final)
+        extra = {s: self._write_split(s, vocab, final) for s in self.extra_splits}
         empty = [s for s in ("val", "test") if splits[s]["rows"] == 0]
+        empty += [s for s in self.extra_splits if extra[s]["rows"] == 0]
         if empty:
             why = ("the training data has too few searches to hold 10 % of them out"
                    if empty == ["val"] and self.carve_val
@@ -295,8 +306,9 @@ class CacheBuilder:
                            "min_count": self.min_count, "other_code": 0},
             "validation": ({"fraction": VAL_FRACTION, "seed": VAL_SEED,
                             "by": self.schema.group if self.has_groups else "row"}
-                           if self.carve_val else {"given_by_source": True}),
+                           if self.carve_val else self.validation or {"given_by_source": True}),
             "splits": splits,
+            **({"extra_splits": extra} if extra else {}),
             "side_files": side_files,
             "inputs": inputs or [],
             "params": params or {},
@@ -506,8 +518,9 @@ class Manifest(Mapping):
 
 
 def _content_hash(manifest: Mapping) -> str:
+    keys = ("splits", "side_files") + (("extra_splits",) if "extra_splits" in manifest else ())
     files = {k: {s: e.get("sha256") for s, e in manifest.get(k, {}).items()}
-             for k in ("splits", "side_files")}
+             for k in keys}  # extra_splits only where present: the other caches' hash is kept
     identity = {k: manifest.get(k) for k in _IDENTITY_KEYS} | files
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -529,6 +542,7 @@ def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> Manifest:
                          f"run: prlbench preprocess {name} --data-dir {shlex.quote(str(data_dir))}")
     manifest = _read_manifest(mpath, name)
     entries = list(manifest["splits"].values()) + list(manifest.get("side_files", {}).values())
+    entries += list(manifest.get("extra_splits", {}).values())
     for entry in entries:
         _verify_file(cache / entry["file"], entry, name, full=verify)
     return Manifest(manifest, cache)
@@ -552,11 +566,12 @@ def _read_manifest(path: Path, name: str) -> dict:
     elif not isinstance(manifest.get("splits"), dict) or set(manifest["splits"]) != set(SPLITS):
         problem = f"lacks its splits section ({', '.join(SPLITS)})"
     else:
-        side = manifest.get("side_files", {})
-        if not isinstance(side, dict):
-            problem = "has a malformed side_files section (not a mapping)"
+        side, extra = manifest.get("side_files", {}), manifest.get("extra_splits", {})
+        if not isinstance(side, dict) or not isinstance(extra, dict):
+            what = "side_files" if not isinstance(side, dict) else "extra_splits"
+            problem = f"has a malformed {what} section (not a mapping)"
         else:
-            entries = [*manifest["splits"].items(),
+            entries = [*manifest["splits"].items(), *extra.items(),
                        *((f"{s} side file", e) for s, e in side.items())]
             bad = [s for s, e in entries
                    if not isinstance(e, dict) or not {"file", "bytes", "sha256"} <= e.keys()]

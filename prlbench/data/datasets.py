@@ -42,6 +42,14 @@ class DatasetSpec:
     # The model size preset when none is asked for: the paper's sizes on real data, CPU sizes
     # on generated data (which exists to run in minutes).
     default_preset: str = "paper"
+    # What `prlbench ls datasets` states where known (None / "": not stated): the licence, the
+    # download's size in bytes, and whether a login is needed to fetch it.
+    licence: str = ""
+    size_bytes: int | None = None
+    needs_login: bool | None = None
+    # The md5 published for the archive (KuaiRand's README): a download, --url mirror or --from
+    # file of it must match, else nothing is kept.
+    md5: str | None = None
 
     def preprocess_fn(self) -> Callable:
         module, func = self.preprocessor.split(":")
@@ -108,5 +116,27 @@ _register(
         obtain="Generated locally by `prlbench preprocess synthetic`; nothing to download.",
         generated=True,
         default_preset="small",
+    )
+)
+
+_register(
+    DatasetSpec(
+        name="kuairand_pure",
+        display_name="KuaiRand-Pure",
+        description="KuaiRand-Pure (Kuaishou short-video logs, CIKM 2022): clicks and likes "
+        "(--conversion), 35 categorical + 6 numerical features, split by date, plus a "
+        "random-exposure test split",
+        landing_page="https://zenodo.org/records/10439422",
+        raw_files=("KuaiRand-Pure.tar.gz",),
+        preprocessor="prlbench.data.kuairand:preprocess_kuairand",
+        url="https://zenodo.org/records/10439422/files/KuaiRand-Pure.tar.gz",
+        obtain="A public download, no login or form: prlbench download kuairand_pure fetches it "
+        "(https://github.com/chongminggao/KuaiRand describes it); a mirror (--url) or a copy "
+        "fetched by hand (--from) is checked against the same published md5.",
+        group_column="user_id",
+        licence="CC BY-SA 4.0",
+        size_bytes=47_432_272,
+        needs_login=False,
+        md5="0820331067a3784d9691136f772b35a7",
     )
 )

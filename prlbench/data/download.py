@@ -4,7 +4,9 @@
 Range, retried with backoff on connection errors and 5xx, renamed only once complete), from a
 file or folder fetched by hand, or else says where to get the files (Tianchi needs a login).
 Every file's sha256 and size go into `raw/checksums.json` on first import; other content under
-the same name later, or a file changed on disk (`verify_raw`), is an error. An archive given on
+the same name later, or a file changed on disk (`verify_raw`), is an error. Where a data set
+publishes an md5 for its archive (KuaiRand), the downloaded or imported archive must match it, or
+nothing is kept; the md5 is recorded beside the sha256. An archive given on
 its own or named in the spec is extracted by `extract_archive` (no absolute paths, `..`, links or
 devices; a size cap; files move into place only once every entry was written). Archives inside
 archives (AliExpress's inner zips) or inside an imported folder stay as they are.
@@ -103,9 +105,10 @@ def _download_locked(spec: DatasetSpec, raw: Path, *, url: str | None, from_path
     known = set(_load_records(raw)) if raw.is_dir() else set()
     if from_path is not None:
         given, single = _import(Path(from_path).expanduser(), raw, sha256=sha256,
-                                progress=progress)
+                                progress=progress, md5=spec.md5, md5_names=spec.raw_files)
     elif url is not None:
-        given, single = [_download_url(url, raw, sha256, progress, retries, backoff)], True
+        given, single = [_download_url(url, raw, sha256, progress, retries, backoff,
+                                       md5=spec.md5)], True
     else:
         verify_raw(raw)  # imported earlier: check it, extract what is still unextracted
         given, single = [raw / f for f in spec.raw_files], True
@@ -220,11 +223,14 @@ def _check(raw: Path, rel: str, digest: str, expected: str | None, old: dict | N
 
 
 def _accept(raw: Path, rel: str, staged: Path, source: str, expected: str | None,
-            **extra: str) -> Path:
-    """Check a complete staged file, rename it to its final name and record it."""
+            md5: str | None = None, **extra: str) -> Path:
+    """Check a complete staged file, rename it to its final name and record it. `md5`: the
+    hash the data set publishes for it (KuaiRand), checked too and recorded beside the sha256."""
     records = _load_records(raw)
     digest, size = sha256_file(staged), staged.stat().st_size
     try:
+        if md5 is not None:
+            extra["md5"] = _check_md5(rel, staged, md5)
         _check(raw, rel, digest, expected, records.get(rel))
     except DownloadError as e:
         staged.unlink(missing_ok=True)
@@ -235,15 +241,31 @@ def _accept(raw: Path, rel: str, staged: Path, source: str, expected: str | None
     return raw / rel
 
 
+def _check_md5(rel: str, path: Path, published: str) -> str:
+    """The md5 of `path`, which must be the published one (a DownloadError names both)."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    if h.hexdigest() != published.lower():
+        raise DownloadError(f"{rel}: md5 {h.hexdigest()} does not match the published md5 "
+                            f"{published.lower()}: the file is damaged, incomplete or another "
+                            "one; fetch it again (from another mirror, or with --from a copy "
+                            "you checked)")
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------- import
-def _import(src: Path, raw: Path, *, sha256: str | None,
-            progress: bool) -> tuple[list[Path], bool]:
-    """Copy a file, or every file of a folder, into raw/; returns (files, given as one file)."""
+def _import(src: Path, raw: Path, *, sha256: str | None, progress: bool,
+            md5: str | None = None, md5_names: tuple[str, ...] = ()) -> tuple[list[Path], bool]:
+    """Copy a file, or every file of a folder, into raw/; returns (files, given as one file).
+    `md5` (published) is checked on a file given alone, and on the files of a folder whose name
+    is in `md5_names`."""
     if not src.exists():
         raise DownloadError(f"--from {src}: no such file or folder")
     raw.mkdir(parents=True, exist_ok=True)
     if src.is_file():
-        return [_import_file(src, raw, src.name, sha256, progress)], True
+        return [_import_file(src, raw, src.name, sha256, progress, md5)], True
     if sha256 is not None:
         raise ConfigError("--sha256 checks a single file; import the files one by one")
     if raw.resolve().is_relative_to(src.resolve()):
@@ -253,11 +275,13 @@ def _import(src: Path, raw: Path, *, sha256: str | None,
                    and not p.name.startswith(".") and not p.name.endswith(PART))
     if not files:
         raise DownloadError(f"--from {src}: the folder holds no files")
-    return [_import_file(p, raw, p.relative_to(src).as_posix(), None, progress)
+    return [_import_file(p, raw, p.relative_to(src).as_posix(), None, progress,
+                         md5 if p.name in md5_names else None)
             for p in files], False
 
 
-def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: bool) -> Path:
+def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: bool,
+                 md5: str | None = None) -> Path:
     target = raw / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + PART)
@@ -267,7 +291,7 @@ def _import_file(src: Path, raw: Path, rel: str, sha256: str | None, progress: b
             while block := fin.read(CHUNK):
                 fout.write(block)
                 advance(len(block))
-        return _accept(raw, rel, part, str(src.resolve()), sha256)
+        return _accept(raw, rel, part, str(src.resolve()), sha256, md5)
     except _PlantedLink:
         raise  # not ours: left alone
     except OSError as e:
@@ -311,7 +335,7 @@ def _bar(label: str, total: int | None, done: int,
 
 # ------------------------------------------------------------------------------------ HTTP
 def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retries: int,
-                  backoff: float) -> Path:
+                  backoff: float, md5: str | None = None) -> Path:
     name = _url_filename(url)
     raw.mkdir(parents=True, exist_ok=True)
     records = _load_records(raw)
@@ -331,7 +355,7 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
         _check(raw, name, records[name]["sha256"], sha256, None)
         return target
     if target.is_file() and not endpoint and name not in records:
-        return _accept(raw, name, target, _without_query(url), sha256)  # put there by hand
+        return _accept(raw, name, target, _without_query(url), sha256, md5)  # put by hand
     part = raw / (f"{name}.{key[:12]}{PART}" if endpoint else name + PART)
     seen: dict = {}
     try:
@@ -348,7 +372,7 @@ def _download_url(url: str, raw: Path, sha256: str | None, progress: bool, retri
             raise DownloadError(f"{raw / name} is there already, unrecorded, and differs from "
                                 f"what {_without_query(url)} sent; move it away and rerun (the "
                                 "download was not kept)")
-    return _accept(raw, name, part, _without_query(url), sha256, url_sha256=key)
+    return _accept(raw, name, part, _without_query(url), sha256, md5, url_sha256=key)
 
 
 def _same_source(record: object, url: str, key: str) -> bool:

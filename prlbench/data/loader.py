@@ -57,11 +57,13 @@ def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.dev
 
     `manifest` (from `open_cache`) skips reading and verifying the manifest again.
     """
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     manifest = manifest if manifest is not None else open_cache(data_dir, name)
+    extra = manifest.get("extra_splits", {})  # e.g. KuaiRand's test_random
+    if split not in SPLITS and split not in extra:
+        raise ConfigError(f"unknown split {split!r}; choose one of "
+                          f"{', '.join([*SPLITS, *extra])}")
     roles = manifest["columns"]
-    path = manifest.path(manifest["splits"][split])
+    path = manifest.path(manifest["splits"][split] if split in SPLITS else extra[split])
     wanted = [roles["group"], *roles["categorical"], *roles["numerical"], roles["click"],
               roles["conversion"]]
     table = _read(path, wanted, name)

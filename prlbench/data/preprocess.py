@@ -11,6 +11,8 @@ from prlbench.errors import CacheError, ConfigError
 
 # The synthetic generator's options (preprocess_synthetic's), refused for downloaded data.
 SYNTHETIC_OPTIONS = ("rows", "seed", "click_rate", "conversion_rate", "noise_rate")
+# Options of one data set's preprocessor, refused for every other data set.
+DATASET_OPTIONS = {"kuairand_pure": ("conversion", "drop_unclicked_deep")}
 
 
 def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progress: bool = True,
@@ -18,6 +20,11 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
     """Build `data_dir/name/` from `source` (default: `data_dir/name/raw`); returns the manifest."""
     spec = DATASETS.get(name)
     given = {k: v for k, v in options.items() if v is not None}
+    for owner, own in DATASET_OPTIONS.items():
+        wrong = [k for k in given if k in own and owner != name]
+        if wrong:
+            raise ConfigError(f"--{wrong[0].replace('_', '-')} applies only to the {owner} data "
+                              f"set, not to {name}")
     if spec.generated:
         if source is not None:
             raise ConfigError(f"--source: the {name} data set is generated, it has no source")
