@@ -48,7 +48,8 @@ def main() -> None:
         rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
         print(f"preprocess: {wall} wall, {rss / 1e6:.2f} GB peak resident")
         manifest = json.loads((root / "data" / "kuairand_pure" / "manifest.json").read_text())
-        for split, facts in manifest.get("splits", {}).items():
+        splits = {**manifest.get("splits", {}), **manifest.get("extra_splits", {})}
+        for split, facts in splits.items():
             print(f"  {split:<12} {facts.get('rows', 0):>10,} rows")
 
 
