@@ -623,3 +623,25 @@ def test_full_size_stand_in_preprocesses_in_bounded_memory(tmp_path):
     assert manifest["splits"]["train"]["rows"] + manifest["splits"]["val"]["rows"] == \
         files[f"{LOGS[0]}.csv"]["rows_kept"]
     assert 0.40 < manifest["splits"]["train"]["click_rate"] < 0.52
+
+
+def test_compare_captions_name_the_label_rule_and_the_test_split(built, tmp_path):
+    from prlbench.config import resolve
+    from prlbench.experiment.compare import compare
+    from prlbench.experiment.executors import LocalExecutor
+    from prlbench.experiment.grid import CompareConfig, Grid
+
+    data_dir, manifest = built
+    base = resolve(None, {"model": {"preset": "small"},
+                          "train": {"epochs": 1, "batch_size": 256, "threads": 1}}, finish=False)
+    grid = Grid(datasets=(NAME,), models=("shared_bottom",), losses=("bce", "pwiser"),
+                seeds=(1, 2), base=base)
+    compare(CompareConfig(grid=grid, formats=("md",)), data_dir=data_dir, out=tmp_path / "out",
+            progress=False, executor=LocalExecutor(1, 1))
+    for table in ("auc.md", "logloss.md"):
+        caption = (tmp_path / "out" / "tables" / table).read_text()
+        params = manifest["params"]
+        assert f"KuaiRand-Pure: labels {params['labels']}" in caption
+        assert "conversion = is_click AND is_like" in caption  # the default, --conversion like
+        assert params["unclicked_deep"] in caption
+        assert "test split log_standard_4_22_to_5_08_pure.csv" in caption

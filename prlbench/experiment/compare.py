@@ -152,7 +152,7 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
     if train:  # --tables-only leaves the record of the compare that trained the runs
         Store(out).write_compare(_record(grid, res, time.perf_counter() - t0))
     if done:
-        _report(res, done, Store(out), cc)
+        _report(res, done, Store(out), cc, data_notes(grid.datasets, data_dir))
     else:
         from prlbench.report import clear_report
 
@@ -190,7 +190,30 @@ def _executor(cc: CompareConfig):
                          threads=cc.threads, gpus=gpus)
 
 
-def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareConfig) -> None:
+def data_notes(datasets: tuple[str, ...], data_dir: Path) -> dict[str, str]:
+    """Per data set, what its manifest says about how labels and the test split were made,
+    for the captions (KuaiRand: the deeper label that is the conversion, what happened to
+    deeper labels without a click); nothing for a data set whose manifest does not say."""
+    from prlbench.data.cache import open_cache
+
+    notes = {}
+    for name in datasets:
+        params = open_cache(data_dir, name, verify=False).get("params") or {}
+        if not isinstance(params, dict) or not params.get("labels"):
+            continue
+        parts = [f"labels {params['labels']}"]
+        if params.get("unclicked_deep"):
+            parts.append(str(params["unclicked_deep"]))
+        test = (params.get("split") or {}).get("test") if isinstance(params.get("split"),
+                                                                     dict) else None
+        if test:
+            parts.append(f"test split {test}")
+        notes[name] = "; ".join(parts)
+    return notes
+
+
+def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareConfig,
+            notes: dict[str, str]) -> None:
     from prlbench.report import StagedReport, analysis, plots, write_tables
     from prlbench.report.markdown import to_markdown
     from prlbench.report.table import build_table
@@ -198,6 +221,7 @@ def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareC
     runs = analysis.load_runs(run_dirs)
     summary = analysis.summarise(runs, **cc.stats_options)
     summary.selection = cc.grid.selection()
+    summary.data_notes = notes
     # Tables and plots are staged and swapped in together: a failure midway (a full disk, a
     # damaged history.json) leaves the previous report whole, never new tables by old plots.
     report = StagedReport(store.root)

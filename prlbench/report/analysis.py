@@ -143,6 +143,9 @@ class Summary:
     # Loss settings chosen on validation: {"seed": first seed, "losses": {loss: {param:
     # candidates}}} (empty when every setting was fixed); compare fills it in.
     selection: dict = field(default_factory=dict)
+    # Per data set, how its labels and test split were made where its cache says so (KuaiRand:
+    # which deeper label is the conversion); compare fills it in from the manifests.
+    data_notes: dict = field(default_factory=dict)
 
     @property
     def n_seeds(self) -> int:

@@ -150,6 +150,9 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
                      "set the marker, because it ignores training randomness.")
     parts += [_settings_text(summary, arm) for arm in sorted(summary.settings)
               if arm != summary.baseline and summary.settings[arm]]
+    shown = set(summary.cells["dataset"])
+    parts += [f"{dataset_name(d)}: {note}." for d, note in summary.data_notes.items()
+              if d in shown]
     return " ".join(p for p in parts if p)
 
 
