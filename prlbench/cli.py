@@ -326,15 +326,15 @@ def train(
     _print_metrics(run_dir)
 
 
-def _print_metrics(run_dir: Path) -> None:
+def _print_metrics(run_dir: Path, split: str = "test") -> None:
     from rich.console import Console
     from rich.table import Table
 
     from prlbench.experiment.store import RunFolder
 
     folder = RunFolder(run_dir)
-    record, metrics = folder.read_record(), folder.read_metrics()
-    Console().print(f"[bold]test metrics of[/] {run_dir.name}", soft_wrap=True)
+    record, metrics = folder.read_record(), folder.read_metrics(split)
+    Console().print(f"[bold]{split} metrics of[/] {run_dir.name}", soft_wrap=True)
     table = Table(header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -358,15 +358,20 @@ def evaluate(
         "--data-dir", envvar="PRLBENCH_DATA_DIR",
         help="The Parquet cache; default: the one the run was trained on (its run.json).")
     ] = None,
+    split: Annotated[str, typer.Option(
+        help="test, or an extra evaluation split of the data set (kuairand_pure: test_random, "
+        "the random-exposure log), written as metrics.<split>.json.")] = "test",
 ) -> None:
     """Evaluate a run's best checkpoint on the test split: metrics and per-example predictions.
 
-    Example: prlbench evaluate results/runs/synthetic-mmoe-pwiser-s1-0123456789
+    Examples:
+      prlbench evaluate results/runs/synthetic-mmoe-pwiser-s1-0123456789
+      prlbench evaluate results/runs/kuairand_pure-mmoe-bce-s1-0123456789 --split test_random
     """
     from prlbench.engine.run import evaluate_run
 
-    evaluate_run(run_dir, data_dir, device=device)
-    _print_metrics(run_dir)
+    evaluate_run(run_dir, data_dir, device=device, split=split)
+    _print_metrics(run_dir, split)
 
 
 # -------------------------------------------------------------------------- compare
@@ -393,6 +398,10 @@ Formats = Annotated[str, typer.Option(
 TablesOnly = Annotated[bool, typer.Option(
     "--tables-only", metavar="", help="Train nothing: tables from the finished runs only.")]
 Test = Annotated[str, typer.Option(help="Paired test over seeds: wilcoxon or ttest.")]
+TestSplit = Annotated[str, typer.Option(
+    help="The test split the tables report: standard (the data set's test split), random "
+    "(kuairand_pure's random-exposure log, test_random) or both (auc.test_random.md beside "
+    "auc.md).")]
 Correction = Annotated[str, typer.Option(help="Multiple-testing correction: holm or bh.")]
 CompareConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", help="A YAML file of what every run shares: model (preset, overrides), loss "
@@ -415,7 +424,8 @@ def compare(
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, ray_address: RayAddress = None,
     fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,
-    test: Test = "wilcoxon", correction: Correction = "holm", config: CompareConfigFile = None,
+    test: Test = "wilcoxon", correction: Correction = "holm", test_split: TestSplit = "standard",
+    config: CompareConfigFile = None,
     data_dir: DataDir = Path("datasets"), out: ExperimentDir = None, quiet: Quiet = False,
 ) -> None:
     """Run the grid data sets x models x losses x seeds (resumably) and write significance-tested

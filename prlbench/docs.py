@@ -133,8 +133,9 @@ _LAYOUT = (
     "runs/.locks/<run-id>.lock   held while a process trains or stores that run",
     "compare.json                compare: the grid and every run's outcome",
     "tables/                     compare: auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv, "
-    "delong.csv",
-    "plots/                      compare: forest.{png,pdf}, validation.{png,pdf}",
+    "delong.csv (--test-split random / both: the same with .test_random before the extension)",
+    "plots/                      compare: forest.{png,pdf}, validation.{png,pdf} (forest"
+    ".test_random.*)",
 )
 def _run_files() -> tuple[tuple[str, str], ...]:
     from prlbench.experiment.store import RunFolder as F
@@ -149,6 +150,10 @@ def _run_files() -> tuple[tuple[str, str], ...]:
                   "in the epoch); removed when the run finishes"),
         (F.METRICS, "test metrics (below)"),
         (F.PREDICTIONS, "per-example test predictions (below)"),
+        (F.metrics_name("test_random"), "KuaiRand-Pure: the same metrics on the random-exposure "
+                                        "split (`prlbench evaluate RUN --split test_random`, or "
+                                        "`compare --test-split random` / `both`)"),
+        (F.predictions_name("test_random"), "KuaiRand-Pure: the same predictions on that split"),
         (F.FAILURE, "in a `.partial` folder: why a compare's run failed (below)"),
         (F.RAY, "a run trained on a Ray worker: `{\"stored\": unix time}` when the driver "
                 "stored it"),

@@ -33,6 +33,7 @@ from prlbench.data.cache import open_cache
 from prlbench.data.datasets import DATASETS
 from prlbench.data.preprocess import preprocess
 from prlbench.errors import ConfigError, DataError, DownloadError
+from prlbench.fileio import read_json
 
 from _kuairand_fixture import FULL, LOGS, file_hashes, read_log, write_kuairand
 from conftest import SAMPLES
@@ -636,12 +637,58 @@ def test_compare_captions_name_the_label_rule_and_the_test_split(built, tmp_path
                           "train": {"epochs": 1, "batch_size": 256, "threads": 1}}, finish=False)
     grid = Grid(datasets=(NAME,), models=("shared_bottom",), losses=("bce", "pwiser"),
                 seeds=(1, 2), base=base)
-    compare(CompareConfig(grid=grid, formats=("md",)), data_dir=data_dir, out=tmp_path / "out",
-            progress=False, executor=LocalExecutor(1, 1))
-    for table in ("auc.md", "logloss.md"):
-        caption = (tmp_path / "out" / "tables" / table).read_text()
+    out = tmp_path / "out"
+    res = compare(CompareConfig(grid=grid, formats=("md",), test_split="both"),
+                  data_dir=data_dir, out=out, progress=False, executor=LocalExecutor(1, 1))
+    tables = out / "tables"
+    for table in ("auc.md", "logloss.md", "auc.test_random.md", "logloss.test_random.md"):
+        caption = (tables / table).read_text()
         params = manifest["params"]
         assert f"KuaiRand-Pure: labels {params['labels']}" in caption
         assert "conversion = is_click AND is_like" in caption  # the default, --conversion like
         assert params["unclicked_deep"] in caption
         assert "test split log_standard_4_22_to_5_08_pure.csv" in caption
+    # --test-split both: the random-exposure split's tables beside the standard ones, each
+    # computed from its own split's metrics, and saying which split they report
+    random_caption = (tables / "auc.test_random.md").read_text()
+    assert "test_random-split AUC" in random_caption and "cells.test_random.csv" in random_caption
+    assert "Test-split AUC" in (tables / "auc.md").read_text()
+    assert (out / "plots" / "forest.test_random.png").is_file()
+    runs = pd.read_csv(tables / "runs.test_random.csv")
+    extra_rows = manifest["extra_splits"]["test_random"]["rows"]
+    assert len(runs) == 4 and (runs["rows"] == extra_rows).all()
+    standard = pd.read_csv(tables / "runs.csv")
+    assert (standard["rows"] == manifest["splits"]["test"]["rows"]).all()
+    for run_dir in runs["run_dir"]:
+        metrics = read_json(Path(run_dir) / "metrics.test_random.json")
+        row = runs[runs["run_dir"] == run_dir].iloc[0]
+        assert metrics["ctr_auc"] == pytest.approx(row["ctr_auc"])
+    assert not res.failed
+
+
+def test_test_split_random_needs_the_split_and_evaluate_names_the_valid_ones(built, tmp_path,
+                                                                             data_dir):
+    from prlbench.config import resolve
+    from prlbench.engine.run import evaluate_run, train_run
+    from prlbench.experiment.compare import compare
+    from prlbench.experiment.grid import CompareConfig, Grid
+
+    grid = Grid(datasets=("synthetic",), models=("mmoe",), losses=("bce",), seeds=(1,),
+                base=resolve(None, {"train": {"epochs": 1}}, finish=False))
+    with pytest.raises(ConfigError, match="synthetic has no test_random split"):
+        compare(CompareConfig(grid=grid, test_split="random"), data_dir=data_dir,
+                out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "runs").exists()  # refused before any training
+    with pytest.raises(ConfigError, match="--test-split must be standard, random or both"):
+        CompareConfig(grid=grid, test_split="sideways").check()
+    kr_dir, manifest = built
+    cfg = resolve(None, {"data": {"dataset": NAME}, "model": {"name": "shared_bottom",
+                                                             "preset": "small"},
+                         "train": {"epochs": 1, "batch_size": 256, "threads": 1}})
+    run = train_run(cfg, data_dir=kr_dir, out=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="its splits beside test: test_random"):
+        evaluate_run(run, kr_dir, split="val")
+    metrics = evaluate_run(run, kr_dir, split="test_random")
+    assert metrics["rows"] == manifest["extra_splits"]["test_random"]["rows"]
+    assert read_json(run / "metrics.test_random.json") == metrics
+    assert read_json(run / "metrics.json")["rows"] == manifest["splits"]["test"]["rows"]

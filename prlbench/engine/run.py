@@ -97,16 +97,19 @@ class RunContext:
         loop = Loop(self.cfg, self.folder, self.model, self.device, train, val)
         return loop.fit(resume=resume, progress=progress)
 
-    def evaluate_and_write(self) -> dict:
-        """Best checkpoint -> test metrics (metrics.json) and predictions.parquet."""
+    def evaluate_and_write(self, split: str = "test") -> dict:
+        """Best checkpoint -> the metrics and predictions of `split`: the test split
+        (metrics.json, predictions.parquet) or an extra evaluation split of the data set
+        (metrics.<split>.json, predictions.<split>.parquet)."""
         self.model.load_state_dict(self.folder.load_best(self.device))
         name = self.cfg.data.dataset
-        test = load_split(self.data_dir, name, "test", device=self.device, manifest=self.manifest)
+        data = load_split(self.data_dir, name, split, device=self.device, manifest=self.manifest)
+        side = load_side(self.data_dir, name, split) if split == "test" else None
         metrics, table = evaluate_on_test(
-            self.model, test, self.manifest, side=load_side(self.data_dir, name, "test"),
+            self.model, data, self.manifest, side=side,
             precision=self.cfg.train.precision, batch_size=self.cfg.train.eval_batch_size)
-        self.folder.write_predictions(table)
-        self.folder.write_metrics(metrics)
+        self.folder.write_predictions(table, split)
+        self.folder.write_metrics(metrics, split)
         return metrics
 
 
@@ -257,8 +260,9 @@ def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
-                 device: str | None = None) -> dict:
-    """Re-evaluate a finished run's best checkpoint on the test split (`data_dir` None: the
+                 device: str | None = None, split: str = "test") -> dict:
+    """Re-evaluate a finished run's best checkpoint on the test split, or on an extra evaluation
+    split of its data set (`split`, e.g. KuaiRand-Pure's test_random), (`data_dir` None: the
     cache the run was trained on, as its run.json records it; else ./datasets)."""
     folder = RunFolder(run_dir)
     if folder.is_partial:
@@ -271,7 +275,11 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
         recorded = folder.read_record().data_dir if folder.has(RunFolder.RECORD) else None
         data_dir = Path(recorded) if recorded else Path("datasets")
     ctx = RunContext.open(folder, Path(data_dir), device=device)
-    return ctx.evaluate_and_write()
+    if split != "test" and split not in ctx.manifest.get("extra_splits", {}):
+        extra = ", ".join(ctx.manifest.get("extra_splits", {})) or "none"
+        raise ConfigError(f"--split {split}: {ctx.cfg.data.dataset} has no such evaluation "
+                          f"split (its splits beside test: {extra})")
+    return ctx.evaluate_and_write(split)
 
 
 __all__ = ["PARTIAL", "RunContext", "evaluate_run", "resolve_device", "train", "train_run",

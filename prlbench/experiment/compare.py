@@ -136,6 +136,7 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
     grid, train = cc.grid, not cc.tables_only
     grid.check()
     prepare_data(grid, data_dir, progress=progress, generate=train)
+    check_extra_splits(grid, cc.splits, data_dir)
     if train and executor is None:
         executor = _executor(cc)
     live = _Live(grid.size(), progress and train)
@@ -152,6 +153,7 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
     if train:  # --tables-only leaves the record of the compare that trained the runs
         Store(out).write_compare(_record(grid, res, time.perf_counter() - t0))
     if done:
+        evaluate_extra_splits(done, cc.splits, data_dir, progress)
         _report(res, done, Store(out), cc, data_notes(grid.datasets, data_dir))
     else:
         from prlbench.report import clear_report
@@ -214,24 +216,62 @@ def data_notes(datasets: tuple[str, ...], data_dir: Path) -> dict[str, str]:
 
 def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareConfig,
             notes: dict[str, str]) -> None:
-    from prlbench.report import StagedReport, analysis, plots, write_tables
+    from prlbench.report import StagedReport, analysis, plots, split_suffix, write_tables
     from prlbench.report.markdown import to_markdown
     from prlbench.report.table import build_table
 
-    runs = analysis.load_runs(run_dirs)
-    summary = analysis.summarise(runs, **cc.stats_options)
-    summary.selection = cc.grid.selection()
-    summary.data_notes = notes
+    summaries = []
+    for split in cc.splits:
+        runs = analysis.load_runs(run_dirs, split)
+        summary = analysis.summarise(runs, **cc.stats_options)
+        summary.selection = cc.grid.selection()
+        summary.data_notes = notes
+        summaries.append(summary)
     # Tables and plots are staged and swapped in together: a failure midway (a full disk, a
     # damaged history.json) leaves the previous report whole, never new tables by old plots.
     report = StagedReport(store.root)
     with report as stage:
-        write_tables(summary, stage.tables_dir, cc.formats)
-        plots.forest_plot(summary, stage.plots_dir / "forest")
-        plots.validation_curves(runs, stage.plots_dir / "validation")
-    res.warnings = list(summary.warnings)
+        for summary in summaries:
+            write_tables(summary, stage.tables_dir, cc.formats)
+            plots.forest_plot(summary, stage.plots_dir / f"forest{split_suffix(summary.split)}")
+        plots.validation_curves(summaries[0].runs, stage.plots_dir / "validation")
+    res.warnings = [w for s in summaries for w in s.warnings]
     res.written = report.written
-    res.markdown = to_markdown(build_table(summary))
+    res.markdown = to_markdown(build_table(summaries[0]))
+
+
+def evaluate_extra_splits(run_dirs: list[Path], splits: tuple[str, ...], data_dir: Path,
+                          progress: bool) -> None:
+    """Score each finished run's best checkpoint on the extra evaluation splits the report
+    needs (compare --test-split random / both), where it has not been done yet."""
+    from prlbench.engine.run import evaluate_run
+
+    todo = [(d, s) for s in splits if s != "test" for d in run_dirs
+            if not RunFolder(d).has(RunFolder.metrics_name(s))]
+    for i, (run_dir, split) in enumerate(todo, 1):
+        if progress:
+            _console().print(f"evaluating {Path(run_dir).name} on {split} ({i}/{len(todo)})",
+                             highlight=False)
+        evaluate_run(Path(run_dir), data_dir, split=split)
+
+
+def check_extra_splits(grid: Grid, splits: tuple[str, ...], data_dir: Path) -> None:
+    """--test-split random / both: every data set of the grid must have that split."""
+    from prlbench.data.cache import open_cache
+
+    for name in grid.datasets:
+        have = open_cache(data_dir, name, verify=False).get("extra_splits", {})
+        lacking = [s for s in splits if s != "test" and s not in have]
+        if lacking:
+            raise ConfigError(f"--test-split: {name} has no {lacking[0]} split (only "
+                              "kuairand_pure has one: its random-exposure log); leave the option "
+                              f"out, or compare {name} separately")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _record(grid: Grid, res: CompareResult, seconds: float) -> CompareRecord:

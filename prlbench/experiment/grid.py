@@ -24,6 +24,7 @@ from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 
 TESTS = ("wilcoxon", "ttest")
+TEST_SPLITS = ("standard", "random", "both")
 CORRECTIONS = ("holm", "bh")
 EXECUTORS = ("local", "ray")
 FORMAT_ALIASES = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "csv"}
@@ -119,6 +120,15 @@ class CompareConfig:
     threads: int | None = None
     ray_address: str | None = None
     tables_only: bool = False
+    # Which test split the tables report: the data set's test split (standard), its
+    # random-exposure split (random: KuaiRand-Pure's test_random), or both (two sets of tables).
+    test_split: str = "standard"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The evaluation splits the report reads, in order."""
+        return {"standard": ("test",), "random": ("test_random",),
+                "both": ("test", "test_random")}[self.test_split]
 
     @classmethod
     def resolve(cls, config_file: Path | None, flags: Mapping[str, Any]) -> "CompareConfig":
@@ -132,7 +142,8 @@ class CompareConfig:
         }, finish=False, file_data=data)
         grid = _grid(flags, base, file_params, config_file)
         options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",
-                                         "ray_address", "tables_only") if flags.get(k) is not None}
+                                         "ray_address", "tables_only", "test_split")
+                   if flags.get(k) is not None}
         cc = cls(grid=grid, formats=parse_formats(_given(flags, "format")), **options)
         cc.check()
         grid.check()
@@ -140,6 +151,8 @@ class CompareConfig:
 
     def check(self) -> None:
         checks = [(self.test in TESTS, f"--test must be wilcoxon or ttest, got {self.test!r}"),
+                  (self.test_split in TEST_SPLITS, "--test-split must be standard, random or "
+                   f"both, got {self.test_split!r}"),
                   (self.correction in CORRECTIONS,
                    f"--correction must be holm or bh, got {self.correction!r}"),
                   (self.executor in EXECUTORS,

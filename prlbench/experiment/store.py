@@ -300,6 +300,16 @@ class RunFolder:
     def has(self, name: str) -> bool:
         return (self.path / name).exists()
 
+    @classmethod
+    def metrics_name(cls, split: str = "test") -> str:
+        """metrics.json for the test split; metrics.<split>.json for an extra evaluation split
+        of the data set (KuaiRand-Pure's test_random)."""
+        return cls.METRICS if split == "test" else f"metrics.{split}.json"
+
+    @classmethod
+    def predictions_name(cls, split: str = "test") -> str:
+        return cls.PREDICTIONS if split == "test" else f"predictions.{split}.parquet"
+
     def _fix(self) -> str:
         return ("retrain it (delete the folder and rerun the command), or leave it out"
                 if not self.is_partial else "rerun the command, or delete the folder")
@@ -356,60 +366,62 @@ class RunFolder:
         return [_from_json(Epoch, e, self.path / self.HISTORY, self._fix()) for e in data]
 
     # -- metrics.json and predictions.parquet (written by evaluation)
-    def write_metrics(self, metrics: Mapping[str, float | int]) -> None:
-        write_json(self.path / self.METRICS, dict(metrics))
+    def write_metrics(self, metrics: Mapping[str, float | int], split: str = "test") -> None:
+        write_json(self.path / self.metrics_name(split), dict(metrics))
 
-    def read_metrics(self) -> dict[str, float | int]:
+    def read_metrics(self, split: str = "test") -> dict[str, float | int]:
         """metrics.json, checked: every registered metric in its range (prlbench.metrics'
         kinds), the counts consistent among themselves and with predictions.parquet's rows.
         Every table reads its numbers through here, so none shows a value no evaluation writes
         (an AUC of 1.7, an infinite logloss)."""
-        path = self.path / self.METRICS
-        data = _read(path, self._evaluate_fix())
+        path = self.path / self.metrics_name(split)
+        data = _read(path, self._evaluate_fix(split))
         if not isinstance(data, dict):
-            raise StoreError(f"{path}: expected a JSON object; {self._evaluate_fix()}")
+            raise StoreError(f"{path}: expected a JSON object; {self._evaluate_fix(split)}")
         try:
             for name, value in data.items():
                 _check_metric(name, value)
-            self._check_counts(data)
+            self._check_counts(data, split)
         except ValueError as e:
             raise StoreError(f"{path}: {e}, which no evaluation writes (the file was changed or "
-                             f"damaged); {self._evaluate_fix()}") from None
+                             f"damaged); {self._evaluate_fix(split)}") from None
         return data
 
-    def _check_counts(self, data: dict) -> None:
+    def _check_counts(self, data: dict, split: str = "test") -> None:
         rows = data.get("rows")
         if rows is None:
             return
         for name in ("clicks", "conversions"):
             if data.get(name, 0) > rows:
                 raise ValueError(f"{name} ({data[name]}) exceed rows ({rows})")
-        if self.has(self.PREDICTIONS):  # its footer holds the row count: cheap to read
-            written = self._parquet(lambda pq, p: pq.read_metadata(p).num_rows)
+        predictions = self.predictions_name(split)
+        if self.has(predictions):  # its footer holds the row count: cheap to read
+            written = self._parquet(lambda pq, p: pq.read_metadata(p).num_rows, split)
             if written != rows:
-                raise ValueError(f"rows is {rows} but {self.PREDICTIONS} has {written} rows")
+                raise ValueError(f"rows is {rows} but {predictions} has {written} rows")
 
-    def _parquet(self, read):
-        """`read(pyarrow.parquet, path)` of predictions.parquet; a damaged file is a
+    def _parquet(self, read, split: str = "test"):
+        """`read(pyarrow.parquet, path)` of the split's predictions; a damaged file is a
         StoreError naming it (pyarrow's own error says neither the file nor the fix)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = self.path / self.PREDICTIONS
+        path = self.path / self.predictions_name(split)
         try:
             return read(pq, path)
         except FileNotFoundError:
-            raise StoreError(f"{path} is missing; {self._evaluate_fix()}") from None
+            raise StoreError(f"{path} is missing; {self._evaluate_fix(split)}") from None
         except (pa.ArrowException, OSError, ValueError) as e:
             raise StoreError(f"{path} is damaged or truncated ({_one_line(e)}); "
-                             f"{self._evaluate_fix()}") from None
+                             f"{self._evaluate_fix(split)}") from None
 
-    def _evaluate_fix(self) -> str:
+    def _evaluate_fix(self, split: str = "test") -> str:
         import shlex
 
-        return f"recompute it with: prlbench evaluate {shlex.quote(str(self.path))}"
+        extra = "" if split == "test" else f" --split {split}"
+        return f"recompute it with: prlbench evaluate {shlex.quote(str(self.path))}{extra}"
 
-    def write_predictions(self, table) -> None:
+    def write_predictions(self, table, split: str = "test") -> None:
         """A pyarrow Table: one row per test row (see docs/results-format.md); written whole
         or not at all, like every file here."""
         import pyarrow as pa
@@ -417,17 +429,17 @@ class RunFolder:
 
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf, compression="zstd")
-        atomic_write_bytes(self.path / self.PREDICTIONS, buf.getvalue().to_pybytes())
+        atomic_write_bytes(self.path / self.predictions_name(split), buf.getvalue().to_pybytes())
 
-    def prediction_columns(self) -> set[str] | None:
-        """The columns of predictions.parquet, None when the file is missing."""
-        if not self.has(self.PREDICTIONS):
+    def prediction_columns(self, split: str = "test") -> set[str] | None:
+        """The columns of the split's predictions, None when the file is missing."""
+        if not self.has(self.predictions_name(split)):
             return None
-        return set(self._parquet(lambda pq, p: pq.read_schema(p).names))
+        return set(self._parquet(lambda pq, p: pq.read_schema(p).names, split))
 
-    def read_predictions(self, columns: list[str]) -> dict:
+    def read_predictions(self, columns: list[str], split: str = "test") -> dict:
         """column -> numpy array."""
-        table = self._parquet(lambda pq, p: pq.read_table(p, columns=sorted(columns)))
+        table = self._parquet(lambda pq, p: pq.read_table(p, columns=sorted(columns)), split)
         return {c: table.column(c).to_numpy() for c in columns}
 
     # -- best.pt and state.pt (torch; never pickle: weights_only)

@@ -24,9 +24,14 @@ from prlbench.report.table import Table, build_table
 FORMATS = ("md", "tex", "csv")
 # Every file a report may write; one that this report did not write is removed, so that no table
 # or plot of an earlier compare stays next to the new ones as if it were current.
-TABLE_FILES = tuple(f"{t}.{ext}" for t in TABLES for ext in ("md", "tex")) + (
-    "cells.csv", "runs.csv", "delong.csv")
-PLOT_FILES = ("forest.png", "forest.pdf", "validation.png", "validation.pdf")
+# The tables of an extra evaluation split (compare --test-split both) carry its name:
+# auc.test_random.md, cells.test_random.csv, forest.test_random.png.
+SPLIT_SUFFIXES = ("", ".test_random")
+TABLE_FILES = tuple(f"{t}{x}.{ext}" for x in SPLIT_SUFFIXES for t in TABLES
+                    for ext in ("md", "tex")) + tuple(
+    f"{name}{x}.csv" for x in SPLIT_SUFFIXES for name in ("cells", "runs", "delong"))
+PLOT_FILES = tuple(f"{p}{x}.{ext}" for x in SPLIT_SUFFIXES for p in ("forest", "validation")
+                   for ext in ("png", "pdf"))
 
 __all__ = ["FORMATS", "StagedReport", "Summary", "Table", "build_table", "clear_report",
            "load_runs", "summarise", "to_csv", "to_latex", "to_markdown", "write_report",
@@ -45,8 +50,17 @@ def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FOR
     return report.written
 
 
+def split_suffix(split: str) -> str:
+    """"" for the test split, ".test_random" for an extra evaluation split."""
+    suffix = "" if split == "test" else f".{split}"
+    if suffix not in SPLIT_SUFFIXES:
+        raise ValueError(f"no report file names for the split {split!r}")
+    return suffix
+
+
 def write_tables(summary: Summary, tables: Path, formats: tuple[str, ...] = FORMATS) -> None:
-    """The table files (see write_report) into the folder `tables`."""
+    """The table files (see write_report) into the folder `tables`; those of an extra
+    evaluation split carry its name (auc.test_random.md)."""
     from prlbench.errors import ConfigError
     from prlbench.fileio import atomic_write_bytes
 
@@ -55,19 +69,20 @@ def write_tables(summary: Summary, tables: Path, formats: tuple[str, ...] = FORM
         raise ConfigError(f"unknown table format(s) {', '.join(sorted(unknown))}; valid: "
                           f"{', '.join(FORMATS)}")
     files: dict[str, str] = {}
+    suffix = split_suffix(summary.split)
     for kind in TABLES:
         table = build_table(summary, kind=kind)
         if not table.metrics:
             continue
         if "md" in formats:
-            files[f"{kind}.md"] = to_markdown(table)
+            files[f"{kind}{suffix}.md"] = to_markdown(table)
         if "tex" in formats:
-            files[f"{kind}.tex"] = to_latex(table)
+            files[f"{kind}{suffix}.tex"] = to_latex(table)
     # The captions cite cells.csv: the numbers behind the tables are written whatever `formats`.
-    files["cells.csv"] = to_csv(summary)
-    files["runs.csv"] = runs_csv(summary)
+    files[f"cells{suffix}.csv"] = to_csv(summary)
+    files[f"runs{suffix}.csv"] = runs_csv(summary)
     if not summary.delong.empty:
-        files["delong.csv"] = delong_csv(summary)
+        files[f"delong{suffix}.csv"] = delong_csv(summary)
     for name, text in files.items():
         atomic_write_bytes(Path(tables) / name, text.encode("utf-8"))
 

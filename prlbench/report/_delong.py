@@ -35,9 +35,10 @@ def per_seed(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...],
         base = runs[runs["arm"] == baseline]
         if base.empty:
             continue
-        base_pred = _read(Path(base["run_dir"].iloc[0]), metrics, warnings)
+        split = str(base["split"].iloc[0]) if "split" in base else "test"
+        base_pred = _read(Path(base["run_dir"].iloc[0]), metrics, warnings, split)
         for r in runs[runs["arm"] != baseline].itertuples():
-            pred = _read(Path(r.run_dir), metrics, warnings)
+            pred = _read(Path(r.run_dir), metrics, warnings, split)
             if base_pred is None or pred is None:
                 continue
             _check_aligned(base_pred, pred, base["run_dir"].iloc[0], r.run_dir)
@@ -50,17 +51,20 @@ def per_seed(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...],
     return out
 
 
-def _read(run_dir: Path, metrics: tuple[str, ...], warnings: list[str]) -> dict | None:
+def _read(run_dir: Path, metrics: tuple[str, ...], warnings: list[str],
+          split: str = "test") -> dict | None:
     from prlbench.experiment.store import RunFolder
 
     folder = RunFolder(run_dir)
-    present = folder.prediction_columns()
+    present = folder.prediction_columns(split)
     if present is None:
-        warnings.append(f"{run_dir / RunFolder.PREDICTIONS} is missing: DeLong skipped for that "
-                        f"run (prlbench evaluate {shlex.quote(str(run_dir))} writes it)")
+        extra = "" if split == "test" else f" --split {split}"
+        warnings.append(f"{run_dir / RunFolder.predictions_name(split)} is missing: DeLong "
+                        f"skipped for that run (prlbench evaluate "
+                        f"{shlex.quote(str(run_dir))}{extra} writes it)")
         return None
     wanted = {c for m in metrics for c in SPECS[m] if c is not None} & present
-    return folder.read_predictions(sorted(wanted))
+    return folder.read_predictions(sorted(wanted), split)
 
 
 def _check_aligned(a: dict, b: dict, dir_a: str, dir_b: str) -> None:

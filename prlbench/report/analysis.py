@@ -38,7 +38,7 @@ KEYS = ["dataset", "model", "metric", "arm"]
 
 
 # ------------------------------------------------------------------------------- load
-def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
+def load_runs(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
     """One row per finished run: dataset, model, loss, params (JSON), arm, seed, run_id,
     run_dir, best_epoch and every number in metrics.json.
 
@@ -49,7 +49,7 @@ def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
     if not run_dirs:
         raise DataError("no finished run folders to report on; train some first "
                         "(prlbench compare) or check --out")
-    df = pd.DataFrame([_read_run(Path(d)) for d in run_dirs])
+    df = pd.DataFrame([_read_run(Path(d), split) for d in run_dirs])
     df["arm"] = _arm_labels(df)
     _check_unique(df)
     # Data sets and models keep the order of `run_dirs` (the grid's order); arms and seeds sort.
@@ -59,11 +59,11 @@ def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
                           ).reset_index(drop=True)
 
 
-def _read_run(d: Path) -> dict:
+def _read_run(d: Path, split: str = "test") -> dict:
     from prlbench.experiment.store import RunFolder, RunStatus
 
     folder = RunFolder(d)
-    for name in (RunFolder.RECORD, RunFolder.CONFIG, RunFolder.METRICS):
+    for name in (RunFolder.RECORD, RunFolder.CONFIG, RunFolder.metrics_name(split)):
         if not folder.has(name):
             raise DataError(f"{d / name} is missing: the run folder is incomplete; re-run it "
                             f"(prlbench train / prlbench evaluate {shlex.quote(str(d))}) or "
@@ -72,11 +72,12 @@ def _read_run(d: Path) -> dict:
     if run.status != RunStatus.DONE:
         raise DataError(f"{d / RunFolder.RECORD}: status is {run.status.value!r}, not 'done'; "
                         "finish the run or leave it out")
-    metrics = folder.read_metrics()
+    metrics = folder.read_metrics(split)
     row = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,
            "params": json.dumps(_full_params(cfg.loss.name, cfg.loss.params), sort_keys=True),
            "seed": int(cfg.train.seed), "run_id": run.run_id or d.name,
-           "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads}
+           "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads,
+           "split": split}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     return row
@@ -219,7 +220,8 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
     return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
                    metrics=metrics, seeds=seeds, test=test, correction=correction, alpha=alpha,
                    n_boot=n_boot, settings=_settings(runs), losses=_arm_losses(runs),
-                   warnings=warnings)
+                   warnings=warnings,
+                   split=str(runs["split"].iloc[0]) if "split" in runs and len(runs) else "test")
 
 
 def _check_options(test: str, correction: str, alpha: float) -> None:

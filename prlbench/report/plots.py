@@ -63,7 +63,7 @@ def save(fig, path_stem: Path) -> list[Path]:
     for ext, kw in (("png", {"dpi": 150}), ("pdf", {})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, **kw)
-        path = Path(path_stem).with_suffix(f".{ext}")
+        path = Path(path_stem).with_name(f"{Path(path_stem).name}.{ext}")  # keeps "forest.x"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     plt.close(fig)

@@ -126,11 +126,12 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     relaimpr = (f"; in parentheses RelaImpr relative to {base}, ((AUC − 0.5) / (AUC_{base} − 0.5)"
                 " − 1) × 100 %." if kind == "auc" else ".")
     if summary.cells["n"].max() <= 1:
-        parts = [f"Test-split {what} of one run per cell (seed {seed_list(summary.seeds)}): no "
+        parts = [f"{_split_text(summary)} {what} of one run per cell (seed "
+                 f"{seed_list(summary.seeds)}): no "
                  "std, CI or test with one seed.", f"Δ: difference to {base}{relaimpr}"]
     else:
         conf = f"{(1 - summary.alpha) * 100:g} %"
-        parts = [f"Test-split {what}, mean ± std over {_seed_text(summary)}.",
+        parts = [f"{_split_text(summary)} {what}, mean ± std over {_seed_text(summary)}.",
                  f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
                  f"(expanded percentile, {summary.n_boot:,} resamples of the per-seed "
                  f"differences; not corrected for multiple comparisons){relaimpr}"]
@@ -146,7 +147,8 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     parts.append("Bold: best mean per data set and column.")
     parts.append(_clipped_text(summary, metrics))
     if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
-        parts.append("DeLong's test on each seed's test predictions is in cells.csv; it does not "
+        parts.append(f"DeLong's test on each seed's test predictions is in {_cells(summary)}; "
+                     "it does not "
                      "set the marker, because it ignores training randomness.")
     parts += [_settings_text(summary, arm) for arm in sorted(summary.settings)
               if arm != summary.baseline and summary.settings[arm]]
@@ -154,6 +156,16 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     parts += [f"{dataset_name(d)}: {note}." for d, note in summary.data_notes.items()
               if d in shown]
     return " ".join(p for p in parts if p)
+
+
+def _cells(summary: Summary) -> str:
+    """The file holding every number of the table: cells.csv (cells.test_random.csv)."""
+    return "cells.csv" if summary.split == "test" else f"cells.{summary.split}.csv"
+
+
+def _split_text(summary: Summary) -> str:
+    """"Test-split", or the extra evaluation split the table reports ("test_random-split")."""
+    return "Test-split" if summary.split == "test" else f"{summary.split}-split"
 
 
 def _clipped_text(summary: Summary, metrics: tuple[str, ...]) -> str:
@@ -174,7 +186,7 @@ def _seed_text(summary: Summary) -> str:
     ns = summary.cells["n"]
     ns = ns[ns > 0]
     n_text = (f"{ns.iloc[0]} seed{'s' if ns.iloc[0] != 1 else ''}" if ns.nunique() == 1
-              else f"{ns.min()}–{ns.max()} seeds per cell (each cell's n in cells.csv)")
+              else f"{ns.min()}–{ns.max()} seeds per cell (each cell's n in {_cells(summary)})")
     return f"{n_text} (seed{'s' if summary.n_seeds != 1 else ''}: {seed_list(summary.seeds)})"
 
 
@@ -235,9 +247,10 @@ def _settings_text(summary: Summary, arm: str) -> str:
                          for k, vals in chosen.items())
         text += (f" ({grid}, chosen on the validation split with seed "
                  f"{summary.selection['seed']} per data set and model"
-                 + ("; each cell's in cells.csv)" if varied else ")"))
+                 + (f"; each cell's in {_cells(summary)})" if varied else ")"))
     elif varied:
-        text += " (chosen on validation per data set and model; each cell's in cells.csv)"
+        text += (" (chosen on validation per data set and model; each cell's in "
+                 f"{_cells(summary)})")
     note = loss_note(loss, settings)
     return text + (f" ({note})." if note else ".")
 
