@@ -135,8 +135,8 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
     names), write compare.json and the report."""
     grid, train = cc.grid, not cc.tables_only
     grid.check()
-    prepare_data(grid, data_dir, progress=progress, generate=train)
-    check_extra_splits(grid, cc.splits, data_dir)
+    manifests = prepare_data(grid, data_dir, progress=progress, generate=train)
+    check_extra_splits(manifests, cc.splits)
     if train and executor is None:
         executor = _executor(cc)
     live = _Live(grid.size(), progress and train)
@@ -154,7 +154,7 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
         Store(out).write_compare(_record(grid, res, time.perf_counter() - t0))
     if done:
         evaluate_extra_splits(done, cc.splits, data_dir, progress)
-        _report(res, done, Store(out), cc, data_notes(grid.datasets, data_dir))
+        _report(res, done, Store(out), cc, data_notes(manifests))
     else:
         from prlbench.report import clear_report
 
@@ -170,16 +170,19 @@ def default_out() -> Path:
     return Path(os.environ.get("PRLBENCH_OUT") or "results") / "compare"
 
 
-def prepare_data(grid: Grid, data_dir: Path, *, progress: bool, generate: bool) -> None:
+def prepare_data(grid: Grid, data_dir: Path, *, progress: bool, generate: bool) -> dict:
     """Fail before any training if a data set is not preprocessed; a generated data set is
-    generated on first use, except for --tables-only, which never creates anything."""
+    generated on first use, except for --tables-only, which never creates anything. Returns
+    each data set's manifest, read once here for the checks and captions that need it."""
     from prlbench.data.cache import open_cache
     from prlbench.data.preprocess import ensure_generated
 
+    manifests = {}
     for name in grid.datasets:
         if generate:
             ensure_generated(data_dir, name, progress=progress)
-        open_cache(data_dir, name, verify=False)
+        manifests[name] = open_cache(data_dir, name, verify=False)
+    return manifests
 
 
 def _executor(cc: CompareConfig):
@@ -192,25 +195,19 @@ def _executor(cc: CompareConfig):
                          threads=cc.threads, gpus=gpus)
 
 
-def data_notes(datasets: tuple[str, ...], data_dir: Path) -> dict[str, str]:
+def data_notes(manifests: dict) -> dict[str, str]:
     """Per data set, what its manifest says about how labels and the test split were made,
     for the captions (KuaiRand: the deeper label that is the conversion, what happened to
     deeper labels without a click); nothing for a data set whose manifest does not say."""
-    from prlbench.data.cache import open_cache
-
     notes = {}
-    for name in datasets:
-        params = open_cache(data_dir, name, verify=False).get("params") or {}
+    for name, manifest in manifests.items():
+        params = manifest.get("params")
         if not isinstance(params, dict) or not params.get("labels"):
             continue
-        parts = [f"labels {params['labels']}"]
-        if params.get("unclicked_deep"):
-            parts.append(str(params["unclicked_deep"]))
-        test = (params.get("split") or {}).get("test") if isinstance(params.get("split"),
-                                                                     dict) else None
-        if test:
-            parts.append(f"test split {test}")
-        notes[name] = "; ".join(parts)
+        split = params.get("split") if isinstance(params.get("split"), dict) else {}
+        parts = [f"labels {params['labels']}", params.get("unclicked_deep"),
+                 split.get("test") and f"test split {split['test']}"]
+        notes[name] = "; ".join(str(p) for p in parts if p)
     return notes
 
 
@@ -255,12 +252,10 @@ def evaluate_extra_splits(run_dirs: list[Path], splits: tuple[str, ...], data_di
         evaluate_run(Path(run_dir), data_dir, split=split)
 
 
-def check_extra_splits(grid: Grid, splits: tuple[str, ...], data_dir: Path) -> None:
+def check_extra_splits(manifests: dict, splits: tuple[str, ...]) -> None:
     """--test-split random / both: every data set of the grid must have that split."""
-    from prlbench.data.cache import open_cache
-
-    for name in grid.datasets:
-        have = open_cache(data_dir, name, verify=False).get("extra_splits", {})
+    for name, manifest in manifests.items():
+        have = manifest.get("extra_splits", {})
         lacking = [s for s in splits if s != "test" and s not in have]
         if lacking:
             raise ConfigError(f"--test-split: {name} has no {lacking[0]} split (only "

@@ -43,7 +43,6 @@ PHIS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 SCORES = ("prob", "logit")
 HEADS = ("ctr", "ctcvr", "both")
-REDUCTIONS = ("mean", "sum")
 NORMS = ("pairs", "paper", "sum")  # divide by the pairs, by the other group, or not at all
 
 

@@ -22,7 +22,9 @@ from torch import Tensor
 
 from prlbench.losses.bce import Param, head_logit, outputs_bce, register_loss, single
 from prlbench.losses.pairs import logistic_pair_sum
-from prlbench.losses.pwiser import HEADS, REDUCTIONS, SCORES, check_choice, label_masks, scores
+from prlbench.losses.pwiser import HEADS, SCORES, check_choice, label_masks, scores
+
+REDUCTIONS = ("mean", "sum")  # of ranknet_loss: the mean over the pairs, or their sum
 
 
 
