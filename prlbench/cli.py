@@ -59,7 +59,7 @@ Lambda, M1, M2 = (_loss_option("lam", float, "--lambda"), _loss_option("m1", flo
 Temperature, Alpha = _loss_option("temperature", float), _loss_option("alpha", float)
 Phi, Score, Head, Norm = (_loss_option(k, str) for k in ("phi", "score", "head", "norm"))
 Preset = Annotated[Optional[str], typer.Option(
-    help="Model sizes: paper or small (default small on synthetic, paper otherwise).")]
+    help="Model sizes: paper or small (default: paper on the paper's data sets, small on synthetic and kuairand_pure).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 10).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size (default 2048).")]
 Patience = Annotated[Optional[int], typer.Option(
@@ -241,6 +241,7 @@ def preprocess(
       prlbench preprocess aliccp --source ~/aliccp
       prlbench preprocess kuairand_pure --conversion long_view
     """
+    from prlbench.data.cache import dataset_dir
     from prlbench.data.preprocess import preprocess as run_preprocess
 
     manifest = run_preprocess(name, data_dir, source=source, progress=not quiet, rows=rows,
@@ -248,7 +249,7 @@ def preprocess(
                               noise_rate=noise_rate, max_unmatched=max_unmatched,
                               conversion=conversion,
                               drop_unclicked_deep=drop_unclicked_deep or None)
-    _print_manifest(manifest, data_dir / name)
+    _print_manifest(manifest, dataset_dir(data_dir, name))
 
 
 def _print_manifest(manifest, where: Path) -> None:
@@ -386,6 +387,25 @@ LambdaList, M1List, M2List, TemperatureList, AlphaList, PhiList, ScoreList, Head
     NormList = (_loss_option(k, str, *(("--lambda",) if k == "lam" else ()), listed=True)
                 for k in ("lam", "m1", "m2", "temperature", "alpha", "phi", "score", "head",
                           "norm"))
+LrList = Annotated[Optional[str], typer.Option(
+    "--lr", help="Learning rate (default 0.001). A comma-separated list is chosen on validation "
+    "for every arm, the baseline included.")]
+WeightDecayList = Annotated[Optional[str], typer.Option(
+    "--weight-decay", help="Adam weight decay (default 1e-06). A comma-separated list is chosen "
+    "on validation for every arm, the baseline included.")]
+TuneSeeds = Annotated[Optional[str], typer.Option(
+    help="Seeds that choose the settings given as lists (mean validation score over them), "
+    "never reported: a count (2 = seeds 1001, 1002; the default) or a list disjoint from "
+    "--seeds.")]
+NoiseRates, ClickRates, ConversionRates, RowCounts = (
+    Annotated[Optional[str], typer.Option(f"--{flag}", help=f"synthetic: {what}; a "
+              "comma-separated list sweeps it, one data set variant per value "
+              f"(synthetic[{short}=...]), each its own cache and its own rows in the tables.")]
+    for flag, short, what in (
+        ("noise-rate", "noise", "share of clicks that are noise (default 0.3)"),
+        ("click-rate", "click", "P(click) (default 0.05)"),
+        ("conversion-rate", "conversion", "P(conversion | click) (default 0.1)"),
+        ("rows", "rows", "training impressions (default 100000)")))
 Executor = Annotated[str, typer.Option(help="local (process pool) or ray.")]
 Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(cores, 2)).")]
 RunThreads = Annotated[Optional[int], typer.Option(
@@ -397,7 +417,12 @@ Formats = Annotated[str, typer.Option(
     "always written).")]
 TablesOnly = Annotated[bool, typer.Option(
     "--tables-only", metavar="", help="Train nothing: tables from the finished runs only.")]
-Test = Annotated[str, typer.Option(help="Paired test over seeds: wilcoxon or ttest.")]
+Test = Annotated[str, typer.Option(
+    help="The significance test of each delta: wilcoxon or ttest (paired over seeds), or "
+    "bootstrap (two-level: seeds and test rows resampled).")]
+Equivalence = Annotated[Optional[float], typer.Option(
+    help="Equivalence margin (in the metric's units, e.g. 0.001 AUC): two one-sided tests "
+    "against +-margin; a cell that passes is shown as equivalent rather than n.s.")]
 TestSplit = Annotated[str, typer.Option(
     help="The test split the tables report: standard (the data set's test split), random "
     "(kuairand_pure's random-exposure log, test_random) or both (auc.test_random.md beside "
@@ -419,13 +444,16 @@ def compare(
     lam: LambdaList = None, m1: M1List = None, m2: M2List = None, phi: PhiList = None,
     score: ScoreList = None, head: HeadList = None, norm: NormList = None,
     temperature: TemperatureList = None, alpha: AlphaList = None,
+    lr: LrList = None, weight_decay: WeightDecayList = None, tune_seeds: TuneSeeds = None,
+    noise_rate: NoiseRates = None, click_rate: ClickRates = None,
+    conversion_rate: ConversionRates = None, rows: RowCounts = None,
     preset: Preset = None, epochs: Epochs = None,
     batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, ray_address: RayAddress = None,
     fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,
-    test: Test = "wilcoxon", correction: Correction = "holm", test_split: TestSplit = "standard",
-    config: CompareConfigFile = None,
+    test: Test = "wilcoxon", correction: Correction = "holm", equivalence: Equivalence = None,
+    test_split: TestSplit = "standard", config: CompareConfigFile = None,
     data_dir: DataDir = Path("datasets"), out: ExperimentDir = None, quiet: Quiet = False,
 ) -> None:
     """Run the grid data sets x models x losses x seeds (resumably) and write significance-tested
@@ -435,6 +463,8 @@ def compare(
       prlbench compare
       prlbench compare --models mmoe,ple --losses bce,pwiser,ranknet --seeds 8
       prlbench compare --losses bce,pwiser,graded,ranknet,listce --lambda 0.1,0.5,1
+      prlbench compare --noise-rate 0,0.3,0.6 --seeds 10 --test bootstrap
+      prlbench compare --lr 5e-4,1e-3,2e-3 --tune-seeds 2 --equivalence 0.001
       prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
       prlbench compare --executor ray --ray-address auto
       prlbench compare --format latex --out results/nl_fr --tables-only

@@ -35,7 +35,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "mmoe"
-    # None: the data set's default_preset ("small" on the synthetic data set, "paper" on real data).
+    # None: the data set's default_preset ("paper" on the paper's data sets, "small" on synthetic and KuaiRand-Pure).
     preset: str | None = None
     # Architecture overrides passed to create_model (e.g. {"embed_dim": 32}).
     overrides: dict = field(default_factory=dict)
@@ -268,7 +268,9 @@ def complete(cfg: RunConfig) -> RunConfig:
 
 def default_preset(dataset: str) -> str:
     """The model size a data set gets when none is asked for (its spec says which)."""
-    return DATASETS.get(dataset).default_preset
+    from prlbench.data.variants import spec_of
+
+    return spec_of(dataset).default_preset  # a variant ("synthetic[noise=0.5]"): its base's
 
 
 def validate(cfg: RunConfig) -> None:
@@ -301,7 +303,9 @@ def validate(cfg: RunConfig) -> None:
         if not ok:
             raise ConfigError(message)
     try:
-        DATASETS.get(cfg.data.dataset)
+        from prlbench.data.variants import spec_of
+
+        spec_of(cfg.data.dataset)  # a registered name, or a valid variant of a generated one
     except UnknownNameError as e:
         raise ConfigError(str(e)) from e
     _validate_model_and_loss(cfg)

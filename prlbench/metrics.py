@@ -91,7 +91,9 @@ _add(Metric("ctcvr_logloss", "CTCVR logloss", "logloss", "test",
             "CTCVR logloss over all impressions", table="logloss", task="ctcvr",
             label="conversion"))
 _add(Metric("cvr_logloss", "CVR logloss", "logloss", "test",
-            "CVR logloss over clicked impressions only", table="logloss", task="cvr",
+            "CVR logloss over clicked impressions only; only for models whose p_cvr is a "
+            "probability by construction (ESMM), not for a capped p_ctcvr / p_ctr",
+            table="logloss", task="cvr",
             label="conversion", rows="click"))
 _add(Metric("ctr_gauc", "CTR GAUC", "auc", "test",
             "group AUC of CTR: per-group AUCs weighted by the group's rows (data with groups)",

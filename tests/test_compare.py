@@ -6,6 +6,7 @@ uses the process pool and one runs two `prlbench compare` processes at once.
 """
 
 import itertools
+from dataclasses import replace
 import json
 import os
 import shutil
@@ -54,13 +55,10 @@ def run_compare(grid: Grid, data_dir: Path, out: Path, executor=None):
 
 
 def expected_ids(data_dir: Path, models=("shared_bottom",)) -> list[str]:
-    """The table's runs in the grid's order: per model, seed 1 of every loss, then seed 2."""
+    """The table's runs in the grid's order: per model and loss, every seed."""
     grid, sha = make_grid(models), data_hash(data_dir / "synthetic")
-    ids = []
-    for seeds in (SEEDS[:1], SEEDS[1:]):
-        ids += [run_id(grid.config("synthetic", m, loss, s, {}), sha)
-                for m in models for loss in ("bce", "pwiser") for s in seeds]
-    return ids
+    return [run_id(grid.config("synthetic", m, loss, s, {}), sha)
+            for m in models for loss in ("bce", "pwiser") for s in SEEDS]
 
 
 def invoke_compare(data_dir: Path, out: Path, *args: str):
@@ -327,48 +325,54 @@ def test_e_a_failed_lambda_candidate_is_reported_too(data_dir, tmp_path, monkeyp
         return real(outputs, click, conversion, **params)
 
     monkeypatch.setitem(LOSSES._items, "pwiser", fails_at_lambda_1)
-    res = run_compare(make_grid(seeds=(1,), loss_grid={"lam": [0.1, 1.0]}), data_dir,
-                      tmp_path / "out")
-    assert [(o.cfg.loss.params["lam"], o.error) for o in res.failed] == [
-        (1.0, "ValueError: lambda 1 diverged")]
-    table = [o for o in res.outcomes if o.status != "failed"]
-    assert [(o.cfg.loss.name, o.cfg.loss.params.get("lam")) for o in table] == [
-        ("bce", None), ("pwiser", 0.1)]
+    grid = replace(make_grid(seeds=(1,), loss_grid={"lam": [0.1, 1.0]}), tune_seeds=(1001,))
+    res = run_compare(grid, data_dir, tmp_path / "out")
+    assert [(o.cfg.loss.params["lam"], o.cfg.train.seed, o.error) for o in res.failed] == [
+        (1.0, 1001, "ValueError: lambda 1 diverged")]
+    table = [o for o in res.outcomes if o.role == "table"]
+    assert [(o.cfg.loss.name, o.cfg.loss.params.get("lam"), o.cfg.train.seed) for o in table] == [
+        ("bce", None, 1), ("pwiser", 0.1, 1)]
     record = read_json(tmp_path / "out" / "compare.json")
     assert [x["status"] for x in record["runs"]].count("failed") == 1
 
 
 # ------------------------------------------------------------------ (f) lambda on val
 @pytest.mark.slow
-def test_f_a_lambda_list_is_chosen_on_validation_with_the_first_seed(data_dir, tmp_path,
-                                                                     fits):
+def test_f_a_lambda_list_is_chosen_on_the_tuning_seeds_and_reported_on_the_others(
+        data_dir, tmp_path, fits):
     out = tmp_path / "out"
     r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
-                             "--lambda", "0.1,1")
+                             "--lambda", "0.1,1", "--tune-seeds", "7,8")
     assert r.exit_code == 0, text
     cfgs = run_configs(out)
     pw = {(c["train"]["seed"], c["loss"]["params"]["lam"]): name for name, c in cfgs.items()
           if c["loss"]["name"] == "pwiser"}
-    bce = [name for name, c in cfgs.items() if c["loss"]["name"] == "bce"]
-    assert len(bce) == 2 and len(fits) == 5 and sorted(fits) == sorted(cfgs)
-    # Seed 1: both candidates; the winner has the best validation score (from history.json).
-    score = {lam: max(h["val_score"] for h in read_json(
-        out / "runs" / pw[1, lam] / "history.json")) for lam in (0.1, 1.0)}
+    bce = {c["train"]["seed"]: name for name, c in cfgs.items() if c["loss"]["name"] == "bce"}
+    # bce has one setting: no tuning run; pwiser: both candidates on both tuning seeds
+    assert sorted(bce) == [1, 2] and len(fits) == 2 + 4 + 2 and sorted(fits) == sorted(cfgs)
+    # The winner has the best MEAN validation score over the tuning seeds 7 and 8.
+    score = {lam: sum(max(h["val_score"] for h in read_json(
+        out / "runs" / pw[s, lam] / "history.json")) for s in (7, 8)) / 2 for lam in (0.1, 1.0)}
     assert score[0.1] != score[1.0]
     winner = max(score, key=score.get)
-    assert sorted(pw) == sorted([(1, 0.1), (1, 1.0), (2, winner)])
+    assert sorted(pw) == sorted([(7, 0.1), (7, 1.0), (8, 0.1), (8, 1.0), (1, winner),
+                                 (2, winner)])
 
-    record = read_json(out / "compare.json")["runs"]
-    listed = {x["run_id"]: x for x in record}
-    assert {i for i, x in listed.items() if x["role"] == "table"} == set(bce) | {
+    record = read_json(out / "compare.json")
+    listed = {x["run_id"]: x for x in record["runs"]}
+    assert record["tune_seeds"] == [7, 8]
+    assert {i for i, x in listed.items() if x["role"] == "table"} == set(bce.values()) | {
         pw[1, winner], pw[2, winner]}
-    loser = pw[1, 1.0 if winner == 0.1 else 0.1]
-    assert listed[loser]["role"] == "candidate"  # recorded with its score, not in the tables
-    assert listed[loser]["best_val_score"] == score[1.0 if winner == 0.1 else 0.1]
-    caption = (out / "tables" / "auc.md").read_text()
-    assert "λ from {0.1, 1}, chosen on the validation split with seed 1" in caption
+    # every tuning run, the winner's included, is a candidate: never in the tables
+    assert {i for i, x in listed.items() if x["role"] == "candidate"} == {
+        pw[s, lam] for s in (7, 8) for lam in (0.1, 1.0)}
+    caption = " ".join((out / "tables" / "auc.md").read_text().split())
+    assert "over tuning seeds 7, 8 (never reported): λ ∈ {0.1, 1} for PWiseR" in caption
+    assert "settings tried per arm (each on 2 seeds): PWiseR 2; not tuned (one setting): BCE" \
+        in caption
     cells = pd.read_csv(out / "tables" / "cells.csv")
     assert sorted(cells["arm"].unique()) == ["bce", "pwiser"]
+    assert set(cells["seeds"].astype(str)) == {"1;2"}  # the tuning seeds are not reported
     params = cells.loc[cells["arm"] == "pwiser", "params"].unique()
     assert len(params) == 1 and json.loads(params[0])["lam"] == winner
 
@@ -425,12 +429,13 @@ def test_g_two_compares_on_one_folder_train_each_run_once(data_dir, tmp_path):
 def test_the_process_pool_gives_the_numbers_of_one_process(finished, data_dir, tmp_path):
     ex = make_executor("local", jobs=2, ray_address=None, threads=1)
     assert (ex.jobs, ex.threads) == (2, 1)
-    # Seed 1 only: one pool (the second seed would start a second one, a few seconds more).
+    # Seed 1 only: two runs, one on each worker.
     res = run_compare(make_grid(seeds=(1,)), data_dir, tmp_path / "pool", executor=ex)
     assert [o.status for o in res.outcomes] == ["done"] * 2
     pids = {read_json(o.run_dir / "run.json")["pid"] for o in res.outcomes}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2  # trained in the workers
-    for o, ref in zip(res.outcomes, finished[1].outcomes[:2], strict=True):
+    refs = [o for o in finished[1].outcomes if o.cfg.train.seed == 1]
+    for o, ref in zip(res.outcomes, refs, strict=True):
         assert o.run_id == ref.run_id and metrics(o.run_dir) == metrics(ref.run_dir)
         assert pd.read_parquet(o.run_dir / "predictions.parquet").equals(
             pd.read_parquet(ref.run_dir / "predictions.parquet"))

@@ -63,9 +63,13 @@ def test_a_spec_fixes_its_settings_and_the_flags_fill_the_rest():
                                                      {"lam": 1.0, "norm": "paper"}]
     cfg = grid.config("synthetic", "mmoe", "pwiser[norm=paper]", 1, {"lam": 1.0, "norm": "paper"})
     assert cfg.loss.name == "pwiser" and cfg.loss.params["norm"] == "paper"
-    assert grid.size() == 1 + 2 + 2 + 3 * 7  # candidates on seed 1, the chosen on seeds 2..8
+    # every candidate of the two tuned arms on the tuning seeds 1001, 1002; all arms on 1..8
+    assert grid.tune_seeds == (1001, 1002)
+    assert grid.size() == (2 + 2) * 2 + 3 * 8
     # the selection is reported per loss: both pwiser arms chose lambda from {0.1, 1}
-    assert grid.selection() == {"seed": 1, "losses": {"pwiser": {"lam": [0.1, 1.0]}}}
+    assert grid.selection() == {"seeds": [1001, 1002], "train": {},
+                                "losses": {"pwiser": {"lam": [0.1, 1.0]}},
+                                "budget": {"pwiser": 2, "pwiser[norm=paper]": 2}}
 
 
 def test_two_specs_that_are_the_same_runs_are_refused():
@@ -75,16 +79,20 @@ def test_two_specs_that_are_the_same_runs_are_refused():
         resolved(losses="bce,ranknet[head=both],ranknet", head="both")
 
 
-def test_selection_is_per_arm_not_per_loss():
-    # Two pwiser arms, two candidates each: each arm keeps its own best, never the other's.
-    arms = [("d", "m", "pwiser")] * 2 + [("d", "m", "pwiser[norm=paper]")] * 2
-    scores = [0.70, 0.72, 0.90, 0.60]
-
+def test_selection_takes_the_best_mean_over_the_tuning_seeds():
     class Found:
         def __init__(self, s):
             self.best_val_score = s
 
-    assert _select(arms, [Found(s) for s in scores]) == [1, 2]
+    cands = [{"lam": 0.1}, {"lam": 1.0}, {"lam": 2.0}]
+    # candidate 0 wins seed 1001 but loses on the mean; candidate 2 failed on one seed
+    tried = [(0, Found(0.80)), (0, Found(0.60)), (1, Found(0.75)), (1, Found(0.74)),
+             (2, Found(0.99)), (2, Found(None))]
+    assert _select(cands, tried) == 1
+    assert _select(cands, [(j, Found(None)) for j in range(3)]) == 0  # none complete: first
+    assert _select(cands[:1], []) == 0
+    # equal means: the first candidate, whatever order the runs came back in
+    assert _select(cands[:2], [(1, Found(0.7)), (0, Found(0.7))]) == 0
 
 
 # ---------------------------------------------------------------------- parameter flags

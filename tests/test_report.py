@@ -100,14 +100,26 @@ def runs(tree) -> pd.DataFrame:
     return analysis.load_runs(tree)
 
 
+# The tree's metrics.json numbers are typed in (EFFECT) and its predictions drawn apart from them,
+# so the predictions do not reproduce them: the two-level bootstrap, which reads the predictions,
+# is tested on consistent runs in test_twolevel_report.py (and refuses this tree: below).
 @pytest.fixture(scope="module")
 def summary_t(runs) -> analysis.Summary:
-    return analysis.summarise(runs, test="ttest", n_boot=2000)
+    return analysis.summarise(runs, test="ttest", n_boot=2000, two_level=False)
 
 
 @pytest.fixture(scope="module")
 def summary_w(runs) -> analysis.Summary:
-    return analysis.summarise(runs, n_boot=2000)  # the defaults: Wilcoxon, Holm
+    return analysis.summarise(runs, n_boot=2000, two_level=False)  # Wilcoxon, Holm
+
+
+def test_predictions_that_do_not_reproduce_the_metrics_get_no_two_level_ci(runs):
+    first = runs[(runs.dataset == "synthetic") & (runs.model == "mmoe")]
+    s = analysis.summarise(first, n_boot=200, delong=False)
+    c = s.cells[~s.cells["is_baseline"]]
+    assert set(c["ci"]) == {"seeds"} and c["boot_lo"].isna().all()
+    assert any("its predictions give ctr_auc Δ" in w and "do not belong together" in w
+               for w in s.warnings)
 
 
 # --------------------------------------------------------------------------- load_runs
@@ -118,7 +130,10 @@ def test_load_runs_reads_one_row_per_run_in_the_grid_order(tree, runs):
     row = runs[(runs["dataset"] == "synthetic") & (runs["model"] == "ple")
                & (runs["arm"] == "pwiser") & (runs["seed"] == 3)].iloc[0]
     metrics = json.loads((Path(row.run_dir) / "metrics.json").read_text())
-    assert row.ctr_auc == metrics["ctr_auc"] and row.cvr_logloss == metrics["cvr_logloss"]
+    assert row.ctr_auc == metrics["ctr_auc"] and row.ctcvr_logloss == metrics["ctcvr_logloss"]
+    # MMoE and PLE have no CVR tower: a CVR logloss in their metrics.json (as prlbench 0.3
+    # wrote it) rests on a p_cvr capped at 1, and is not read
+    assert "cvr_logloss" in metrics and "cvr_logloss" not in runs
     # written as prlbench 0.2 wrote it (no "norm"): read with the default of the later parameter
     assert json.loads(row.params) == {**PARAMS["pwiser"], "norm": "pairs"}
 
@@ -133,7 +148,7 @@ def test_arm_labels_name_only_the_settings_that_differ(tmp_path):
              for l, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 2.0}))]
     runs = analysis.load_runs(dirs)
     assert sorted(runs["arm"].unique()) == ["bce", "pwiser", "pwiser(lam=0.1)", "pwiser(lam=1)"]
-    summary = analysis.summarise(runs, n_boot=200, delong=False)
+    summary = analysis.summarise(runs, n_boot=200, delong=False, two_level=False)
     assert summary.settings["pwiser"]["lam"] == [2.0]
     assert summary.settings["pwiser(lam=0.1)"]["lam"] == [0.1]
     assert "PWiseR (λ=0.1) settings: λ=0.1, m1=0.05" in build_table(summary).caption
@@ -166,7 +181,9 @@ def _holm_by_hand(p: np.ndarray) -> np.ndarray:
 
 def test_summarise_matches_an_independent_recomputation(runs, summary_t):
     cells = summary_t.cells
-    assert len(cells) == 2 * 2 * 6 * 3  # data sets x models x metrics x (baseline + 2 arms)
+    # data sets x models x metrics x (baseline + 2 arms); 5 metrics: MMoE and PLE have no CVR
+    # tower, so no CVR logloss
+    assert len(cells) == 2 * 2 * 5 * 3
     p_test = []
     for r in cells.itertuples():
         mine = runs[(runs.dataset == r.dataset) & (runs.model == r.model) & (runs.arm == r.arm)]
@@ -189,10 +206,10 @@ def test_summarise_matches_an_independent_recomputation(runs, summary_t):
         else:
             assert np.isnan(r.relaimpr)
         p_test.append((r.Index, "logloss" in r.metric, sps.ttest_rel(a, b).pvalue))
-    # One Holm family per table: the 24 AUC cells, and the 24 logloss cells.
+    # One Holm family per table: the 24 AUC cells, and the 16 logloss cells (no CVR logloss).
     for fam in (False, True):
         idx, _, p = zip(*(t for t in p_test if t[1] == fam))
-        assert len(p) == 24
+        assert len(p) == (16 if fam else 24)
         np.testing.assert_allclose(cells.loc[list(idx), "p_adj"], _holm_by_hand(np.array(p)),
                                    rtol=1e-9)
     assert summary_t.n_comparisons == 24
@@ -204,16 +221,17 @@ def test_the_known_effect_is_found_and_nothing_else_is_a_loss(summary_t):
     assert (c.loc[effect, "outcome"] == "win").all()  # +0.004 AUC, -0.004 logloss on 6 seeds
     assert (c.loc[effect & c["metric"].str.contains("logloss"), "delta_mean"] < 0).all()
     assert (c.loc[~effect, "outcome"] != "loss").all()
-    # Wins / ties / losses per arm and metric: recounted from the adjusted p values by hand.
+    # Wins / n.s. / losses per arm and metric: recounted from the adjusted p values by hand.
     wtl = summary_t.wtl.set_index(["arm", "metric"])
     for (arm, metric), g in c.groupby(["arm", "metric"]):
         sign = -1 if "logloss" in metric else 1
         sig = g["p_adj"] < 0.05
         wins = int((sig & (sign * g["delta_mean"] > 0)).sum())
         losses = int((sig & (sign * g["delta_mean"] < 0)).sum())
-        assert tuple(wtl.loc[(arm, metric), ["wins", "ties", "losses", "untested"]]) == (
+        assert tuple(wtl.loc[(arm, metric), ["wins", "n.s.", "losses", "untested"]]) == (
             wins, len(g) - wins - losses, losses, 0)
-    assert tuple(wtl.loc[("pwiser", "ctr_auc"), ["wins", "ties", "losses"]]) == (2, 2, 0)
+    assert tuple(wtl.loc[("pwiser", "ctr_auc"), ["wins", "n.s.", "losses"]]) == (2, 2, 0)
+    assert set(c["outcome"]) <= {"win", "n.s.", "loss"}  # no "tie", no "equivalent" unasked
 
 
 def test_delong_per_seed_matches_the_textbook_form(runs, summary_t):
@@ -240,19 +258,19 @@ def test_wilcoxon_and_holm_say_when_significance_is_out_of_reach(summary_w, runs
     assert any("Holm over 24 comparisons cannot reach significance" in w
                for w in summary_w.warnings)
     assert not summary_w.cells["significant"].any()
-    five = analysis.summarise(runs[runs.seed <= 5], n_boot=200, delong=False)
+    five = analysis.summarise(runs[runs.seed <= 5], n_boot=200, delong=False, two_level=False)
     # the advice counts the correction: 2 / 2**n < 0.05 / 24 needs n = 10
     assert any("smallest possible p is 0.0625; use 10 seeds or more (with this table's holm"
                in w for w in five.warnings)
     # Benjamini-Hochberg has no such floor (48 p values of 2/2**6 would all pass).
-    bh = analysis.summarise(runs, correction="bh", n_boot=200, delong=False)
+    bh = analysis.summarise(runs, correction="bh", n_boot=200, delong=False, two_level=False)
     assert not any("cannot reach" in w for w in bh.warnings)
 
 
 def test_pairing_uses_only_seeds_both_arms_have(runs):
     drop = (runs.dataset == "synthetic") & (runs.model == "ple") & (runs.arm == "ranknet") & (
         runs.seed == 4)
-    s = analysis.summarise(runs[~drop], test="ttest", n_boot=200, delong=False)
+    s = analysis.summarise(runs[~drop], test="ttest", n_boot=200, delong=False, two_level=False)
     cell = s.cells.set_index(analysis.KEYS).loc[("synthetic", "ple", "ctr_auc", "ranknet")]
     assert cell.n == 5 and cell.n_pairs == 5 and cell.paired_seeds == "1;2;3;5;6"
     assert any("synthetic/ple/ranknet: paired with the baseline on 5 of 6 seeds (unpaired: 4)"
@@ -299,7 +317,7 @@ def small_summary(test: str = "ttest") -> analysis.Summary:
                     row[f"{task}_logloss"] = round(0.40 - 0.1 * j + seed_wobble[i] / 2 - gain
                                                    + worse, 6)
                 rows.append(row)
-    return analysis.summarise(pd.DataFrame(rows), test=test, n_boot=2000, delong=False)
+    return analysis.summarise(pd.DataFrame(rows), test=test, n_boot=2000, delong=False, two_level=False)
 
 
 def _golden(name: str, text: str) -> None:
@@ -344,9 +362,10 @@ def test_markdown_shows_the_win_the_tie_the_loss_and_the_best():
     md = to_markdown(build_table(small_summary()))
     ll = to_markdown(build_table(small_summary(), kind="logloss"))
     assert md.count("↑\\*") == 3 and "↓\\*" not in md  # MMoE x 3 AUC metrics
-    assert ll.count("↓\\*") == 3 and ll.count("↑\\*") == 3  # PLE worse, MMoE better
+    # PLE worse, MMoE better, on CTR and CTCVR logloss (no CVR logloss: no CVR tower)
+    assert ll.count("↓\\*") == 2 and ll.count("↑\\*") == 2 and "| CVR logloss" not in ll
     assert re.search(r"\| PWiseR +\| +1 / 1 / 0 \|.*\| +3 / 3 / 0 \|", md)
-    assert re.search(r"\| PWiseR +\| +1 / 0 / 1 \|.*\| +3 / 0 / 3 \|", ll)
+    assert re.search(r"\| PWiseR +\| +1 / 0 / 1 \|.*\| +2 / 0 / 2 \|", ll)
     best = re.findall(r"\*\*([0-9.]+) ± [0-9.]+\*\*", md)
     assert len(best) == 3  # one best per column (one data set)
 
@@ -479,7 +498,7 @@ def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
     first = runs[(runs["dataset"] == runs["dataset"].iloc[0])
                  & (runs["model"] == runs["model"].iloc[0])]
     for fig in (plots.validation_figure(first),
-                plots.forest_figure(analysis.summarise(first, n_boot=100, delong=False))):
+                plots.forest_figure(analysis.summarise(first, n_boot=100, delong=False, two_level=False))):
         assert overlapping_texts(fig) == []
 
 
@@ -488,7 +507,7 @@ def test_plots_stay_readable_with_eight_models_and_one_seed(tmp_path):
     models = ("single_task", "shared_bottom", "esmm", "omoe", "mmoe", "ple", "aitm", "metaheac")
     runs = analysis.load_runs(make_tree(tmp_path, seeds=(1,), models=models,
                                         datasets=("aliccp",)))
-    s = analysis.summarise(runs, n_boot=100, delong=False)
+    s = analysis.summarise(runs, n_boot=100, delong=False, two_level=False)
     for fig in (plots.forest_figure(s), plots.validation_figure(runs)):
         assert overlapping_texts(fig) == []
         plots._plt().close(fig)
@@ -506,7 +525,7 @@ def test_relaimpr_is_left_out_for_a_baseline_at_or_below_random():
                 row[f"{task}_auc"] = auc + 0.1 * j + 1e-4 * seed * (loss == "pwiser")
                 row[f"{task}_logloss"] = 0.4
             rows.append(row)
-    s = analysis.summarise(pd.DataFrame(rows), test="ttest", n_boot=200, delong=False)
+    s = analysis.summarise(pd.DataFrame(rows), test="ttest", n_boot=200, delong=False, two_level=False)
     c = s.cells[(s.cells["arm"] == "pwiser") & s.cells["metric"].str.endswith("auc")]
     ctr = c[c["metric"] == "ctr_auc"].iloc[0]
     assert np.isnan(ctr["relaimpr"])  # base 0.45
@@ -518,14 +537,14 @@ def test_relaimpr_is_left_out_for_a_baseline_at_or_below_random():
 
 def test_capped_cvr_share_is_stated_under_tables_with_a_cvr_column():
     s = small_summary()
-    assert "capped at 1" not in to_markdown(build_table(s, kind="logloss"))  # no such column
+    assert "in up to" not in to_markdown(build_table(s, kind="logloss"))  # no share recorded
     runs = s.runs.copy()
     runs["cvr_clipped_share"] = np.where(runs["model"] == "mmoe", 0.0123, 0.0)
-    s2 = analysis.summarise(runs, test="ttest", n_boot=200, delong=False)
+    s2 = analysis.summarise(runs, test="ttest", n_boot=200, delong=False, two_level=False)
     assert "capped at 1 where p_CTCVR exceeds p_CTR: in up to 1.2% of a run's clicked" in \
-        to_markdown(build_table(s2, kind="logloss"))
+        to_markdown(build_table(s2))  # the AUC table's CVR AUC column
     no_cvr = to_markdown(build_table(s2, metrics=("ctr_auc", "ctcvr_auc")))
-    assert "capped at 1" not in no_cvr
+    assert "in up to" not in no_cvr
 
 
 def test_validation_plot_of_one_epoch_has_whole_epoch_ticks_and_error_bars(tmp_path):
@@ -552,7 +571,7 @@ def test_identical_deltas_leave_the_t_test_undefined_not_significant():
                 row[f"{task}_logloss"] = 0.4 + 0.01 * seed * (j + 1) * (1 + (loss == "pwiser"))
             rows.append(row)
     s = analysis.summarise(pd.DataFrame(rows), test="ttest", correction="bh", n_boot=200,
-                           delong=False)
+                           delong=False, two_level=False)
     auc = s.cells[(s.cells["arm"] == "pwiser") & s.cells["metric"].str.endswith("auc")]
     assert auc["p"].isna().all() and (auc["outcome"] == "untested").all()
     assert any("t-test undefined for 3 cell(s)" in w for w in s.warnings)
@@ -561,7 +580,7 @@ def test_identical_deltas_leave_the_t_test_undefined_not_significant():
 def test_a_baseline_only_report_says_so():
     s = small_summary()
     base_only = analysis.summarise(s.runs[s.runs["arm"] == "bce"], test="ttest", n_boot=200,
-                                   delong=False)
+                                   delong=False, two_level=False)
     md = to_markdown(build_table(base_only))
     assert "Only BCE was run: no loss to compare with it." in md
     assert "Δ" not in md and "2 seeds or more" not in md
@@ -570,9 +589,13 @@ def test_a_baseline_only_report_says_so():
 
 def test_a_text_setting_chosen_on_validation_is_named_in_the_caption():
     s = small_summary()
-    s.selection = {"seed": 1, "losses": {"pwiser": {"phi": ["hinge", "squared_hinge"]}}}
-    assert "φ from {hinge, squared hinge}, chosen on the validation split with seed 1" in \
-        to_markdown(build_table(s))
+    s.selection = {"seeds": [1001, 1002], "train": {"lr": [0.0005, 0.001]},
+                   "losses": {"pwiser": {"phi": ["hinge", "squared_hinge"]}},
+                   "budget": {"bce": 2, "pwiser": 4}}
+    text = " ".join(to_markdown(build_table(s)).split())
+    assert ("over tuning seeds 1001, 1002 (never reported): lr ∈ {0.0005, 0.001} for every "
+            "arm; φ ∈ {hinge, squared hinge} for PWiseR; settings tried per arm (each on 2 "
+            "seeds): BCE 2, PWiseR 4.") in text
 
 
 def test_differences_equal_up_to_rounding_leave_the_t_test_undefined():
@@ -589,12 +612,12 @@ def test_runs_trained_with_different_thread_counts_are_flagged(tmp_path):
     for i, d in enumerate(paths):
         record = json.loads((d / "run.json").read_text())
         (d / "run.json").write_text(json.dumps({**record, "threads": 1 + (i == 0)}))
-    s = analysis.summarise(analysis.load_runs(paths), n_boot=200, delong=False)
+    s = analysis.summarise(analysis.load_runs(paths), n_boot=200, delong=False, two_level=False)
     assert any("different torch thread counts (1 thread (3 runs), 2 threads (1 runs))" in w
                and "delete the runs of the other count" in w for w in s.warnings)
     same = [p for p in paths[1:]]
     assert not any("thread" in w for w in analysis.summarise(
-        analysis.load_runs(same), n_boot=200, delong=False).warnings)
+        analysis.load_runs(same), n_boot=200, delong=False, two_level=False).warnings)
 
 
 def test_ci_bounds_keep_their_sign_when_they_round_to_zero():

@@ -37,6 +37,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from prlbench import __version__
+from prlbench.data import variants
 from prlbench.errors import CacheError, DataError
 from prlbench.fileio import atomic_write_bytes
 
@@ -181,7 +182,7 @@ class CacheBuilder:
                  validation: dict | None = None, extra_splits: tuple[str, ...] = ()) -> None:
         # A cache folder that is a symlink (a big data set on another disk) is rebuilt where
         # it points, so that the link stays valid and the swap stays on one file system.
-        self.out_dir = cache_folder(Path(out_dir).parent, Path(out_dir).name)
+        self.out_dir = _resolved(Path(out_dir))
         self.schema = schema
         self.min_count = min_count
         self.has_groups = has_groups
@@ -388,12 +389,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cache_folder(data_dir: Path, name: str) -> Path:
-    """Where data set `name`'s cache lives: `data_dir/name`, or where it points when it is a
-    symlink (a big data set on another disk). Staging, swaps, sweeps and the lock happen there,
-    so the link stays valid and a swap stays on one file system."""
-    folder = Path(data_dir) / name
+def dataset_dir(data_dir: Path, name: str) -> Path:
+    """The folder of data set `name` under `data_dir`: `data_dir/name` for a registered name,
+    `data_dir/synthetic-noise0.5` for a variant such as `synthetic[noise=0.5]` (see
+    prlbench.data.variants). Every path to a cache is made here."""
+    return Path(data_dir) / variants.cache_name(name)
+
+
+def _resolved(folder: Path) -> Path:
     return folder.resolve() if folder.is_symlink() else folder
+
+
+def cache_folder(data_dir: Path, name: str) -> Path:
+    """Where data set `name`'s cache lives: `dataset_dir(data_dir, name)`, or where it points
+    when it is a symlink (a big data set on another disk). Staging, swaps, sweeps and the lock
+    happen there, so the link stays valid and a swap stays on one file system."""
+    return _resolved(dataset_dir(data_dir, name))
 
 
 @contextlib.contextmanager
@@ -413,7 +424,7 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
         except BlockingIOError:
             if not said:
                 print(f"waiting for another prlbench download or preprocess of "
-                      f"{Path(data_dir) / name} to finish...", file=sys.stderr, flush=True)
+                      f"{dataset_dir(data_dir, name)} to finish...", file=sys.stderr, flush=True)
                 said = True
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:  # the holder before us removes the file on leaving: lock the file at the path
@@ -525,22 +536,28 @@ def _content_hash(manifest: Mapping) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def data_hash(cache_dir: Path) -> str:
+def data_hash(cache_dir: Path, name: str | None = None) -> str:
     """sha256 of what the cache holds: every split file's (and side file's) sha256, the columns,
     vocabulary and validation split. Preprocessing the same data again (another day, another
-    source path) gives the same hash, so runs trained on it are found again."""
-    path = Path(cache_dir) / MANIFEST
-    return _content_hash(_read_manifest(path, Path(cache_dir).name))
+    source path) gives the same hash, so runs trained on it are found again.
+
+    `data_hash(folder)`: the cache in `folder`; `data_hash(data_dir, name)`: data set `name`'s
+    cache under `data_dir` (a variant id such as "synthetic[noise=0.5]" included)."""
+    folder = Path(cache_dir) if name is None else dataset_dir(cache_dir, name)
+    return _content_hash(_read_manifest(folder / MANIFEST, name or folder.name))
 
 
 def open_cache(data_dir: Path, name: str, *, verify: bool = True) -> Manifest:
-    """Read `data_dir/name/manifest.json` and check that every file it lists matches it."""
-    cache = Path(data_dir) / name
+    """Read `data_dir/name/manifest.json` (`dataset_dir`: a variant's own folder) and check
+    that every file it lists matches it (and that a variant's folder holds that variant)."""
+    cache = dataset_dir(data_dir, name)
     mpath = cache / MANIFEST
     if not mpath.exists():
         raise CacheError(f"data set {name!r} is not preprocessed in {cache} (no {MANIFEST}); "
-                         f"run: prlbench preprocess {name} --data-dir {shlex.quote(str(data_dir))}")
+                         f"run: prlbench preprocess {shlex.quote(name)} --data-dir "
+                         f"{shlex.quote(str(data_dir))}")
     manifest = _read_manifest(mpath, name)
+    variants.check_manifest(name, manifest, cache)
     entries = list(manifest["splits"].values()) + list(manifest.get("side_files", {}).values())
     entries += list(manifest.get("extra_splits", {}).values())
     for entry in entries:
@@ -553,7 +570,7 @@ _ROLES = {"group", "categorical", "numerical", "click", "conversion"}  # a manif
 
 def _read_manifest(path: Path, name: str) -> dict:
     """The manifest, its layout checked: a damaged one is a CacheError that says what to do."""
-    fix = f"rerun: prlbench preprocess {name}"
+    fix = f"rerun: prlbench preprocess {shlex.quote(name)}"
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -583,7 +600,7 @@ def _read_manifest(path: Path, name: str) -> dict:
 
 
 def _verify_file(path: Path, entry: dict, name: str, *, full: bool) -> None:
-    fix = f"rerun: prlbench preprocess {name}"
+    fix = f"rerun: prlbench preprocess {shlex.quote(name)}"
     if not path.exists():
         raise CacheError(f"{path} is listed in the manifest but missing; {fix}")
     if path.stat().st_size != entry["bytes"]:

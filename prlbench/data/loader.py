@@ -8,6 +8,7 @@ Column roles come from the cache's manifest, never from hard-coded names.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -53,7 +54,8 @@ class TensorData:
 
 def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.device = "cpu",
                manifest: Manifest | None = None) -> TensorData:
-    """Read `data_dir/name/{split}.parquet` into tensors on `device`.
+    """Read `data_dir/name/{split}.parquet` into tensors on `device` (`name` may be a variant
+    such as "synthetic[noise=0.5]": its folder is `cache.dataset_dir(data_dir, name)`).
 
     `manifest` (from `open_cache`) skips reading and verifying the manifest again.
     """
@@ -78,7 +80,7 @@ def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.dev
 
 
 def _read(path: Path, columns: list[str], name: str) -> pa.Table:
-    fix = f"rerun: prlbench preprocess {name}"
+    fix = f"rerun: prlbench preprocess {shlex.quote(name)}"
     try:
         present = set(pq.read_schema(path).names)
         missing = [c for c in columns if c not in present]

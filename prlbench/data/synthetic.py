@@ -65,7 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prlbench.data.cache import CacheBuilder, aliexpress_schema
+from prlbench.data import variants
+from prlbench.data.cache import CacheBuilder, aliexpress_schema, dataset_dir
 from prlbench.errors import ConfigError
 
 GENERATOR_VERSION = 1
@@ -94,23 +95,40 @@ _INFORMATIVE_NUM = (X_SIN, X_QUAD, X_PROD_A, X_PROD_B, X_PRICE, X_POSITION)
 
 def preprocess_synthetic(data_dir: Path, *, rows: int = 100_000, seed: int = 0,
                          click_rate: float = 0.05, conversion_rate: float = 0.1,
-                         noise_rate: float = 0.3, progress: bool = True) -> dict:
-    """Generate the synthetic data set into `data_dir/synthetic` and return its manifest."""
-    _validate(rows, seed, click_rate, conversion_rate, noise_rate)
+                         noise_rate: float = 0.3, progress: bool = True,
+                         dataset: str = "synthetic") -> dict:
+    """Generate the synthetic data set into `data_dir/synthetic` and return its manifest.
+
+    `dataset` a variant such as "synthetic[noise=0.5]" (prlbench.data.variants): written into
+    its own folder (`data_dir/synthetic-noise0.5`), the manifest's "dataset" its canonical id
+    and its params the knobs too; the options given must be the ones its name says (the
+    others at their defaults), so that a variant's folder always holds that variant."""
+    variants.check_options(rows, seed, click_rate, conversion_rate, noise_rate)
+    options = {"rows": rows, "seed": seed, "click_rate": click_rate,
+               "conversion_rate": conversion_rate, "noise_rate": noise_rate}
+    if variants.base_name(dataset) != "synthetic":
+        raise ConfigError(f"preprocess_synthetic generates synthetic or a variant of it, not "
+                          f"{dataset!r}")
+    dataset = variants.canonical(dataset)
+    wrong = {k: v for k, v in variants.params(dataset).items() if options[k] != v}
+    if variants.is_variant(dataset) and wrong:
+        given = ", ".join(f"{k}={options[k]!r}" for k in wrong)
+        raise ConfigError(f"{dataset} takes its options from its name (the others at their "
+                          f"defaults), but {given} was given: write them in its brackets")
     start = time.perf_counter()
     rates = {"click_rate": click_rate, "conversion_rate": conversion_rate,
              "noise_rate": noise_rate}
     gen = _Generator(np.random.default_rng(seed), rates)
     params = {"generator_version": GENERATOR_VERSION, "rows": rows, "test_rows": rows // 4,
-              "seed": seed, **rates}
-    with CacheBuilder(Path(data_dir) / "synthetic", aliexpress_schema(), min_count=0) as builder:
+              "seed": seed, **rates, **variants.manifest_params(dataset)}
+    out = dataset_dir(data_dir, dataset)
+    with CacheBuilder(out, aliexpress_schema(), min_count=0) as builder:
         for split, n in (("train", rows), ("test", rows // 4)):
             params[f"realised_{split}"] = gen.write(builder, split, n, seed)
-            _say(progress, f"synthetic: {split} {n:,} rows drawn")
+            _say(progress, f"{dataset}: {split} {n:,} rows drawn")
         params["calibrated"] = gen.cal
-        manifest = builder.finish(dataset="synthetic", params=params)
-    _say(progress, f"synthetic: written to {Path(data_dir) / 'synthetic'} in "
-                   f"{time.perf_counter() - start:.1f} s")
+        manifest = builder.finish(dataset=dataset, params=params)
+    _say(progress, f"{dataset}: written to {out} in {time.perf_counter() - start:.1f} s")
     return manifest
 
 
@@ -139,27 +157,6 @@ class _Generator:
             counts += [len(side["genuine"]), columns["click"].sum(),
                        columns["conversion"].sum(), side["genuine"].sum()]
         return _realised(*counts.tolist())
-
-
-def _validate(rows: int, seed: int, click_rate: float, conversion_rate: float,
-              noise_rate: float) -> None:
-    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1000:
-        raise ConfigError(f"--rows must be an integer >= 1000, got {rows!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {seed!r}")
-    for flag, value in (("--click-rate", click_rate), ("--conversion-rate", conversion_rate)):
-        if not _real(value) or not 0 < value < 1:
-            raise ConfigError(f"{flag} must be in (0, 1), got {value!r}")
-    if not _real(noise_rate) or not 0 <= noise_rate < 1:
-        raise ConfigError(f"--noise-rate must be in [0, 1), got {noise_rate!r}")
-    if conversion_rate >= 1 - noise_rate:
-        raise ConfigError(f"--conversion-rate ({conversion_rate}) must be below 1 - --noise-rate "
-                          f"({1 - noise_rate:g}): noise clicks never convert; lower one of them")
-
-
-def _real(value: object) -> bool:
-    return isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and \
-        math.isfinite(value)
 
 
 def _say(progress: bool, message: str) -> None:

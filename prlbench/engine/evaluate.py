@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from prlbench import stats
+from prlbench.stats.logloss import EPS as _EPS, logloss, row_logloss  # noqa: F401
 from prlbench.data.loader import TensorData
 
-_EPS = 1e-7
 
 
 def autocast(device: str, precision: str):
@@ -48,13 +48,6 @@ def predict(model: torch.nn.Module, data: TensorData, *, batch_size: int = 16384
             for k, v in parts.items()}
 
 
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    if len(y) == 0:
-        return float("nan")
-    p = np.clip(p.astype(np.float64), _EPS, 1 - _EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
 def validation_score(preds: dict[str, np.ndarray], data: TensorData) -> dict[str, float]:
     """What early stopping watches: the mean of CTR and CTCVR AUC on the validation split."""
     click = data.click.cpu().numpy()
@@ -65,17 +58,21 @@ def validation_score(preds: dict[str, np.ndarray], data: TensorData) -> dict[str
 
 
 def test_metrics(preds: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
-                 groups: np.ndarray | None, genuine: np.ndarray | None = None) -> dict:
+                 groups: np.ndarray | None, genuine: np.ndarray | None = None, *,
+                 cvr_is_probability: bool = True, eps: float = _EPS) -> dict:
     """The test metrics of one run (metrics.json): every key is registered in
-    prlbench.metrics, which states its direction, display name and report table."""
+    prlbench.metrics, which states its direction, display name and report table.
+
+    `cvr_is_probability` False (a model whose p_cvr = p_ctcvr / p_ctr is capped at 1 where
+    p_ctcvr > p_ctr): no CVR logloss, since each capped clicked row without a conversion would
+    cost -log(eps), a number set by the clip constant rather than by the model."""
     clicked = click == 1
     m = {
         "ctr_auc": stats.auc(click, preds["p_ctr"]),
         "ctcvr_auc": stats.auc(conversion, preds["p_ctcvr"]),
         "cvr_auc": stats.auc(conversion[clicked], preds["p_cvr"][clicked]),
-        "ctr_logloss": logloss(click, preds["p_ctr"]),
-        "ctcvr_logloss": logloss(conversion, preds["p_ctcvr"]),
-        "cvr_logloss": logloss(conversion[clicked], preds["p_cvr"][clicked]),
+        "ctr_logloss": logloss(click, preds["p_ctr"], eps),
+        "ctcvr_logloss": logloss(conversion, preds["p_ctcvr"], eps),
         # clicked rows whose p_ctcvr exceeds p_ctr: p_cvr = p_ctcvr / p_ctr is capped at 1 there
         # (0 for ESMM, whose p_ctcvr = p_ctr * p_cvr)
         "cvr_clipped_share": (float(np.mean(preds["p_ctcvr"][clicked] > preds["p_ctr"][clicked]))
@@ -84,11 +81,19 @@ def test_metrics(preds: dict[str, np.ndarray], click: np.ndarray, conversion: np
         "clicks": int(click.sum()),
         "conversions": int(conversion.sum()),
     }
+    if cvr_is_probability:
+        m["cvr_logloss"] = logloss(conversion[clicked], preds["p_cvr"][clicked], eps)
     if groups is not None:
         m["ctr_gauc"] = stats.group_auc(click, preds["p_ctr"], groups)
     if genuine is not None:
         m["ctr_auc_noise_free"] = stats.auc(genuine, preds["p_ctr"])
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in m.items()}
+
+
+def cvr_is_probability(model) -> bool:
+    """Whether the model's p_cvr is a probability by construction: a CVR tower (ESMM), or
+    p_ctcvr <= p_ctr built in, so p_ctcvr / p_ctr never needs the cap at 1."""
+    return bool(getattr(model, "guarantees_ctcvr_le_ctr", False))
 
 
 def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *,
@@ -104,7 +109,8 @@ def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *
     genuine = None
     if side is not None and "genuine" in side:
         genuine = (np.asarray(side["genuine"]) == 1).astype(np.int8)
-    metrics = test_metrics(preds, click, conversion, groups, genuine)
+    metrics = test_metrics(preds, click, conversion, groups, genuine,
+                           cvr_is_probability=cvr_is_probability(model))
     metrics["seconds"] = time.perf_counter() - t0
     columns = {"row": np.arange(len(click), dtype=np.int64), "search_id": data.group.cpu().numpy(),
                "click": click, "conversion": conversion, **preds}

@@ -248,8 +248,14 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
 def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
           restart: bool = False, progress: bool = True) -> Path:
     """`prlbench train`: the built-in data set is generated on first use, then `train_run`."""
-    from prlbench.data.preprocess import ensure_generated
+    from dataclasses import replace
 
+    from prlbench.data.preprocess import ensure_generated
+    from prlbench.data.variants import canonical
+
+    # One spelling per data set in the stored config and the run id: synthetic[noise=0.5,rows=
+    # 3000] however the variant was written (a plain name stays as it is).
+    cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
     ensure_generated(data_dir, cfg.data.dataset, progress=progress)
     # The run's lock, as compare's executor takes it around train_run (not in train_run: a
     # second flock on the same file in one process would wait for the first forever).

@@ -13,7 +13,6 @@ the rest of the grid goes on.
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,20 +67,22 @@ class CompareResult:
 # --------------------------------------------------------------------------------- grid
 def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = True,
              on_event=None) -> list[RunOutcome]:
-    """Run (or reuse) every run of the grid; returns one outcome per run of the table, then
-    one per candidate setting not chosen on the first seed (role CANDIDATE: recorded with its
-    validation score or error, never reported in the tables)."""
+    """Run (or reuse) every run of the grid; returns one outcome per run of the table (the
+    chosen setting of each arm on every reported seed), then one per tuning run (role
+    CANDIDATE: every candidate of an arm with settings to choose, on every tuning seed;
+    recorded with its validation score or error, never reported in the tables)."""
     on_event = on_event or (lambda *a: None)
-    first, rest = grid.seeds[0], grid.seeds[1:]
-    arms = [(d, m, l, p) for d, m, l in grid.arms() for p in grid.candidates(l)]
-    phase1 = [grid.config(d, m, l, first, p) for d, m, l, p in arms]
-    found = _execute(phase1, executor, data_dir, out, train, on_event)
-    chosen = _select([a[:3] for a in arms], found)
-    phase2 = [replace(phase1[i], train=replace(phase1[i].train, seed=s))
-              for i in chosen for s in rest]
-    later = _execute(phase2, executor, data_dir, out, train, on_event)
-    lost = [replace(found[i], role=Role.CANDIDATE) for i in range(len(phase1)) if i not in chosen]
-    return [found[i] for i in chosen] + later + lost
+    arms = grid.arms()
+    cands = [grid.candidates(l) for _, _, l in arms]
+    tuning = [(i, j, grid.config(*arms[i], s, p)) for i in range(len(arms)) if len(cands[i]) > 1
+              for j, p in enumerate(cands[i]) for s in grid.tune_seeds]
+    tried = _execute([c for *_, c in tuning], executor, data_dir, out, train, on_event)
+    chosen = [_select(cands[i], [(j, o) for (a, j, _), o in zip(tuning, tried) if a == i])
+              for i in range(len(arms))]
+    table = [grid.config(*arms[i], s, cands[i][chosen[i]]) for i in range(len(arms))
+             for s in grid.seeds]
+    reported = _execute(table, executor, data_dir, out, train, on_event)
+    return reported + [replace(o, role=Role.CANDIDATE) for o in tried]
 
 
 def _execute(cfgs: list, executor, data_dir: Path, out: Path, train: bool,
@@ -108,24 +109,25 @@ def _lookup(cfg, data_dir: Path, out: Path) -> RunOutcome:
     """--tables-only: a finished run of this config, or MISSING."""
     from prlbench.data.cache import data_hash
 
-    rid = run_id(cfg, data_hash(Path(data_dir) / cfg.data.dataset))
+    rid = run_id(cfg, data_hash(Path(data_dir), cfg.data.dataset))
     final = Store(out).finished(rid)
     if final.is_finished():
         return _outcome(cfg, rid, Outcome.REUSED, final.path)
     return _outcome(cfg, rid, Outcome.MISSING)
 
 
-def _select(arms: list[tuple], found: list[RunOutcome]) -> list[int]:
-    """Per arm (data set, model, loss spec): the index of the candidate with the best
-    validation score on the first seed (the first candidate when none has one)."""
-    chosen = []
-    for _, group in itertools.groupby(range(len(arms)), key=arms.__getitem__):
-        group = list(group)
-        scores = [found[i].best_val_score for i in group]
-        scored = [(float("-inf") if s is None else float(s), j) for j, s in enumerate(scores)]
-        best = max(scored)[1] if any(s > float("-inf") for s, _ in scored) else 0
-        chosen.append(group[best])
-    return chosen
+def _select(candidates: list[dict], tried: list[tuple[int, RunOutcome]]) -> int:
+    """The index of the candidate with the best mean validation score over the tuning seeds.
+    A candidate with a failed or missing tuning run ranks below every complete one (a mean
+    over fewer seeds is not comparable); with none complete, the first candidate."""
+    if len(candidates) == 1:
+        return 0
+    scores: dict[int, list] = {j: [] for j in range(len(candidates))}
+    for j, o in tried:
+        scores[j].append(o.best_val_score)
+    complete = {j: sum(v) / len(v) for j, v in scores.items()
+                if v and all(x is not None for x in v)}
+    return max(complete, key=lambda j: (complete[j], -j)) if complete else 0
 
 
 # ------------------------------------------------------------------------------ compare
@@ -231,10 +233,41 @@ def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareC
         for summary in summaries:
             write_tables(summary, stage.tables_dir, cc.formats)
             plots.forest_plot(summary, stage.plots_dir / f"forest{split_suffix(summary.split)}")
+            _sweep(summary, cc, stage)
         plots.validation_curves(summaries[0].runs, stage.plots_dir / "validation")
     res.warnings = [w for s in summaries for w in s.warnings]
     res.written = report.written
     res.markdown = to_markdown(build_table(summaries[0]))
+
+
+def _sweep(summary, cc: CompareConfig, stage) -> None:
+    """Where the grid sweeps a generator knob (data-set variants differing in one knob): Δ
+    against the knob, per loss, with the tables' CIs (plots/sweep.png, tables/sweep.csv), for
+    CTR and CTCVR AUC and the CTR AUC against the noise-free clicks (synthetic data only)."""
+    import pandas as pd
+
+    from prlbench.data import variants
+    from prlbench.fileio import atomic_write_bytes
+    from prlbench.report import analysis, split_suffix, sweep
+
+    if not any(variants.is_variant(d) for d in cc.grid.datasets):
+        return
+    cells = summary.cells[summary.cells["metric"].isin(sweep.SWEEP_METRICS)]
+    extra = tuple(m for m in sweep.SWEEP_METRICS
+                  if m not in summary.metrics and m in summary.runs)
+    if extra:  # not in a table: its own summary (its own correction family), for the plot
+        more = analysis.summarise(summary.runs, metrics=extra, delong=False,
+                                  **cc.stats_options)
+        cells = pd.concat([cells, more.cells], ignore_index=True)
+    frame, warnings = sweep.sweep_frame(cells)
+    summary.warnings.extend(w for w in warnings if w not in summary.warnings)
+    if frame.empty:
+        return
+    suffix = split_suffix(summary.split)
+    sweep.sweep_plot(frame.drop(columns="significant", errors="ignore"),
+                     stage.plots_dir / f"sweep{suffix}", confidence=1 - summary.alpha)
+    atomic_write_bytes(stage.tables_dir / f"sweep{suffix}.csv",
+                       frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
 
 
 def evaluate_extra_splits(run_dirs: list[Path], splits: tuple[str, ...], data_dir: Path,
@@ -278,6 +311,7 @@ def _record(grid: Grid, res: CompareResult, seconds: float) -> CompareRecord:
                  for o in res.outcomes)
     return CompareRecord(datasets=grid.datasets, models=grid.models, losses=grid.losses,
                          seeds=grid.seeds, loss_grid=grid.loss_grid, base=grid.base.to_dict(),
+                         train_grid=grid.train_grid, tune_seeds=grid.tune_seeds,
                          seconds=seconds, runs=runs)
 
 

@@ -205,7 +205,7 @@ def _finished(cfg: RunConfig, data_dir: Path, out: Path) -> RunResult | None:
     from prlbench.data.cache import data_hash
 
     try:
-        rid = run_id(cfg, data_hash(data_dir / cfg.data.dataset))
+        rid = run_id(cfg, data_hash(data_dir, cfg.data.dataset))
     except OSError:  # not preprocessed here: the task reports it as the run's error
         return None
     final = Store(out).finished(rid)

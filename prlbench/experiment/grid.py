@@ -1,9 +1,13 @@
 """What a compare means: the grid of runs (`Grid`) and everything else a compare is told
 (`CompareConfig`), resolved from a YAML file and the command line's flags (flags win).
 
-The grid is data sets x models x losses (x loss settings) x seeds. Loss settings given as lists
-(e.g. --lambda 0.1,0.5,1) are candidates chosen on the validation split per data set, model and
-loss: each is trained on the first seed, and the best validation score runs on the other seeds.
+The grid is data sets x models x losses (x settings) x seeds. Settings given as lists are
+candidates chosen on the validation split per data set, model and arm: loss settings (e.g.
+--lambda 0.1,0.5,1) for the losses that take them, and the training settings every arm shares
+(--lr, --weight-decay) for every arm, the baseline included. Each candidate is trained on the
+tuning seeds (--tune-seeds: 1001, 1002 by default, never a reported seed), the one with the best
+mean validation score wins, and only the winner runs on the reported seeds: the runs that choose
+a setting never appear in the tables.
 
 A loss in --losses may fix its own settings: `pwiser[norm=paper]` or `ranknet[head=both,
 lam=0.4286]` is an arm of its own, beside plain `pwiser` and `ranknet`, so that two readings of
@@ -23,7 +27,7 @@ from prlbench.config import (BASELINE, MAX_SEED, RunConfig, complete, load_yaml,
 from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 
-TESTS = ("wilcoxon", "ttest")
+TESTS = ("wilcoxon", "ttest", "bootstrap")
 TEST_SPLITS = ("standard", "random", "both")
 CORRECTIONS = ("holm", "bh")
 EXECUTORS = ("local", "ray")
@@ -32,6 +36,13 @@ FORMAT_ALIASES = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "c
 # What the grid is when a flag is not given (the CLI shows these as its defaults).
 DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser,ranknet",
             "seeds": "8", "format": "md,latex"}
+# The synthetic generator's knobs a compare can sweep: flag name -> knob of a data-set variant.
+SWEEP_FLAGS = {"noise_rate": "noise", "click_rate": "click", "conversion_rate": "conversion",
+               "rows": "rows"}
+TUNE_SEED_BASE = 1000  # "--tune-seeds 2" = seeds 1001, 1002: clear of the reported 1..N
+DEFAULT_TUNE_SEEDS = 2
+# Training settings a compare may give as candidate lists, chosen per arm like loss settings.
+TRAIN_TUNABLE = {"lr": "--lr", "weight_decay": "--weight-decay"}
 MAX_SEEDS = 1000  # a bound checked before a range is built: "--seeds 1000000000" is a typo
 GRID_AXES = ("datasets", "models", "losses", "seeds")
 GRID_KEYS = {("data", "dataset"): "--datasets", ("model", "name"): "--models",
@@ -47,10 +58,19 @@ class Grid:
     # Loss parameter -> candidate values (one value: fixed; several: chosen on validation).
     loss_grid: dict = field(default_factory=dict)
     base: RunConfig = field(default_factory=RunConfig)
+    # Training setting (TRAIN_TUNABLE) -> candidate values, shared by every arm.
+    train_grid: dict = field(default_factory=dict)
+    # The seeds candidates are chosen on (their validation scores averaged); never reported.
+    tune_seeds: tuple[int, ...] = tuple(range(TUNE_SEED_BASE + 1,
+                                              TUNE_SEED_BASE + 1 + DEFAULT_TUNE_SEEDS))
 
     def candidates(self, loss: str) -> list[dict]:
-        """Every combination of the listed loss parameters that loss spec `loss` takes, with
-        the settings fixed in its brackets."""
+        """Every combination of the listed training settings and of the listed loss parameters
+        that loss spec `loss` takes, with the settings fixed in its brackets. Training settings
+        are keyed by their TRAIN_TUNABLE names (lr, weight_decay), loss settings by theirs."""
+        return [{**t, **p} for t in _product(self.train_grid) for p in self._loss_candidates(loss)]
+
+    def _loss_candidates(self, loss: str) -> list[dict]:
         from prlbench.losses import loss_params
 
         name, fixed = split_loss(loss)
@@ -80,31 +100,49 @@ class Grid:
         """(data set, model, loss) in the grid's order."""
         return list(itertools.product(self.datasets, self.models, self.losses))
 
+    def tuned(self, loss: str) -> bool:
+        """Whether arm `loss` has settings to choose (more than one candidate)."""
+        return len(self.candidates(loss)) > 1
+
     def size(self) -> int:
-        """Runs in the grid: every candidate on the first seed, the chosen ones on the rest."""
-        first = sum(len(self.candidates(l)) for _, _, l in self.arms())
-        return first + len(self.arms()) * (len(self.seeds) - 1)
+        """Runs in the grid: every candidate of a tuned arm on each tuning seed, then one
+        setting per arm on every reported seed."""
+        tuning = sum(len(self.candidates(l)) * len(self.tune_seeds)
+                     for _, _, l in self.arms() if self.tuned(l))
+        return tuning + len(self.arms()) * len(self.seeds)
 
     def config(self, dataset: str, model: str, loss: str, seed: int, params: dict) -> RunConfig:
+        """The run of one arm with candidate `params` (loss settings and the TRAIN_TUNABLE
+        training settings) on `seed`."""
         b = self.base
+        train = {k: v for k, v in params.items() if k in TRAIN_TUNABLE}
+        loss_params = {k: v for k, v in params.items() if k not in TRAIN_TUNABLE}
         cfg = replace(b, data=replace(b.data, dataset=dataset),
                       model=replace(b.model, name=model),
-                      loss=replace(b.loss, name=split_loss(loss)[0], params=dict(params)),
-                      train=replace(b.train, seed=seed))
+                      loss=replace(b.loss, name=split_loss(loss)[0], params=loss_params),
+                      train=replace(b.train, seed=seed, **train))
         validate(cfg)
         return complete(cfg)
 
     def selection(self) -> dict:
-        """{"seed": first seed, "losses": {loss: {parameter: candidates}}} for the settings
-        chosen on validation; empty when every setting is fixed."""
-        out: dict = {}
+        """What was chosen on validation, for the captions: {"seeds": the tuning seeds,
+        "train": {setting: candidates} (every arm), "losses": {loss: {parameter: candidates}},
+        "budget": {arm: candidates tried}}; empty when every setting is fixed."""
+        losses: dict = {}
+        budget = {}
         for loss in self.losses:
-            cands = self.candidates(loss)
+            cands = self._loss_candidates(loss)
             if len(cands) > 1:
                 varied = {k: sorted({c[k] for c in cands}, key=str) for k in cands[0]
                           if len({c[k] for c in cands}) > 1}
-                out.setdefault(split_loss(loss)[0], {}).update(varied)
-        return {"seed": self.seeds[0], "losses": out} if out else {}
+                losses.setdefault(split_loss(loss)[0], {}).update(varied)
+            if self.tuned(loss):
+                budget[loss] = len(self.candidates(loss))
+        train = {k: list(v) for k, v in self.train_grid.items() if len(v) > 1}
+        if not budget:
+            return {}
+        return {"seeds": list(self.tune_seeds), "train": train, "losses": losses,
+                "budget": budget}
 
 
 @dataclass(frozen=True)
@@ -123,6 +161,8 @@ class CompareConfig:
     # Which test split the tables report: the data set's test split (standard), its
     # random-exposure split (random: KuaiRand-Pure's test_random), or both (two sets of tables).
     test_split: str = "standard"
+    # Equivalence margin (metric units): two one-sided tests; None: no equivalence test.
+    equivalence: float | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -142,7 +182,8 @@ class CompareConfig:
         }, finish=False, file_data=data)
         grid = _grid(flags, base, file_params, config_file)
         options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",
-                                         "ray_address", "tables_only", "test_split")
+                                         "ray_address", "tables_only", "test_split",
+                                         "equivalence")
                    if flags.get(k) is not None}
         cc = cls(grid=grid, formats=parse_formats(_given(flags, "format")), **options)
         cc.check()
@@ -150,7 +191,12 @@ class CompareConfig:
         return cc
 
     def check(self) -> None:
-        checks = [(self.test in TESTS, f"--test must be wilcoxon or ttest, got {self.test!r}"),
+        margin = self.equivalence
+        checks = [(self.test in TESTS,
+                   f"--test must be wilcoxon, ttest or bootstrap, got {self.test!r}"),
+                  (margin is None or (margin > 0 and margin < float("inf")),
+                   f"--equivalence must be a margin > 0 in the metric's units (e.g. 0.001 for "
+                   f"0.1 AUC points), got {margin}"),
                   (self.test_split in TEST_SPLITS, "--test-split must be standard, random or "
                    f"both, got {self.test_split!r}"),
                   (self.correction in CORRECTIONS,
@@ -166,12 +212,12 @@ class CompareConfig:
 
     @property
     def stats_options(self) -> dict:
-        return {"test": self.test, "correction": self.correction}
+        return {"test": self.test, "correction": self.correction,
+                "equivalence": self.equivalence}
 
 
 def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
           config_file: Path | None) -> Grid:
-    from prlbench.data.datasets import DATASETS
     from prlbench.models import MODELS
 
     for axis in GRID_AXES:  # an empty shell variable ("--models $MODELS") means no grid
@@ -184,10 +230,35 @@ def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
                           "compared to")
     loss_grid = _flag_params(flags, loss_names)
     _add_file_params(loss_grid, file_params, loss_names, config_file)
-    return Grid(datasets=tuple(DATASETS.resolve(_given(flags, "datasets"))),
+    seeds = parse_seeds(_given(flags, "seeds"))
+    return Grid(datasets=_datasets(flags),
                 models=tuple(MODELS.resolve(_given(flags, "models"))),
                 losses=(BASELINE,) + tuple(x for x in specs if x != BASELINE),
-                seeds=parse_seeds(_given(flags, "seeds")), loss_grid=loss_grid, base=base)
+                seeds=seeds, loss_grid=loss_grid, base=base, train_grid=_train_grid(flags),
+                tune_seeds=parse_tune_seeds(flags.get("tune_seeds"), seeds))
+
+
+def _datasets(flags: Mapping[str, Any]) -> tuple[str, ...]:
+    """--datasets, each generated data set expanded over the swept generator knobs
+    (--noise-rate 0,0.3 -> synthetic[noise=0], synthetic[noise=0.3])."""
+    from prlbench.data import variants
+
+    names = variants.split_datasets(_given(flags, "datasets"))
+    sweep = {}
+    for key, knob in SWEEP_FLAGS.items():
+        flag = "--" + key.replace("_", "-")
+        values = parse_floats(flags.get(key), flag)
+        if values is None:
+            continue
+        if not values:
+            raise ConfigError(f"{flag} is empty; give a value or a comma-separated list, or "
+                              "leave the flag out for the generator's default")
+        if key == "rows":
+            if not all(float(v).is_integer() for v in values):
+                raise ConfigError(f"--rows must be whole numbers, got {shown(flags[key])}")
+            values = [int(v) for v in values]
+        sweep[knob] = list(dict.fromkeys(values))
+    return tuple(variants.expand(names, sweep))
 
 
 def parse_losses(text: str) -> tuple[str, ...]:
@@ -253,6 +324,12 @@ def _canonical(spec: str) -> str:
     inner = ",".join(f"{k}={v!r}".removesuffix(".0") if isinstance(v, float) else f"{k}={v}"
                      for k, v in sorted(fixed.items()))
     return f"{name}[{inner}]"
+
+
+def _product(grid: dict) -> list[dict]:
+    """{"lr": [1, 2], "weight_decay": [0]} -> [{"lr": 1, "weight_decay": 0}, {"lr": 2, ...}]."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def _names(text: str) -> list[str]:
@@ -370,6 +447,46 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--seeds: seeds are whole numbers from 0, each below 2**63 (what the "
                           f"tables hold), got {shown(text)}")
     return tuple(numbers)
+
+
+def parse_tune_seeds(text: str | None, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """--tune-seeds: a count (2 = seeds 1001, 1002) or a list; none of them a reported seed
+    (a setting chosen on a seed and then reported on it biases its delta upward)."""
+    if text is None:
+        text = str(DEFAULT_TUNE_SEEDS)
+    parts = _names(str(text))
+    if "," not in str(text) and len(parts) == 1 and parts[0].isdigit():
+        n = int(parts[0])
+        if not 1 <= n <= MAX_SEEDS:
+            raise ConfigError(f"--tune-seeds: give a count from 1 to {MAX_SEEDS} (2 is the "
+                              f"default) or a list of seeds, got {shown(text)}")
+        tune = tuple(range(TUNE_SEED_BASE + 1, TUNE_SEED_BASE + 1 + n))
+    else:
+        try:
+            tune = parse_seeds(str(text) if "," in str(text) else f"{text},")
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("--seeds", "--tune-seeds")) from None
+    overlap = sorted(set(tune) & set(seeds))
+    if overlap:
+        raise ConfigError(f"--tune-seeds {shown(text)} and --seeds share seed"
+                          f"{'s' if len(overlap) > 1 else ''} {', '.join(map(str, overlap))}: "
+                          "a setting chosen on a seed that is also reported biases its delta; "
+                          "give disjoint seeds (a count such as --tune-seeds 2 uses 1001, 1002)")
+    return tune
+
+
+def _train_grid(flags: Mapping[str, Any]) -> dict:
+    """--lr / --weight-decay: one value (every run) or a list (chosen per arm on validation)."""
+    grid = {}
+    for key, flag in TRAIN_TUNABLE.items():
+        values = parse_floats(flags.get(key), flag)
+        if values is None:
+            continue
+        if not values:
+            raise ConfigError(f"{flag} is empty; give a value or a comma-separated list, or "
+                              "leave the flag out for the default")
+        grid[key] = list(dict.fromkeys(values))
+    return grid
 
 
 def _too_many(count: str) -> str:

@@ -66,7 +66,8 @@ class Role(_Text):
     """Where a run of the grid appears (compare.json's runs[].role)."""
 
     TABLE = "table"  # a run the tables report
-    CANDIDATE = "candidate"  # a loss setting tried on the first seed and not chosen on validation
+    # a candidate setting trained on a tuning seed to choose it on validation; never reported
+    CANDIDATE = "candidate"
 
 
 # ---------------------------------------------------------------------------- records
@@ -142,8 +143,8 @@ class RunEntry:
                               "data set not preprocessed)")
     status: Outcome = _doc("done (trained by this compare), reused, failed, or missing "
                            "(--tables-only: not trained yet)")
-    role: Role = _doc("table (reported) or candidate (a loss setting tried on the first seed "
-                      "and not chosen on validation)")
+    role: Role = _doc("table (reported) or candidate (a candidate setting trained on a tuning "
+                      "seed to choose the settings on validation; never reported)")
     dataset: str = _doc("its data set")
     model: str = _doc("its model")
     loss: str = _doc("its loss")
@@ -164,11 +165,16 @@ class CompareRecord:
     models: tuple = _doc("its models")
     losses: tuple = _doc("its losses as given, the baseline first (a loss with settings of its "
                          "own as pwiser[norm=paper])")
-    seeds: tuple = _doc("its seeds; the first one chooses among candidate settings")
+    seeds: tuple = _doc("its reported seeds")
     loss_grid: dict = _doc("loss parameter -> candidate values (one value: fixed)")
     base: dict = _doc("the configuration every run starts from (as config.json)")
     seconds: float = _doc("wall-clock seconds of the grid")
     runs: tuple = _doc("one entry per run (below): the table's runs, then the candidates")
+    train_grid: dict = _doc("training setting (lr, weight_decay) -> candidate values, for every "
+                            "arm (empty: the base configuration's)", default_factory=dict)
+    tune_seeds: tuple = _doc("the seeds candidate settings are chosen on (mean validation "
+                             "score), disjoint from seeds; used only where an arm has candidates",
+                             default=())
     schema: int = _doc("the version of this record", default=SCHEMA)
 
 

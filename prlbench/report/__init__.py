@@ -29,9 +29,9 @@ FORMATS = ("md", "tex", "csv")
 SPLIT_SUFFIXES = ("", ".test_random")
 TABLE_FILES = tuple(f"{t}{x}.{ext}" for x in SPLIT_SUFFIXES for t in TABLES
                     for ext in ("md", "tex")) + tuple(
-    f"{name}{x}.csv" for x in SPLIT_SUFFIXES for name in ("cells", "runs", "delong"))
-PLOT_FILES = tuple(f"{p}{x}.{ext}" for x in SPLIT_SUFFIXES for p in ("forest", "validation")
-                   for ext in ("png", "pdf"))
+    f"{name}{x}.csv" for x in SPLIT_SUFFIXES for name in ("cells", "runs", "delong", "sweep"))
+PLOT_FILES = tuple(f"{p}{x}.{ext}" for x in SPLIT_SUFFIXES
+                   for p in ("forest", "validation", "sweep") for ext in ("png", "pdf"))
 
 __all__ = ["FORMATS", "StagedReport", "Summary", "Table", "build_table", "clear_report",
            "load_runs", "summarise", "to_csv", "to_latex", "to_markdown", "write_report",

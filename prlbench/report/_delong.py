@@ -41,7 +41,7 @@ def per_seed(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...],
             pred = _read(Path(r.run_dir), metrics, warnings, split)
             if base_pred is None or pred is None:
                 continue
-            _check_aligned(base_pred, pred, base["run_dir"].iloc[0], r.run_dir)
+            check_aligned(base_pred, pred, base["run_dir"].iloc[0], r.run_dir)
             for metric in metrics:
                 res = _test(metric, pred, base_pred)
                 if res is not None:
@@ -53,21 +53,29 @@ def per_seed(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...],
 
 def _read(run_dir: Path, metrics: tuple[str, ...], warnings: list[str],
           split: str = "test") -> dict | None:
+    return read_predictions(run_dir, {c for m in metrics for c in SPECS[m] if c is not None},
+                            warnings, split, "DeLong")
+
+
+def read_predictions(run_dir: Path, columns, warnings: list[str], split: str = "test",
+                     what: str = "the two-level bootstrap") -> dict | None:
+    """The run's prediction columns among `columns` that it has, or None (with a warning
+    naming the file and the command that writes it) when its predictions file is missing."""
     from prlbench.experiment.store import RunFolder
 
     folder = RunFolder(run_dir)
     present = folder.prediction_columns(split)
     if present is None:
         extra = "" if split == "test" else f" --split {split}"
-        warnings.append(f"{run_dir / RunFolder.predictions_name(split)} is missing: DeLong "
+        warnings.append(f"{run_dir / RunFolder.predictions_name(split)} is missing: {what} "
                         f"skipped for that run (prlbench evaluate "
                         f"{shlex.quote(str(run_dir))}{extra} writes it)")
         return None
-    wanted = {c for m in metrics for c in SPECS[m] if c is not None} & present
+    wanted = set(columns) & present
     return folder.read_predictions(sorted(wanted), split)
 
 
-def _check_aligned(a: dict, b: dict, dir_a: str, dir_b: str) -> None:
+def check_aligned(a: dict, b: dict, dir_a: str, dir_b: str) -> None:
     for col in ("click", "conversion"):
         if col in a and col in b and not np.array_equal(a[col], b[col]):
             raise DataError(f"predictions of {dir_a} and {dir_b} are not row-aligned (their "

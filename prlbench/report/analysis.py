@@ -4,10 +4,14 @@
 (config.BASELINE, `bce`) by seed and computes, per (data set, model, metric, arm): mean and std
 over seeds, the mean paired delta with a bootstrap CI over the per-seed deltas, RelaImpr, the
 paired t-test and Wilcoxon signed-rank test over seeds, DeLong's test on each seed's test
-predictions, and the chosen test's p value adjusted (Holm or Benjamini-Hochberg) over every
-comparison of its table: the AUC metrics form one family, the loglosses another, each over all
-data sets x models x arms (the tables and their metrics: prlbench.metrics). A cell is a win / tie /
-loss when it is significant and better / not significant / significant and worse.
+predictions, a two-level bootstrap of the delta that resamples seeds and test rows (the CI the
+tables show where the predictions are there; prlbench.stats.twolevel), and the chosen test's p
+value adjusted (Holm or Benjamini-Hochberg) over every comparison of its table: the AUC metrics
+form one family, the loglosses another, each over all data sets x models x arms (the tables and
+their metrics: prlbench.metrics). A cell is a win / loss when it is significant and better /
+worse, "equivalent" when it is not and the equivalence test (two one-sided tests against a
+margin the user gives, corrected the same way) says it lies within the margin, and "n.s." (not
+significant) otherwise: a difference the test cannot see is not thereby absent.
 
 Why seeds and not DeLong decide significance: DeLong's test treats the trained model as fixed, so
 with millions of test rows it calls a 0.0001 AUC difference significant while a second seed of the
@@ -28,12 +32,14 @@ from prlbench import stats
 from prlbench.config import BASELINE
 from prlbench.errors import DataError
 from prlbench.metrics import METRICS, REPORTED, family, is_auc, lower_is_better
-from prlbench.report import _delong
+from prlbench.report import _delong, _twolevel
 
-TESTS = ("wilcoxon", "ttest")
+TESTS = ("wilcoxon", "ttest", "bootstrap")
 CORRECTIONS = {"holm": stats.holm, "bh": stats.benjamini_hochberg}
 BOOT_SEED = 0  # the bootstrap's RNG seed: fixed, so a cell's CI never depends on the others
 KEYS = ["dataset", "model", "metric", "arm"]
+# A compared cell's outcome ("" for the baseline's own rows).
+OUTCOMES = ("win", "n.s.", "loss", "equivalent", "untested")
 
 
 
@@ -77,10 +83,33 @@ def _read_run(d: Path, split: str = "test") -> dict:
            "params": json.dumps(_full_params(cfg.loss.name, cfg.loss.params), sort_keys=True),
            "seed": int(cfg.train.seed), "run_id": run.run_id or d.name,
            "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads,
+           "lr": float(cfg.train.lr), "weight_decay": float(cfg.train.weight_decay),
            "split": split}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
+    if not _cvr_is_probability(cfg.model.name):  # a run made before 0.4 wrote it anyway
+        row.pop("cvr_logloss", None)
     return row
+
+
+def _without_capped_cvr_logloss(runs: pd.DataFrame) -> pd.DataFrame:
+    """No CVR logloss for models whose p_cvr is capped (load_runs already drops it; a frame
+    built otherwise gets the same rule); the column goes when no model has it."""
+    if "cvr_logloss" not in runs:
+        return runs
+    runs = runs.copy()
+    capped = ~runs["model"].map(_cvr_is_probability).astype(bool)
+    runs.loc[capped, "cvr_logloss"] = np.nan
+    return runs.drop(columns="cvr_logloss") if runs["cvr_logloss"].isna().all() else runs
+
+
+def _cvr_is_probability(model: str) -> bool:
+    """Whether the model's p_cvr is a probability by construction (no cap at 1): only then is
+    its CVR logloss reported (see prlbench.engine.evaluate.test_metrics)."""
+    from prlbench.models import MODELS
+
+    return model not in MODELS or bool(getattr(MODELS.get(model), "guarantees_ctcvr_le_ctr",
+                                               False))
 
 
 def _full_params(loss: str, params: dict | None) -> dict:
@@ -147,6 +176,8 @@ class Summary:
     # Per data set, how its labels and test split were made where its cache says so (KuaiRand:
     # which deeper label is the conversion); compare fills it in from the manifests.
     data_notes: dict = field(default_factory=dict)
+    # The equivalence margin (metric units) of the two one-sided tests; None: none asked for.
+    equivalence: float | None = None
 
     @property
     def n_seeds(self) -> int:
@@ -166,32 +197,41 @@ class Summary:
 
     @property
     def wtl(self) -> pd.DataFrame:
-        """Wins / ties / losses (and untested cells) per arm and metric."""
+        """Wins / n.s. / losses, equivalent and untested cells per arm and metric ("n.s."
+        counts every cell without a significant difference, the equivalent ones included)."""
         c = self.cells[~self.cells["is_baseline"]]
         counts = pd.crosstab([c["arm"], c["metric"]], c["outcome"])
-        for col in ("win", "tie", "loss", "untested"):
+        for col in OUTCOMES:
             if col not in counts:
                 counts[col] = 0
-        counts = counts[["win", "tie", "loss", "untested"]].reset_index()
+        counts["n.s."] += counts["equivalent"]
+        counts = counts[["win", "n.s.", "loss", "equivalent", "untested"]].reset_index()
         counts["_order"] = counts["metric"].map({m: i for i, m in enumerate(self.metrics)})
         counts = counts.sort_values(["arm", "_order"], kind="stable").drop(columns="_order")
         counts.columns.name = None
-        return counts.rename(columns={"win": "wins", "tie": "ties", "loss": "losses"}
-                             ).reset_index(drop=True)
+        return counts.rename(columns={"win": "wins", "loss": "losses"}).reset_index(drop=True)
 
 
 def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
               metrics: tuple[str, ...] = REPORTED, test: str = "wilcoxon",
               correction: str = "holm", alpha: float = 0.05, n_boot: int = 10000,
-              delong: bool = True) -> Summary:
+              delong: bool = True, two_level: bool = True,
+              equivalence: float | None = None) -> Summary:
     """Pair every arm with `baseline` by seed and compute each cell's statistics (see module doc).
 
-    The bootstrap uses the fixed seed BOOT_SEED. `delong=False` skips reading the predictions.
+    The bootstraps use the fixed seed BOOT_SEED. `delong=False` skips DeLong's test and
+    `two_level=False` the two-level bootstrap (both read the predictions); --test bootstrap
+    needs the two-level bootstrap. `equivalence`: the margin of the two one-sided tests.
     """
     _check_options(test, correction, alpha)
+    if equivalence is not None and not 0 < equivalence < float("inf"):
+        raise DataError(f"the equivalence margin must be > 0 (metric units, e.g. 0.001), got "
+                        f"{equivalence}")
+    two_level = two_level or test == "bootstrap"
+    runs = _without_capped_cvr_logloss(runs)
     warnings: list[str] = []
     metrics = _available(runs, tuple(metrics), warnings)
-    rows, delong_rows = [], []
+    rows, delong_rows, boot_rows = [], [], []
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
         base = group[group["arm"] == baseline]
         if base.empty:
@@ -202,6 +242,10 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
                 rows.append(_cell(sub, dataset, model, metric, arm, base, n_boot))
         if delong and not base.empty:
             delong_rows += _delong.per_seed(group, baseline, metrics, warnings)
+        if two_level and not base.empty:
+            boot_rows += _twolevel.per_cell(group, baseline, metrics, n_boot=n_boot,
+                                            seed=BOOT_SEED, alpha=alpha, margin=equivalence,
+                                            warnings=warnings)
     cells = pd.DataFrame(rows)
     # A grid where only the baseline finished has no paired rows: add their columns, empty.
     empty = pd.Series(dtype=float)
@@ -210,6 +254,8 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
             cells[col] = np.nan
     dl = pd.DataFrame(delong_rows, columns=_delong.COLUMNS)
     cells = _add_delong(cells, dl, alpha)
+    cells = _add_two_level(cells, boot_rows)
+    cells = _add_equivalence(cells, test, equivalence)
     cells = _decide(cells, test, correction, alpha)
     for col in ("n", "n_pairs", "delong_n", "delong_sig"):  # counts: integers, NA where none
         cells[col] = cells[col].astype("Int64")
@@ -217,10 +263,11 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
     warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, seeds, test, correction,
                                                                   alpha)
     warnings += _undefined_test_warnings(cells, test) + _thread_warnings(runs)
+    warnings = list(dict.fromkeys(warnings))  # a missing file is met by DeLong and bootstrap
     return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
                    metrics=metrics, seeds=seeds, test=test, correction=correction, alpha=alpha,
                    n_boot=n_boot, settings=_settings(runs), losses=_arm_losses(runs),
-                   warnings=warnings,
+                   warnings=warnings, equivalence=equivalence,
                    split=str(runs["split"].iloc[0]) if "split" in runs and len(runs) else "test")
 
 
@@ -238,7 +285,8 @@ def _available(runs: pd.DataFrame, metrics: tuple[str, ...], warnings: list[str]
     if unknown:  # its direction and correction family would be unknown
         raise DataError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: "
                         f"{', '.join(METRICS)}")
-    missing = [m for m in metrics if m not in runs.columns]
+    # CVR logloss exists only for models with a probability p_cvr: its absence is no surprise.
+    missing = [m for m in metrics if m not in runs.columns and m != "cvr_logloss"]
     if missing:
         warnings.append(f"metrics not in any run's metrics.json, left out: {', '.join(missing)}")
     kept = tuple(m for m in metrics if m in runs.columns)
@@ -256,7 +304,9 @@ def _cell(sub: pd.DataFrame, dataset: str, model: str, metric: str, arm: str,
            "params": ";".join(sub["params"].unique()), "n": len(values),
            "mean": values.mean() if len(values) else np.nan,
            "std": values.std(ddof=1) if len(values) > 1 else np.nan,
-           "seeds": ";".join(str(s) for s in values.index)}
+           "seeds": ";".join(str(s) for s in values.index),
+           **{k: ";".join(repr(v) for v in sorted(sub[k].unique())) if k in sub else ""
+              for k in ("lr", "weight_decay")}}
     if base is not None:
         row.update(_paired(values, base.set_index("seed")[metric].dropna(), metric, n_boot))
     return row
@@ -271,6 +321,7 @@ def _paired(arm: pd.Series, base: pd.Series, metric: str, n_boot: int) -> dict:
            "mean_paired": a.mean() if len(d) else np.nan,
            "base_mean_paired": b.mean() if len(d) else np.nan,
            "delta_mean": d.mean() if len(d) else np.nan, "delta_lo": np.nan, "delta_hi": np.nan,
+           "seed_lo": np.nan, "seed_hi": np.nan, "_deltas": d,
            "relaimpr": np.nan, "ttest_t": np.nan, "ttest_p": np.nan, "wilcoxon_w": np.nan,
            "wilcoxon_p": np.nan}
     if is_auc(metric) and len(d):
@@ -278,7 +329,8 @@ def _paired(arm: pd.Series, base: pd.Series, metric: str, n_boot: int) -> dict:
     if len(d) >= 2:  # one pair has no spread: no CI and no test
         ci = stats.bootstrap_mean_ci(d, n_boot=n_boot, seed=BOOT_SEED)
         t, w = stats.paired_ttest(a, b), stats.wilcoxon_signed_rank(a, b)
-        out.update(delta_lo=ci.lo, delta_hi=ci.hi, ttest_t=t.statistic, ttest_p=t.p,
+        out.update(delta_lo=ci.lo, delta_hi=ci.hi, seed_lo=ci.lo, seed_hi=ci.hi,
+                   ttest_t=t.statistic, ttest_p=t.p,
                    wilcoxon_w=w.statistic, wilcoxon_p=w.p)
     return out
 
@@ -299,24 +351,65 @@ def _add_delong(cells: pd.DataFrame, dl: pd.DataFrame, alpha: float) -> pd.DataF
     return cells.merge(agg, on=KEYS, how="left")
 
 
+def _add_two_level(cells: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """The two-level bootstrap's columns (boot_*, p_beats); where a cell has them, its CI
+    (delta_lo / delta_hi, what the tables show) is the two-level one and `ci` says so; the
+    seed-only CI stays in seed_lo / seed_hi."""
+    boot = pd.DataFrame(rows, columns=KEYS + _twolevel.COLUMNS)
+    boot[_twolevel.COLUMNS] = boot[_twolevel.COLUMNS].astype(float)
+    cells = cells.drop(columns=[c for c in _twolevel.COLUMNS if c in cells]).merge(
+        boot, on=KEYS, how="left")
+    has = cells["boot_lo"].notna()
+    cells["ci"] = np.where(cells["is_baseline"], "",
+                           np.where(has, "two-level", np.where(cells["seed_lo"].notna(),
+                                                               "seeds", "")))
+    cells.loc[has, "delta_lo"] = cells.loc[has, "boot_lo"]
+    cells.loc[has, "delta_hi"] = cells.loc[has, "boot_hi"]
+    return cells
+
+
+def _add_equivalence(cells: pd.DataFrame, test: str, margin: float | None) -> pd.DataFrame:
+    """eq_p: the equivalence test's p (two one-sided tests against +-margin) of the chosen
+    test: paired t or Wilcoxon over the per-seed deltas, or the two-level bootstrap's."""
+    cells = cells.copy()
+    cells["eq_p"] = np.nan
+    if margin is None:
+        return cells
+    if test == "bootstrap":
+        cells["eq_p"] = cells["boot_eq_p"]
+        return cells
+    tost = {"ttest": stats.tost_ttest, "wilcoxon": stats.tost_wilcoxon}[test]
+    for idx, r in cells[~cells["is_baseline"]].iterrows():
+        d = r["_deltas"]
+        if isinstance(d, np.ndarray) and len(d) >= 2:
+            cells.at[idx, "eq_p"] = tost(d, margin).p
+    return cells
+
+
 def _decide(cells: pd.DataFrame, test: str, correction: str, alpha: float) -> pd.DataFrame:
     cells = cells.copy()
-    cells["p"] = cells[f"{test}_p"]
+    cells["p"] = cells["boot_p" if test == "bootstrap" else f"{test}_p"]
     cells.loc[cells["is_baseline"], "p"] = np.nan
-    # Corrected within each table: all data sets x models x arms x metrics of that table.
+    # Corrected within each table: all data sets x models x arms x metrics of that table; the
+    # equivalence tests likewise, as a family of their own.
     cells["family"] = cells["metric"].map(family)
     cells["p_adj"] = np.nan
+    cells["eq_p_adj"] = np.nan
     for _, idx in cells.groupby("family").groups.items():
         cells.loc[idx, "p_adj"] = CORRECTIONS[correction](cells.loc[idx, "p"].to_numpy(float))
+        cells.loc[idx, "eq_p_adj"] = CORRECTIONS[correction](
+            cells.loc[idx, "eq_p"].to_numpy(float))
     cells["significant"] = cells["p_adj"] < alpha  # NaN compares False
+    cells["equivalent"] = cells["eq_p_adj"] < alpha
     sign = np.where(cells["metric"].map(lower_is_better), -1.0, 1.0)
     cells["better"] = (sign * cells["delta_mean"]) > 0
     cells["outcome"] = np.select(
         [cells["is_baseline"], cells["p_adj"].isna(), cells["significant"] & cells["better"],
-         cells["significant"]], ["", "untested", "win", "loss"], default="tie")
-    for col in ("significant", "better"):  # not applicable to the baseline's own rows
+         cells["significant"], cells["equivalent"]],
+        ["", "untested", "win", "loss", "equivalent"], default="n.s.")
+    for col in ("significant", "better", "equivalent"):  # not applicable to the baseline
         cells[col] = cells[col].astype("boolean").mask(cells["is_baseline"])
-    return cells
+    return cells.drop(columns="_deltas")
 
 
 def _pairing_warnings(cells: pd.DataFrame, seeds: list[int]) -> list[str]:

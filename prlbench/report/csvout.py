@@ -10,10 +10,12 @@ from __future__ import annotations
 from prlbench.report.analysis import Summary
 
 CELL_COLUMNS = [
-    "dataset", "model", "metric", "arm", "loss", "is_baseline", "params", "n", "mean", "std",
-    "seeds", "n_pairs", "paired_seeds", "mean_paired", "base_mean_paired", "delta_mean",
-    "delta_lo", "delta_hi", "relaimpr", "ttest_t", "ttest_p", "wilcoxon_w", "wilcoxon_p", "p",
-    "p_adj", "significant", "better", "outcome", "delong_n", "delong_sig", "delong_median_p",
+    "dataset", "model", "metric", "arm", "loss", "is_baseline", "params", "lr", "weight_decay",
+    "n", "mean", "std", "seeds", "n_pairs", "paired_seeds", "mean_paired", "base_mean_paired",
+    "delta_mean", "delta_lo", "delta_hi", "ci", "seed_lo", "seed_hi", "boot_lo", "boot_hi",
+    "boot_seeds", "row_share", "p_beats", "relaimpr", "ttest_t", "ttest_p", "wilcoxon_w",
+    "wilcoxon_p", "boot_p", "p", "p_adj", "significant", "better", "eq_p", "boot_eq_p",
+    "eq_p_adj", "equivalent", "outcome", "delong_n", "delong_sig", "delong_median_p",
     "delong_p",
 ]
 

@@ -21,7 +21,7 @@ _UNICODE = {"↑*": r"$\uparrow^{*}$", "↓*": r"$\downarrow^{*}$", "±": r"$\pm
             "Δ": r"$\Delta$", "λ": r"$\lambda$", "φ": r"$\phi$", "∈": r"$\in$",
             "×": r"$\times$", "–": "--", "—": "---", "↑": r"$\uparrow$",
             "↓": r"$\downarrow$",
-            "≥": r"$\geq$", "≤": r"$\leq$", "−": r"$-$", "’": "'"}
+            "≥": r"$\geq$", "≈": r"$\approx$", "ε": r"$\varepsilon$", "≤": r"$\leq$", "−": r"$-$", "’": "'"}
 _TOKENS = {**_UNICODE, **_SPECIAL}
 # Longest first, so "↑*" wins over "↑"; one pass, so nothing is escaped twice.
 _PATTERN = re.compile("|".join(re.escape(k) for k in sorted(_TOKENS, key=len, reverse=True)))

@@ -1,5 +1,5 @@
 """The one table model that every renderer draws: rows (data set, model, arm), columns (metrics),
-cells with their numbers and flags, a caption generated from the summary, and the wins / ties /
+cells with their numbers and flags, a caption generated from the summary, and the wins / n.s. /
 losses summary. Renderers only format; every decision (what is best, what is significant) is here.
 """
 
@@ -17,7 +17,8 @@ DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown tie
 PARAM_ORDER = ("lam", "alpha", "m1", "m2", "phi", "score", "head", "norm", "temperature")
 PARAM_NAMES = {"lam": "λ", "phi": "φ", "score": "s", "alpha": "α", "temperature": "T"}
 VALUE_NAMES = {"squared_hinge": "squared hinge", "prob": "probability"}
-TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
+TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test",
+              "bootstrap": "two-level bootstrap"}
 CORRECTION_NAMES = {"holm": "Holm correction", "bh": "Benjamini-Hochberg correction"}
 
 
@@ -34,7 +35,7 @@ class Cell:
     relaimpr: float = np.nan  # percent; AUC metrics only
     n_pairs: int = 0
     p_adj: float = np.nan  # nan: untested
-    outcome: str = ""  # "win", "tie", "loss", "untested" ("" for the baseline)
+    outcome: str = ""  # analysis.OUTCOMES: win, n.s., loss, equivalent, untested ("": baseline)
 
     @property
     def significant(self) -> bool:
@@ -58,8 +59,9 @@ class Table:
     caption: str
     label: str
     baseline: str
-    wtl: tuple[tuple, ...]  # (arm, metric, wins, ties, losses, untested)
+    wtl: tuple[tuple, ...]  # (arm, metric, wins, n.s., losses, equivalent, untested)
     notes: tuple[str, ...]  # the summary's warnings
+    equivalence: float | None = None  # the equivalence margin, if one was tested
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -85,7 +87,7 @@ def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
     return Table(kind=kind, metrics=tuple(metrics), rows=tuple(rows),
                  caption=caption(summary, metrics, kind), label=f"tab:prlbench-{kind}",
                  baseline=summary.baseline, wtl=tuple(wtl.itertuples(index=False, name=None)),
-                 notes=tuple(summary.warnings))
+                 notes=tuple(summary.warnings), equivalence=summary.equivalence)
 
 
 def _best_flags(cells) -> set:
@@ -130,11 +132,9 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
                  f"{seed_list(summary.seeds)}): no "
                  "std, CI or test with one seed.", f"Δ: difference to {base}{relaimpr}"]
     else:
-        conf = f"{(1 - summary.alpha) * 100:g} %"
         parts = [f"{_split_text(summary)} {what}, mean ± std over {_seed_text(summary)}.",
-                 f"Δ: mean paired difference to {base} over seeds with {conf} bootstrap CI "
-                 f"(expanded percentile, {summary.n_boot:,} resamples of the per-seed "
-                 f"differences; not corrected for multiple comparisons){relaimpr}"]
+                 f"Δ: mean paired difference to {base} over seeds with "
+                 f"{_ci_text(summary, metrics)}{relaimpr}"]
     if summary.cells["is_baseline"].all():  # nothing to take a difference to
         parts = [parts[0].replace(": no std, CI or test with one seed.", ": no std with one "
                                   "seed.")]
@@ -146,6 +146,9 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
                          "random to compare against).")
     parts.append("Bold: best mean per data set and column.")
     parts.append(_clipped_text(summary, metrics))
+    if kind == "logloss":
+        parts.append(_cvr_logloss_text(summary))
+    parts.append(_tuning_text(summary))
     if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
         parts.append(f"DeLong's test on each seed's test predictions is in {_cells(summary)}; "
                      "it does not "
@@ -156,6 +159,64 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     parts += [f"{dataset_name(d)}: {note}." for d, note in summary.data_notes.items()
               if d in shown]
     return " ".join(p for p in parts if p)
+
+
+def _ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
+    """Which CI the Δ rows show: two-level (seeds and test rows resampled) where every
+    compared cell has it, else seed-only, or a mix (each cell's `ci` in cells.csv)."""
+    conf = f"{(1 - summary.alpha) * 100:g} %"
+    c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
+    kinds = set(c["ci"]) - {""} if "ci" in c else {"seeds"}
+    common = (f"expanded percentile, {summary.n_boot:,} resamples; not corrected for multiple "
+              "comparisons")
+    if kinds == {"two-level"}:
+        return (f"{conf} two-level bootstrap CI (seeds and test rows resampled together, one "
+                f"row resample shared by both losses, as they share the test set; {common}; "
+                f"the seed-only CI is in {_cells(summary)})")
+    if kinds == {"seeds"} or not kinds:
+        return (f"{conf} bootstrap CI of the per-seed differences ({common}; the test rows "
+                "held fixed)")
+    return (f"{conf} two-level bootstrap CI (seeds and test rows resampled) where the "
+            f"predictions were there, over seeds only elsewhere (each cell's ci in "
+            f"{_cells(summary)}; {common})")
+
+
+def _cvr_logloss_text(summary: Summary) -> str:
+    """Why CVR logloss is missing for models without a probability p_cvr."""
+    from prlbench.report.analysis import _cvr_is_probability
+
+    lacking = [m for m in dict.fromkeys(summary.runs["model"]) if not _cvr_is_probability(m)]
+    if not lacking:
+        return ""
+    names = ", ".join(model_name(m) for m in lacking)
+    return (f"No CVR logloss for {names}: without a CVR tower, p_CVR = p_CTCVR / p_CTR is "
+            "capped at 1 where p_CTCVR exceeds p_CTR, and each such clicked row without a "
+            "conversion would cost −log ε, a number set by the clip constant ε rather than by "
+            "the model; it is reported only where p_CVR is a probability by construction "
+            "(ESMM).")
+
+
+def _tuning_text(summary: Summary) -> str:
+    """What was chosen on validation, on which seeds, with what budget per arm."""
+    sel = summary.selection
+    if not sel or not sel.get("budget"):
+        return ""
+    seeds = seed_list(sel["seeds"])
+    what = [f"{PARAM_NAMES.get(k, k)} ∈ {{{', '.join(map(_value, v))}}} for every arm"
+            for k, v in sel.get("train", {}).items()]
+    what += [f"{PARAM_NAMES.get(k, k)} ∈ {{{', '.join(map(_value, v))}}} for "
+             f"{loss_name(loss)}" for loss, params in sel.get("losses", {}).items()
+             for k, v in params.items()]
+    budget = ", ".join(f"{arm_name(a)} {n}" for a, n in sel["budget"].items())
+    untuned = [arm_name(a) for a in summary.losses if a not in sel["budget"]
+               and a in dict.fromkeys(summary.runs["arm"])]
+    text = (f"Tuned on the validation split per data set, model and arm by the mean best "
+            f"validation score over tuning seeds {seeds} (never reported): {'; '.join(what)}; "
+            f"settings tried per arm (each on {len(sel['seeds'])} seed"
+            f"{'s' if len(sel['seeds']) != 1 else ''}): {budget}")
+    if untuned:
+        text += f"; not tuned (one setting): {', '.join(untuned)}"
+    return text + f". The chosen settings are in {_cells(summary)}."
 
 
 def _cells(summary: Summary) -> str:
@@ -211,9 +272,22 @@ def _test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
     family = " × ".join(_count(c[col].nunique(), word) for col, word in (
         ("dataset", "data set"), ("model", "model"), ("metric", "metric"), ("arm", "loss")))
     full = np.prod([c[x].nunique() for x in ("dataset", "model", "metric", "arm")]) == k
-    return (f"↑* / ↓*: better / worse than {base} with {TEST_NAMES[summary.test]} p < "
-            f"{summary.alpha:g} over seeds after {CORRECTION_NAMES[summary.correction]} over all "
+    over = ("(seeds and test rows resampled)" if summary.test == "bootstrap"
+            else "over seeds")
+    text = (f"↑* / ↓*: better / worse than {base} with {TEST_NAMES[summary.test]} p < "
+            f"{summary.alpha:g} {over} after {CORRECTION_NAMES[summary.correction]} over all "
             f"{k} comparisons of this table" + (f" ({family})." if full else "."))
+    if summary.equivalence is not None:
+        text += (f" ≈: equivalent, i.e. not significant and within ±{summary.equivalence:g} by "
+                 f"two one-sided {TEST_NAMES[summary.test]} tests (p < {summary.alpha:g} after "
+                 f"the same correction); n.s.: neither.")
+    else:
+        text += " n.s.: not significant, which is not evidence of no difference."
+    if "p_beats" in c and c["p_beats"].notna().any():
+        text += (f" P(a run beats {base}), per cell in {_cells(summary)} (p_beats): the "
+                 "probability that one run of the loss beats the same seed's run of "
+                 f"{base} on a resampled test set.")
+    return text
 
 
 def _count(n: int, word: str) -> str:
@@ -241,14 +315,7 @@ def _settings_text(summary: Summary, arm: str) -> str:
             varied = True
             items.append(f"{name} ∈ {{{', '.join(shown)}}}")
     text = f"{arm_name(arm)} settings: {', '.join(items)}"
-    chosen = summary.selection.get("losses", {}).get(loss, {})
-    if chosen:
-        grid = "; ".join(f"{PARAM_NAMES.get(k, k)} from {{{', '.join(map(_value, vals))}}}"
-                         for k, vals in chosen.items())
-        text += (f" ({grid}, chosen on the validation split with seed "
-                 f"{summary.selection['seed']} per data set and model"
-                 + (f"; each cell's in {_cells(summary)})" if varied else ")"))
-    elif varied:
+    if varied:
         text += (" (chosen on validation per data set and model; each cell's in "
                  f"{_cells(summary)})")
     note = loss_note(loss, settings)
@@ -280,7 +347,15 @@ def arm_name(arm: str) -> str:
 
 def dataset_name(name: str) -> str:
     """A data set's display name, from its spec ("AliExpress-NL"); an unknown name as it is."""
-    return DATASETS.get(name).display_name if name in DATASETS else name
+    from prlbench.data import variants
+    from prlbench.errors import ConfigError
+
+    if name in DATASETS:
+        return DATASETS.get(name).display_name
+    try:
+        return variants.display_name(name)  # "Synthetic (noise 0.5)"
+    except ConfigError:  # a name this prlbench does not know is shown as it is
+        return name
 
 
 def model_name(name: str) -> str:
@@ -334,23 +409,28 @@ def bound(x: float, decimals: int) -> str:
 
 
 def marker(c: Cell) -> str:
-    """"↑*" significantly better, "↓*" significantly worse, "" a tie, or why no test ran."""
+    """"↑*" significantly better, "↓*" significantly worse, "≈" equivalent (within the
+    margin), "n.s." not significant, or why no test ran."""
     if c.outcome == "win":
         return "↑*"
     if c.outcome == "loss":
         return "↓*"
+    if c.outcome == "equivalent":
+        return "≈"
     if c.outcome == "untested":
         return f"no test ({c.n_pairs} seed{'s' if c.n_pairs != 1 else ''})"
-    return ""
+    return "n.s." if c.outcome == "n.s." else ""
 
 
-def wtl_text(wins: int, ties: int, losses: int, untested: int) -> str:
-    text = f"{wins} / {ties} / {losses}"
-    return text + (f" ({untested} untested)" if untested else "")
+def wtl_text(wins: int, ns: int, losses: int, equivalent: int = 0, untested: int = 0) -> str:
+    text = f"{wins} / {ns} / {losses}"
+    extra = [f"{equivalent} equivalent"] if equivalent else []
+    extra += [f"{untested} untested"] if untested else []
+    return text + (f" ({', '.join(extra)})" if extra else "")
 
 
 def wtl_rows(table: Table) -> tuple[list[str], list[list[str]]]:
-    """The wins / ties / losses summary as header + rows of text: one row per arm, one column
+    """The wins / n.s. / losses summary as header + rows of text: one row per arm, one column
     per metric and a total."""
     arms = list(dict.fromkeys(r[0] for r in table.wtl))
     headers = ["Loss"] + list(table.columns) + ["Total"]
@@ -365,6 +445,13 @@ def wtl_rows(table: Table) -> tuple[list[str], list[list[str]]]:
 
 def wtl_caption(table: Table) -> str:
     base = loss_name(table.baseline)
-    return (f"Wins / ties / losses against {base} over data sets and models: significantly "
+    text = (f"Wins / n.s. / losses against {base} over data sets and models: significantly "
             f"better / not significant / significantly worse (the test and correction of the "
             f"table above).")
+    if table.equivalence is not None:
+        text += (f" Equivalent: not significant, and within ±{table.equivalence:g} by the "
+                 "equivalence test (counted in n.s. too).")
+    else:
+        text += (" n.s. does not mean equal: no equivalence test was asked for "
+                 "(--equivalence MARGIN).")
+    return text

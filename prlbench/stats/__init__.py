@@ -1,12 +1,17 @@
 """Statistics for comparing a loss against BCE: AUCs, DeLong, a bootstrap CI, paired tests,
-multiple-comparison corrections and RelaImpr. Numpy arrays in, Python floats / dataclasses out.
+multiple-comparison corrections, RelaImpr, a two-level (seeds x test rows) bootstrap and
+equivalence tests (TOST). Numpy arrays in, Python floats / dataclasses out.
 """
 
 from prlbench.stats.auc import auc, group_auc, relaimpr
 from prlbench.stats.bootstrap import MeanCI, bootstrap_mean_ci
 from prlbench.stats.delong import DelongResult, fast_delong
+from prlbench.stats.equivalence import tost_ttest, tost_wilcoxon
+from prlbench.stats.logloss import logloss, row_logloss
 from prlbench.stats.multiple import benjamini_hochberg, holm
 from prlbench.stats.paired import TestResult, min_wilcoxon_p, paired_ttest, wilcoxon_signed_rank
+from prlbench.stats.twolevel import (SeedDelta, TwoLevelResult, auc_influence, mean_influence,
+                                     paired_delta, row_covariance, two_level_bootstrap)
 
 __all__ = [
     "auc", "group_auc", "relaimpr",
@@ -14,4 +19,8 @@ __all__ = [
     "bootstrap_mean_ci", "MeanCI",
     "paired_ttest", "wilcoxon_signed_rank", "min_wilcoxon_p", "TestResult",
     "holm", "benjamini_hochberg",
+    "auc_influence", "mean_influence", "paired_delta", "SeedDelta", "row_covariance",
+    "two_level_bootstrap", "TwoLevelResult",
+    "tost_ttest", "tost_wilcoxon",
+    "logloss", "row_logloss",
 ]
