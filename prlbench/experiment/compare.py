@@ -249,6 +249,7 @@ def _sweep(summary, cc: CompareConfig, stage) -> None:
     from prlbench.data import variants
     from prlbench.fileio import atomic_write_bytes
     from prlbench.report import analysis, split_suffix, sweep
+    from prlbench.report.table import ci_name
 
     if not any(variants.is_variant(d) for d in cc.grid.datasets):
         return
@@ -265,7 +266,8 @@ def _sweep(summary, cc: CompareConfig, stage) -> None:
         return
     suffix = split_suffix(summary.split)
     sweep.sweep_plot(frame.drop(columns="significant", errors="ignore"),
-                     stage.plots_dir / f"sweep{suffix}", confidence=1 - summary.alpha)
+                     stage.plots_dir / f"sweep{suffix}", confidence=1 - summary.alpha,
+                     ci=ci_name(summary))
     atomic_write_bytes(stage.tables_dir / f"sweep{suffix}.csv",
                        frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
 

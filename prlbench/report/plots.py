@@ -137,11 +137,12 @@ def _forest_xlabel(summary: Summary) -> str:
     if summary.n_seeds < 2:
         return (f"AUC difference to {base}, seed {tm.seed_list(summary.seeds)}: one seed, "
                 "no CI and no test")
+    ci = f"{conf} {tm.ci_name(summary)}"
     if summary.n_comparisons == 0:
-        return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {conf} bootstrap "
-                "CI); no test could be computed")
+        return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {ci}); no test "
+                "could be computed")
     test = tm.TEST_NAMES[summary.test]
-    return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {conf} bootstrap CI); "
+    return (f"AUC difference to {base} (mean over {summary.n_seeds} seeds, {ci});\n"
             f"filled: {test} significant after {tm.CORRECTION_NAMES[summary.correction]}")
 
 

@@ -90,13 +90,14 @@ def knob_label(knob: str) -> str:
 
 
 def sweep_plot(frame: pd.DataFrame, stem: Path, *, baseline: str = BASELINE,
-               confidence: float = 0.95) -> list[Path]:
+               confidence: float = 0.95, ci: str = "bootstrap CI") -> list[Path]:
     """Write `stem.png` and `stem.pdf` (see the module doc); an empty frame draws one empty
     panel that says so. `confidence`: the level of the cells' CIs, for the legend."""
-    return save(sweep_figure(frame, baseline=baseline, confidence=confidence), stem)
+    return save(sweep_figure(frame, baseline=baseline, confidence=confidence, ci=ci), stem)
 
 
-def sweep_figure(frame: pd.DataFrame, *, baseline: str = BASELINE, confidence: float = 0.95):
+def sweep_figure(frame: pd.DataFrame, *, baseline: str = BASELINE, confidence: float = 0.95,
+                 ci: str = "bootstrap CI"):
     plt = _plt()
     metrics = [m for m in SWEEP_METRICS if m in set(frame["metric"])] if len(frame) else []
     if len(frame) and not metrics:
@@ -137,7 +138,7 @@ def sweep_figure(frame: pd.DataFrame, *, baseline: str = BASELINE, confidence: f
                            label="not significant")] if "significant" in frame else []
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5),
                frameon=False,
-               title=f"mean Δ over the paired seeds, bars: {confidence * 100:g} % bootstrap CI")
+               title=f"mean Δ over the paired seeds, bars: {confidence * 100:g} % {ci}")
     return fig
 
 

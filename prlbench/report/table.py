@@ -181,6 +181,18 @@ def _ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
             f"{_cells(summary)}; {common})")
 
 
+def ci_name(summary: Summary) -> str:
+    """The CI the Δs show, in a few words, for plots: "two-level bootstrap CI" (seeds and test
+    rows), "bootstrap CI over seeds", or both where the cells differ."""
+    c = summary.cells[~summary.cells["is_baseline"]]
+    kinds = set(c["ci"]) - {""} if "ci" in c else {"seeds"}
+    if kinds == {"two-level"}:
+        return "two-level bootstrap CI (seeds and test rows)"
+    if kinds <= {"seeds"}:
+        return "bootstrap CI over seeds"
+    return "bootstrap CI (two-level or over seeds: cells.csv)"
+
+
 def _cvr_logloss_text(summary: Summary) -> str:
     """Why CVR logloss is missing for models without a probability p_cvr."""
     from prlbench.report.analysis import _cvr_is_probability
