@@ -266,21 +266,9 @@ def display_name(dataset_id: str) -> str:
 def split_datasets(text: str) -> list[str]:
     """A --datasets value: commas inside brackets do not split; each id written canonically,
     repeats dropped; "all" -> every registered data set."""
-    parts, depth, current = [], 0, ""
-    for ch in str(text):
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth < 0 or depth > 1:
-            raise ConfigError(f"--datasets: unbalanced brackets in {_q(text)}; write a variant "
-                              f"as {_EXAMPLE}")
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if depth:
-        raise ConfigError(f"--datasets: unbalanced brackets in {_q(text)}; write a variant as "
-                          f"{_EXAMPLE}")
-    parts = [p.strip() for p in parts + [current] if p.strip()]
+    from prlbench.registry import split_specs
+
+    parts = split_specs(text, "--datasets", f"a variant as {_EXAMPLE}")
     if parts == ["all"]:
         return DATASETS.names()
     return list(dict.fromkeys(canonical(p) for p in parts))

@@ -26,6 +26,7 @@ from prlbench.config import (BASELINE, MAX_SEED, RunConfig, complete, load_yaml,
                              validate)
 from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
+from prlbench.registry import split_specs
 
 TESTS = ("wilcoxon", "ttest", "bootstrap")
 TEST_SPLITS = ("standard", "random", "both")
@@ -178,7 +179,8 @@ class CompareConfig:
         base = resolve(config_file, {
             "model": {"preset": flags.get("preset")},
             "train": {k: flags.get(k) for k in ("epochs", "batch_size", "patience",
-                                                "precision", "device")},
+                                                "precision", "device",
+                                                "embedding_optimizer")},
         }, finish=False, file_data=data)
         grid = _grid(flags, base, file_params, config_file)
         options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",
@@ -246,13 +248,9 @@ def _datasets(flags: Mapping[str, Any]) -> tuple[str, ...]:
     names = variants.split_datasets(_given(flags, "datasets"))
     sweep = {}
     for key, knob in SWEEP_FLAGS.items():
-        flag = "--" + key.replace("_", "-")
-        values = parse_floats(flags.get(key), flag)
+        values = _float_list(flags, key, "--" + key.replace("_", "-"), "the generator's default")
         if values is None:
             continue
-        if not values:
-            raise ConfigError(f"{flag} is empty; give a value or a comma-separated list, or "
-                              "leave the flag out for the generator's default")
         if key == "rows":
             if not all(float(v).is_integer() for v in values):
                 raise ConfigError(f"--rows must be whole numbers, got {shown(flags[key])}")
@@ -266,21 +264,7 @@ def parse_losses(text: str) -> tuple[str, ...]:
     ("pwiser[lam=1,norm=paper]"); "all" -> every registered loss; repeats dropped."""
     from prlbench.losses import LOSSES
 
-    parts, depth, current = [], 0, ""
-    for ch in str(text):
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth < 0 or depth > 1:
-            raise ConfigError(f"--losses: unbalanced brackets in {shown(text)}; write a loss's "
-                              "own settings as pwiser[norm=paper,lam=1]")
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if depth:
-        raise ConfigError(f"--losses: unbalanced brackets in {shown(text)}; write a loss's own "
-                          "settings as pwiser[norm=paper,lam=1]")
-    parts = [p.strip() for p in parts + [current] if p.strip()]
+    parts = split_specs(text, "--losses", "a loss's own settings as pwiser[norm=paper,lam=1]")
     if parts == ["all"]:
         return tuple(LOSSES.names())
     return tuple(dict.fromkeys(_canonical(p) for p in parts))
@@ -479,14 +463,19 @@ def _train_grid(flags: Mapping[str, Any]) -> dict:
     """--lr / --weight-decay: one value (every run) or a list (chosen per arm on validation)."""
     grid = {}
     for key, flag in TRAIN_TUNABLE.items():
-        values = parse_floats(flags.get(key), flag)
-        if values is None:
-            continue
-        if not values:
-            raise ConfigError(f"{flag} is empty; give a value or a comma-separated list, or "
-                              "leave the flag out for the default")
-        grid[key] = list(dict.fromkeys(values))
+        values = _float_list(flags, key, flag, "the default")
+        if values is not None:
+            grid[key] = list(dict.fromkeys(values))
     return grid
+
+
+def _float_list(flags: Mapping[str, Any], key: str, flag: str, default: str) -> list | None:
+    """A flag's comma-separated numbers; None when not given; empty is an error."""
+    values = parse_floats(flags.get(key), flag)
+    if values == []:
+        raise ConfigError(f"{flag} is empty; give a value or a comma-separated list, or leave "
+                          f"the flag out for {default}")
+    return values
 
 
 def _too_many(count: str) -> str:

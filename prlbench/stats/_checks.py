@@ -43,3 +43,14 @@ def same_length(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{names[0]} and {names[1]} must be 1-D and paired (same length); "
                         f"got shapes {a.shape} and {b.shape}")
     return a, b
+
+
+def margin(value, name: str) -> None:
+    """An equivalence margin: a finite number > 0, in the metric's units."""
+    try:
+        ok = bool(np.isfinite(value) and value > 0)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise DataError(f"{name}: margin must be a finite number > 0 (the equivalence bound, in "
+                        f"the metric's units); got {value!r}")

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from prlbench.errors import DataError
+from prlbench.stats import _checks
 from prlbench.stats.paired import TestResult
 
 
@@ -81,11 +82,5 @@ def _check(d, margin, name: str) -> np.ndarray:
                         f"{d.shape}")
     if np.isnan(d).any():
         raise DataError(f"{name}: d contains NaN; drop the failed runs first")
-    try:
-        ok = bool(np.isfinite(margin) and margin > 0)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise DataError(f"{name}: margin must be a finite number > 0 (the equivalence bound, in "
-                        f"the metric's units); got {margin!r}")
+    _checks.margin(margin, name)
     return d

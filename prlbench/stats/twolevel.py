@@ -241,7 +241,7 @@ def two_level_bootstrap(deltas, cov, *, higher_is_better: bool = True, n_boot: i
         raise DataError(f"two_level_bootstrap: method must be one of {METHODS}, not {method!r}")
     d, c = _check_inputs(deltas, cov)
     if margin is not None:
-        _check_margin(margin)
+        _checks.margin(margin, "two_level_bootstrap")
     S, n_boot = len(d), int(n_boot)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, S, (n_boot, S))
@@ -363,16 +363,6 @@ def _check_inputs(deltas, cov) -> tuple[np.ndarray, np.ndarray]:
     if (np.diag(c) < 0).any():
         raise DataError("two_level_bootstrap: cov has a negative diagonal: not a covariance")
     return d, (c + c.T) / 2
-
-
-def _check_margin(margin) -> None:
-    try:
-        ok = bool(np.isfinite(margin) and margin > 0)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise DataError(f"two_level_bootstrap: margin must be a finite number > 0 (the "
-                        f"equivalence bound, in the metric's units); got {margin!r}")
 
 
 def _rows_mask(rows, n: int) -> np.ndarray | None:
