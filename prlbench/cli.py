@@ -66,6 +66,10 @@ Patience = Annotated[Optional[int], typer.Option(
     help="Early-stopping patience in epochs (default 2).")]
 Precision = Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast).")]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N.")]
+EmbeddingOptimizer = Annotated[Optional[str], typer.Option(
+    help="How the embedding tables are trained: adam (default: dense, as the published "
+    "tables), sparse_adam or rowwise_adagrad (sparse gradients; only the rows in the batch "
+    "are updated; for large vocabularies).")]
 
 
 def _console():
@@ -288,6 +292,7 @@ def train(
     patience: Patience = None,
     device: Device = None,
     precision: Precision = None,
+    embedding_optimizer: EmbeddingOptimizer = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", metavar="", help="Continue an interrupted run.")] = False,
@@ -321,7 +326,7 @@ def train(
         "loss": {"name": loss, "params": {k: v for k, v in params.items() if v is not None}},
         "train": {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "patience": patience, "device": device, "precision": precision,
-                  "threads": threads}})
+                  "threads": threads, "embedding_optimizer": embedding_optimizer}})
     run_dir = run_train(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
                         progress=not quiet)
     _print_metrics(run_dir)
@@ -449,6 +454,7 @@ def compare(
     conversion_rate: ConversionRates = None, rows: RowCounts = None,
     preset: Preset = None, epochs: Epochs = None,
     batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
+    embedding_optimizer: EmbeddingOptimizer = None,
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, ray_address: RayAddress = None,
     fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,

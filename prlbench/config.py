@@ -60,6 +60,10 @@ class TrainConfig:
     eval_batch_size: int = 16384
     # Start each output head at the logit of its training base rate (see README).
     init_bias: bool = True
+    # How the embedding tables are trained (prlbench.engine.optim): adam (dense, the default and
+    # what every published table used), sparse_adam or rowwise_adagrad (rows in the batch only).
+    # Added later: left out of the run id at its default, so earlier runs keep their ids.
+    embedding_optimizer: str = "adam"
     # Neither changes the numbers on CPU, so neither is part of the run id.
     device: str = "cpu"
     threads: int | None = None
@@ -93,11 +97,18 @@ class RunConfig:
             for key, spec in loss_param_specs(self.loss.name).items():
                 if spec.added_later and d["loss"]["params"].get(key) == spec.default:
                     del d["loss"]["params"][key]
+        for key, default in TRAIN_ADDED_LATER.items():
+            if d["train"].get(key) == default:
+                del d["train"][key]
         return d
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
 PRECISIONS = ("fp32", "bf16")
+EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
+# train settings added in a later version -> their default, the behaviour every earlier run
+# had: left out of identity() at that default, so the ids of existing runs do not change.
+TRAIN_ADDED_LATER = {"embedding_optimizer": "adam"}
 
 
 def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
@@ -290,6 +301,9 @@ def validate(cfg: RunConfig) -> None:
         (t.patience >= 1, f"{_key('patience')} must be >= 1, got {t.patience}"),
         (t.precision in PRECISIONS, f"{_key('precision')} must be one of "
                                     f"{', '.join(PRECISIONS)}, got {shown(t.precision)}"),
+        (t.embedding_optimizer in EMBEDDING_OPTIMIZERS,
+         f"{_key('embedding_optimizer')} must be one of {', '.join(EMBEDDING_OPTIMIZERS)}, got "
+         f"{shown(t.embedding_optimizer)}"),
         (t.threads is None or t.threads >= 1, f"{_key('threads')} must be >= 1, got {t.threads}"),
         (re.fullmatch(r"cpu|cuda(:\d+)?", t.device) is not None,
          f"{_key('device')} must be cpu, cuda or cuda:N (N: the GPU's number), got "
@@ -313,7 +327,7 @@ def validate(cfg: RunConfig) -> None:
 
 # train settings that `prlbench train` also takes as a flag
 _TRAIN_FLAGS = ("seed", "epochs", "batch_size", "lr", "patience", "device", "precision",
-                "threads")
+                "threads", "embedding_optimizer")
 
 
 def _key(name: str) -> str:

@@ -18,6 +18,7 @@ import torch
 from prlbench.config import BASELINE, RunConfig
 from prlbench.data.loader import TensorData, batches
 from prlbench.engine.evaluate import autocast, predict, validation_score
+from prlbench.engine.optim import make_optimizer
 from prlbench.errors import Interrupted, TrainingError
 from prlbench.experiment.store import (STATE_FIX, DamagedCheckpoint, Epoch, RunFolder,
                                        RunStatus)
@@ -55,7 +56,7 @@ class Loop:
 
     def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
         cfg = self.cfg.train
-        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = make_optimizer(self.model, cfg)  # Adam; see train.embedding_optimizer
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         state, epoch_gen = LoopState(), gen.get_state()
         if resume and self.folder.has(RunFolder.STATE):

@@ -84,7 +84,7 @@ def _read_run(d: Path, split: str = "test") -> dict:
            "seed": int(cfg.train.seed), "run_id": run.run_id or d.name,
            "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads,
            "lr": float(cfg.train.lr), "weight_decay": float(cfg.train.weight_decay),
-           "split": split}
+           "embedding_optimizer": cfg.train.embedding_optimizer, "split": split}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     if not _cvr_is_probability(cfg.model.name):  # a run made before 0.4 wrote it anyway

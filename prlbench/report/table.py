@@ -149,6 +149,7 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     if kind == "logloss":
         parts.append(_cvr_logloss_text(summary))
     parts.append(_tuning_text(summary))
+    parts.append(_embedding_text(summary))
     if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
         parts.append(f"DeLong's test on each seed's test predictions is in {_cells(summary)}; "
                      "it does not "
@@ -229,6 +230,20 @@ def _tuning_text(summary: Summary) -> str:
     if untuned:
         text += f"; not tuned (one setting): {', '.join(untuned)}"
     return text + f". The chosen settings are in {_cells(summary)}."
+
+
+def _embedding_text(summary: Summary) -> str:
+    """Name the embedding optimizer where a run did not use the default (dense Adam)."""
+    kinds = {"sparse_adam": "sparse Adam", "rowwise_adagrad": "row-wise Adagrad"}
+    runs = summary.runs
+    used = [k for k in dict.fromkeys(runs["embedding_optimizer"]) if k in kinds] \
+        if "embedding_optimizer" in runs else []
+    if not used:
+        return ""
+    names = " / ".join(kinds[k] for k in used)
+    mixed = " (some runs; the others dense Adam)" if runs["embedding_optimizer"].eq("adam").any() \
+        else ""
+    return f"Embeddings trained with {names} (rows in the batch only){mixed}."
 
 
 def _cells(summary: Summary) -> str:
