@@ -320,7 +320,9 @@ def test_p_value_agrees_with_the_interval_at_every_alpha(shift):
         p = two_level_bootstrap(d, cov, n_boot=2000, seed=4, method=method).p
         assert 0.0 <= p <= 1.0
         for alpha in (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, p * 0.98, min(p * 1.02, 0.99)):
-            if not 0 < alpha < 1:
+            # p is floored at 1 / (n_boot + 1), what the replicates resolve: consistency is
+            # asked above it
+            if not 2 / 2000 < alpha < 1:
                 continue
             r = two_level_bootstrap(d, cov, n_boot=2000, seed=4, alpha=alpha, method=method)
             assert (r.p < alpha) == (r.lo > 0 or r.hi < 0), (method, alpha, r)
@@ -343,6 +345,13 @@ def test_p_beats_is_a_probability_monotone_in_the_deltas():
     assert two_level_bootstrap([0.01, 0.0, -0.01, 0.02], np.zeros((4, 4))).p_beats == 0.625
 
 
+def test_p_is_never_below_what_the_replicates_resolve():
+    far = two_level_bootstrap(np.full(8, 0.05) + np.arange(8) * 1e-4, np.eye(8) * 1e-8,
+                              n_boot=1000, margin=0.001)
+    assert far.lo > 0  # 0 lies beyond every replicate
+    assert far.p == 1 / 1001 and far.p_equivalent >= 1 / 1001
+
+
 def test_tost_from_the_replicates():
     rng = np.random.default_rng(13)
     cov = np.full((8, 8), 0.0005**2) + np.diag(np.full(8, 0.0005**2))
@@ -360,7 +369,7 @@ def test_tost_from_the_replicates():
         p = two_level_bootstrap(d, cov, n_boot=3000, seed=2, margin=0.005).p_equivalent
         assert 0.0 <= p <= 1.0
         for alpha in (0.01, 0.05, 0.1, 0.25, 0.45, p * 0.98, p * 1.02):
-            if not 0 < 2 * alpha < 1:
+            if not 2 / 3000 < alpha < 0.5:  # above the replicates' resolution (as above)
                 continue
             ci = two_level_bootstrap(d, cov, n_boot=3000, seed=2, alpha=2 * alpha)
             inside = -0.005 < ci.lo and ci.hi < 0.005

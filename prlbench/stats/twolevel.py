@@ -264,11 +264,15 @@ def two_level_bootstrap(deltas, cov, *, higher_is_better: bool = True, n_boot: i
     lo, hi = np.quantile(reps, [level.tail(alpha), 1 - level.tail(alpha)])
     # The quantile levels at which the interval's ends cross 0 (or the margins), mapped back
     # through the expansion: p < alpha exactly when the interval at alpha excludes 0.
-    p = min(1.0, 2 * level.one_sided(min(_pos_right(reps, 0.0), 1.0 - _pos_left(reps, 0.0))))
+    # No p below 1 / (n_boot + 1): 0 beyond every replicate says p is below what n_boot
+    # replicates resolve, not that it is 0 (the CI agrees with p for alpha above that).
+    floor = 1.0 / (n_boot + 1)
+    p = max(floor, min(1.0, 2 * level.one_sided(min(_pos_right(reps, 0.0),
+                                                    1.0 - _pos_left(reps, 0.0)))))
     p_equivalent = float("nan")
-    if margin is not None:
-        p_lower = level.one_sided(_pos_right(reps, -margin))  # H0: Delta <= -margin
-        p_upper = level.one_sided(1.0 - _pos_left(reps, margin))  # H0: Delta >= margin
+    if margin is not None:  # H0: Delta <= -margin, and H0: Delta >= margin
+        p_lower = max(floor, level.one_sided(_pos_right(reps, -margin)))
+        p_upper = max(floor, level.one_sided(1.0 - _pos_left(reps, margin)))
         p_equivalent = max(p_lower, p_upper)
     var_rows = max(float(c.sum()) / S**2, 0.0)
     total = var_seeds + max(g, 0.0) if S > 1 else var_rows
