@@ -327,9 +327,20 @@ def train(
         "train": {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "patience": patience, "device": device, "precision": precision,
                   "threads": threads, "embedding_optimizer": embedding_optimizer}})
+    _warn_slow_bf16(cfg.train.device, cfg.train.precision)
     run_dir = run_train(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
                         progress=not quiet)
     _print_metrics(run_dir)
+
+
+def _warn_slow_bf16(device: str, precision: str) -> None:
+    if precision != "bf16":  # no torch import for the common case
+        return
+    from prlbench.engine.evaluate import slow_bf16_warning
+
+    why = slow_bf16_warning(device, precision)
+    if why:
+        _console().print(f"[yellow]warning:[/] {_esc(why)}")
 
 
 def _print_metrics(run_dir: Path, split: str = "test") -> None:
@@ -481,6 +492,7 @@ def compare(
     flags = dict(locals())  # every option above, by name (None: not given)
     flags["format"] = flags.pop("fmt")
     cc = CompareConfig.resolve(config, flags)
+    _warn_slow_bf16(cc.grid.base.train.device, cc.grid.base.train.precision)
     if len(cc.grid.seeds) == 1:
         _console().print("[yellow]warning:[/] --seeds 1: with one seed no significance test is "
                          "possible; use --seeds 8 or more")

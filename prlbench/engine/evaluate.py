@@ -19,6 +19,20 @@ from prlbench.data.loader import TensorData
 
 
 
+def slow_bf16_warning(device: str, precision: str) -> str | None:
+    """Why bf16 would be slow here, or None: on a CPU without native bf16 (no AVX-512 BF16 or
+    AMX, as oneDNN reports it) bf16 matmuls are emulated, hundreds of times slower than fp32
+    (measured on an AVX2-only AMD EPYC: 0.3 vs 89 GFLOP/s at 2048 x 2048)."""
+    if precision != "bf16" or torch.device(device).type != "cpu":
+        return None
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is None or check():
+        return None
+    return ("--precision bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): its "
+            "matmuls are emulated and run far slower than fp32; use --precision fp32 here, or "
+            "bf16 on a CPU with AMX or on a GPU")
+
+
 def autocast(device: str, precision: str):
     """bf16 autocast when asked for, on CPU and GPU alike; a no-op context for fp32."""
     if precision == "bf16":
