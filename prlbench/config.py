@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from prlbench.data.datasets import DATASETS, DEFAULT_DATASET
+from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 
 # The loss every other loss is compared with, paired by seed (and the default loss). Named here,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from prlbench import stats
-from prlbench.stats.logloss import EPS as _EPS, logloss, row_logloss  # noqa: F401
+from prlbench.stats.logloss import EPS as _EPS, logloss
 from prlbench.data.loader import TensorData
 
 
