@@ -166,15 +166,14 @@ def _ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
     """Which CI the Δ rows show: two-level (seeds and test rows resampled) where every
     compared cell has it, else seed-only, or a mix (each cell's `ci` in cells.csv)."""
     conf = f"{(1 - summary.alpha) * 100:g} %"
-    c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
-    kinds = set(c["ci"]) - {""} if "ci" in c else {"seeds"}
+    kind = ci_kind(summary, metrics)
     common = (f"expanded percentile, {summary.n_boot:,} resamples; not corrected for multiple "
               "comparisons")
-    if kinds == {"two-level"}:
+    if kind == "two-level":
         return (f"{conf} two-level bootstrap CI (seeds and test rows resampled together, one "
                 f"row resample shared by both losses, as they share the test set; {common}; "
                 f"the seed-only CI is in {_cells(summary)})")
-    if kinds == {"seeds"} or not kinds:
+    if kind == "seeds":
         return (f"{conf} bootstrap CI of the per-seed differences ({common}; the test rows "
                 "held fixed)")
     return (f"{conf} two-level bootstrap CI (seeds and test rows resampled) where the "
@@ -182,16 +181,21 @@ def _ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
             f"{_cells(summary)}; {common})")
 
 
-def ci_name(summary: Summary) -> str:
-    """The CI the Δs show, in a few words, for plots: "two-level bootstrap CI" (seeds and test
-    rows), "bootstrap CI over seeds", or both where the cells differ."""
+def ci_kind(summary: Summary, metrics: tuple[str, ...] | None = None) -> str:
+    """The CI the compared cells (of `metrics`, default all) show: "two-level" where every one
+    has it, "seeds" where none does, else "mixed" (each cell's `ci` column says)."""
     c = summary.cells[~summary.cells["is_baseline"]]
-    kinds = set(c["ci"]) - {""} if "ci" in c else {"seeds"}
-    if kinds == {"two-level"}:
-        return "two-level bootstrap CI (seeds and test rows)"
-    if kinds <= {"seeds"}:
-        return "bootstrap CI over seeds"
-    return "bootstrap CI (two-level or over seeds: cells.csv)"
+    if metrics is not None:
+        c = c[c["metric"].isin(metrics)]
+    kinds = set(c["ci"]) - {""} if "ci" in c else set()
+    return "two-level" if kinds == {"two-level"} else "seeds" if kinds <= {"seeds"} else "mixed"
+
+
+def ci_name(summary: Summary) -> str:
+    """The CI the Δs show, in a few words, for plots."""
+    return {"two-level": "two-level bootstrap CI (seeds and test rows)",
+            "seeds": "bootstrap CI over seeds",
+            "mixed": "bootstrap CI (two-level or over seeds: cells.csv)"}[ci_kind(summary)]
 
 
 def _cvr_logloss_text(summary: Summary) -> str:
