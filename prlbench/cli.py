@@ -426,6 +426,11 @@ Executor = Annotated[str, typer.Option(help="local (process pool) or ray.")]
 Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(cores, 2)).")]
 RunThreads = Annotated[Optional[int], typer.Option(
     help="torch threads per run (default: cores // jobs).")]
+Pack = Annotated[Optional[bool], typer.Option(
+    "--pack/--no-pack", help="Train the runs that differ only in seed and loss as packed models "
+    "(weights stacked per run, one process; each run's files and numbers as if trained alone, "
+    "to float tolerance). Default: packed on a GPU, not on a CPU, where it measured no faster "
+    "(docs/performance.md).")]
 RayAddress = Annotated[Optional[str], typer.Option(
     help="Ray cluster address (auto, ray://host:port); default: a local instance.")]
 Formats = Annotated[str, typer.Option(
@@ -467,7 +472,7 @@ def compare(
     batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
     embedding_optimizer: EmbeddingOptimizer = None,
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
-    threads: RunThreads = None, ray_address: RayAddress = None,
+    threads: RunThreads = None, pack: Pack = None, ray_address: RayAddress = None,
     fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,
     test: Test = "wilcoxon", correction: Correction = "holm", equivalence: Equivalence = None,
     test_split: TestSplit = "standard", config: CompareConfigFile = None,
@@ -484,6 +489,7 @@ def compare(
       prlbench compare --lr 5e-4,1e-3,2e-3 --tune-seeds 2 --equivalence 0.001
       prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
       prlbench compare --executor ray --ray-address auto
+      prlbench compare --device cuda --seeds 8   # the seeds packed into one model (default on GPU)
       prlbench compare --format latex --out results/nl_fr --tables-only
     """
     from prlbench.experiment.compare import compare as run_compare, default_out

@@ -52,12 +52,22 @@ def predict(model: torch.nn.Module, data: TensorData, *, batch_size: int = 16384
         batch = data.slice(idx)
         with autocast(str(device), precision):
             out = model(batch.categorical, batch.numerical)
-        ctr = torch.sigmoid(out["ctr"].float())
-        ctcvr = torch.sigmoid(out["ctcvr"].float())
-        cvr = (torch.sigmoid(out["cvr"].float()) if "cvr" in out
-               else (ctcvr / ctr.clamp_min(_EPS)).clamp(0.0, 1.0))
-        for key, value in (("p_ctr", ctr), ("p_ctcvr", ctcvr), ("p_cvr", cvr)):
+        for key, value in probabilities(out).items():
             parts[key].append(value.cpu())
+    return concat_parts(parts)
+
+
+def probabilities(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model's output logits -> p_ctr, p_ctcvr and p_cvr (p_ctcvr / p_ctr, capped to [0, 1],
+    for a model without a CVR tower), in float32."""
+    ctr = torch.sigmoid(out["ctr"].float())
+    ctcvr = torch.sigmoid(out["ctcvr"].float())
+    cvr = (torch.sigmoid(out["cvr"].float()) if "cvr" in out
+           else (ctcvr / ctr.clamp_min(_EPS)).clamp(0.0, 1.0))
+    return {"p_ctr": ctr, "p_ctcvr": ctcvr, "p_cvr": cvr}
+
+
+def concat_parts(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
     return {k: torch.cat(v).numpy().astype(np.float32) if v else np.empty(0, np.float32)
             for k, v in parts.items()}
 

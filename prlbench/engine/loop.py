@@ -104,14 +104,19 @@ class Loop:
         cfg = self.cfg.train
         preds = predict(self.model, self.val, batch_size=cfg.eval_batch_size,
                         precision=cfg.precision)
-        v = validation_score(preds, self.val)
+        self.record_epoch(state, validation_score(preds, self.val), self.model.state_dict)
+
+    def record_epoch(self, state: LoopState, v: dict, model_state) -> None:
+        """The epoch's validation scores `v` into the history; best.pt (`model_state()`) when
+        the score improved; whether the run is done (patience or the epoch budget)."""
+        cfg = self.cfg.train
         train_loss = state.epoch_loss_sum / max(state.step, 1)
         state.history.append({"epoch": state.epoch + 1, "train_loss": train_loss,
                               "val_ctr_auc": v["ctr_auc"], "val_ctcvr_auc": v["ctcvr_auc"],
                               "val_score": v["score"], "train_seconds": state.train_seconds})
         if v["score"] > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = v["score"], state.epoch + 1, 0
-            self.folder.save_best(self.model.state_dict())
+            self.folder.save_best(model_state())
         else:
             state.bad_epochs += 1
         state.epoch += 1
@@ -120,34 +125,50 @@ class Loop:
         self.folder.write_history([Epoch(**e) for e in state.history])
 
     def save_state(self, opt, epoch_gen: torch.Tensor, state: LoopState) -> None:
-        self.folder.save_state({
-            "model": self.model.state_dict(), "optimizer": opt.state_dict(),
-            "epoch_generator": epoch_gen, "torch_rng": torch.get_rng_state(),
-            "loop": state.to_dict()})
+        self.write_state(self.model.state_dict(), opt.state_dict(), epoch_gen,
+                         torch.get_rng_state(), state)
+
+    def write_state(self, model: dict, optimizer: dict, epoch_gen: torch.Tensor,
+                    rng: torch.Tensor, state: LoopState) -> None:
+        """state.pt: the weights, the optimizer, the shuffling generator's state at the start of
+        the epoch, the dropout RNG's state and the loop's (a packed member writes the same)."""
+        self.folder.save_state({"model": model, "optimizer": optimizer,
+                                "epoch_generator": epoch_gen, "torch_rng": rng,
+                                "loop": state.to_dict()})
 
     def load_state(self, opt) -> tuple[LoopState, torch.Tensor]:
-        ckpt = self.folder.load_state(self.device)
+        ckpt = self.read_state()
         try:
             self.model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["torch_rng"])
             return LoopState(**ckpt["loop"]), ckpt["epoch_generator"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            # readable by torch but not a state of this run (a key missing, another shape)
-            raise DamagedCheckpoint(self.folder.path / RunFolder.STATE,
-                                    f"{type(e).__name__}: {e}", STATE_FIX) from None
+            raise self.damaged(e) from None
+
+    def read_state(self) -> dict:
+        return self.folder.load_state(self.device)
+
+    def damaged(self, e: Exception) -> DamagedCheckpoint:
+        # readable by torch but not a state of this run (a key missing, another shape)
+        return DamagedCheckpoint(self.folder.path / RunFolder.STATE, f"{type(e).__name__}: {e}",
+                                 STATE_FIX)
 
     def _fail_nonfinite(self, loss: torch.Tensor, state: LoopState) -> None:
+        raise TrainingError(self.record_nonfinite(loss.item(), state))
+
+    def record_nonfinite(self, loss: float, state: LoopState) -> str:
+        """Record the run as failed on a NaN / infinite loss; the message, with the fix."""
         kept = [n for n in (RunFolder.BEST, RunFolder.STATE) if self.folder.has(n)]
         where = (f"the last good checkpoint ({', '.join(kept)}) is kept in {self.folder.path}"
                  if kept else "no checkpoint had been saved yet")
         weight = ("" if self.cfg.loss.name == BASELINE
                   else ", or a smaller pairwise weight (--lambda)")
-        message = (f"the training loss became {loss.item()} at epoch {state.epoch + 1}, batch "
+        message = (f"the training loss became {loss} at epoch {state.epoch + 1}, batch "
                    f"{state.step + 1}; {where}. Try a lower learning rate (train --lr, or "
                    f"train.lr in a --config file), --precision fp32{weight}")
         self.folder.update_record(RunStatus.FAILED, error=message)
-        raise TrainingError(message)
+        return message
 
     def _interrupt_message(self, state: LoopState) -> str:
         return (f"interrupted at epoch {state.epoch + 1}, batch {state.step}; checkpoint saved "
@@ -155,14 +176,16 @@ class Loop:
                 "(prlbench compare resumes by itself: rerun it)")
 
 
-def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig):
+def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig,
+              label: str | None = None):
     if not enabled:
         yield from it
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    label = f"{cfg.model.name}/{cfg.loss.name} s{cfg.train.seed} epoch {state.epoch + 1}"
+    label = label or f"{cfg.model.name}/{cfg.loss.name} s{cfg.train.seed}"
+    label = f"{label} epoch {state.epoch + 1}"
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total, completed=state.step)

@@ -195,11 +195,30 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     """Train and evaluate one run; returns its finished folder (reused if already finished).
     `set_aside_damaged`: with `resume`, a state.pt that cannot be read is set aside and the run
     started over (as prlbench compare needs), rather than refused (prlbench train)."""
+    _check_flags(cfg, resume, restart)
+    opened = _open_run(cfg, data_dir, out, resume=resume, restart=restart)
+    if isinstance(opened, Path):
+        return opened
+    store, rid, part, manifest = opened
+    ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
+    _begin(ctx, rid)
+    with _recorded(part):
+        state, ctx = _fit(ctx, resume=resume, progress=progress,
+                          set_aside_damaged=set_aside_damaged)
+        return _finish(ctx, state, store)
+
+
+def _check_flags(cfg: RunConfig, resume: bool, restart: bool) -> None:
     if resume and restart:
         raise ConfigError("--resume continues an interrupted run and --restart discards it: "
                           "give one of them")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+
+
+def _open_run(cfg: RunConfig, data_dir: Path, out: Path, *, resume: bool, restart: bool):
+    """The finished folder of `cfg` if there is one; else (store, run id, partial folder,
+    manifest), the partial folder made (emptied first with `restart`)."""
     manifest = open_cache(data_dir, cfg.data.dataset)
     store, rid = Store(out), run_id(cfg, manifest.data_sha256)
     final, part = store.finished(rid), store.partial(rid)
@@ -215,34 +234,52 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     if part.path.exists() and restart:
         shutil.rmtree(part.path)
     part.path.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
-    part.write_config(cfg)
+    return store, rid, part, manifest
+
+
+def _begin(ctx: RunContext, rid: str, **record) -> None:
+    """config.json and a run.json that says running."""
+    ctx.folder.write_config(ctx.cfg)
     # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
     # so that a report can say when its runs were trained with different counts.
-    part.update_record(RunStatus.RUNNING, run_id=rid, data_sha256=manifest.data_sha256,
-                       versions=versions(), data_dir=str(Path(data_dir).resolve()),
-                       pid=os.getpid(), argv=list(sys.argv), threads=torch.get_num_threads())
-    try:
-        state, ctx = _fit(ctx, resume=resume, progress=progress,
-                          set_aside_damaged=set_aside_damaged)
-        t0 = time.perf_counter()
-        metrics = ctx.evaluate_and_write()
-    except (Interrupted, KeyboardInterrupt) as e:
-        with signals.deferred():  # a second signal must not leave the record saying running
-            part.update_record(RunStatus.INTERRUPTED, error=str(e) or "interrupted")
-        raise
-    except TrainingError:
-        raise  # recorded as failed where it was raised
-    except Exception as e:
-        part.update_record(RunStatus.FAILED, error=f"{type(e).__name__}: {e}")
-        raise
-    part.update_record(RunStatus.DONE, best_epoch=state.best_epoch,
-                       best_val_score=state.best_score, epochs_run=state.epoch,
-                       train_seconds=state.train_seconds,
-                       samples_per_s=state.samples_seen / max(state.train_seconds, 1e-9),
-                       test_seconds=time.perf_counter() - t0, test=metrics)
-    part.drop_state()  # the finished run needs only best.pt
-    return store.publish(part).path
+    ctx.folder.update_record(RunStatus.RUNNING, run_id=rid, data_sha256=ctx.manifest.data_sha256,
+                             versions=versions(), data_dir=str(ctx.data_dir.resolve()),
+                             pid=os.getpid(), argv=list(sys.argv),
+                             threads=torch.get_num_threads(), **record)
+
+
+class _recorded:
+    """Around a run's training and test: an interrupt is recorded as interrupted (the
+    checkpoint stays for a resume), any other error as failed, and re-raised."""
+
+    def __init__(self, part: RunFolder) -> None:
+        self.part = part
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if kind is None or issubclass(kind, TrainingError):
+            return False  # a TrainingError is recorded as failed where it was raised
+        if issubclass(kind, (Interrupted, KeyboardInterrupt)):
+            with signals.deferred():  # a second signal must not leave the record running
+                self.part.update_record(RunStatus.INTERRUPTED, error=str(e) or "interrupted")
+        elif issubclass(kind, Exception):
+            self.part.update_record(RunStatus.FAILED, error=f"{kind.__name__}: {e}")
+        return False
+
+
+def _finish(ctx: RunContext, state: LoopState, store: Store) -> Path:
+    """The test evaluation of the best checkpoint, run.json done, the folder published."""
+    t0 = time.perf_counter()
+    metrics = ctx.evaluate_and_write()
+    ctx.folder.update_record(RunStatus.DONE, best_epoch=state.best_epoch,
+                             best_val_score=state.best_score, epochs_run=state.epoch,
+                             train_seconds=state.train_seconds,
+                             samples_per_s=state.samples_seen / max(state.train_seconds, 1e-9),
+                             test_seconds=time.perf_counter() - t0, test=metrics)
+    ctx.folder.drop_state()  # the finished run needs only best.pt
+    return store.publish(ctx.folder).path
 
 
 def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,

@@ -194,7 +194,7 @@ def _executor(cc: CompareConfig):
 
         resolve_device(cc.grid.base.train.device)
     return make_executor(cc.executor, jobs=cc.jobs, ray_address=cc.ray_address,
-                         threads=cc.threads, gpus=gpus)
+                         threads=cc.threads, gpus=gpus, pack=cc.packs)
 
 
 def data_notes(manifests: dict) -> dict[str, str]:

@@ -74,6 +74,87 @@ def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> RunResult
                          trace=traceback.format_exc(), seconds=time.perf_counter() - t0)
 
 
+def run_pack(cfg_dicts: list[dict], data_dir: str, out: str, threads: int) -> list[RunResult]:
+    """Train (or reuse) runs that differ only in seed and loss as one packed model in this
+    process (prlbench.engine.pack): one result per config, in order."""
+    with signals.working():
+        return _run_pack(cfg_dicts, data_dir, out, threads)
+
+
+def _run_pack(cfg_dicts: list[dict], data_dir: str, out: str, threads: int) -> list[RunResult]:
+    import contextlib
+
+    import torch
+
+    from prlbench.data.cache import open_cache
+    from prlbench.engine.pack import train_pack
+
+    torch.set_num_threads(threads)
+    cfgs = [RunConfig.from_dict(d) for d in cfg_dicts]
+    t0 = time.perf_counter()
+    rids: list = [None] * len(cfgs)
+    try:
+        manifest = open_cache(Path(data_dir), cfgs[0].data.dataset, verify=False)
+        rids = [run_id(c, manifest.data_sha256) for c in cfgs]
+        store = Store(Path(out))
+        with contextlib.ExitStack() as locks:
+            for rid in sorted(set(rids)):  # one order everywhere: no two packs wait on each other
+                locks.enter_context(store.lock(rid))
+            finished = [_done(store.finished(rid)) for rid in rids]
+            for rid in rids:
+                store.partial(rid).drop_failure()
+            found = train_pack(cfgs, data_dir=Path(data_dir), out=Path(out), resume=True,
+                               progress=False)
+    except (Interrupted, KeyboardInterrupt):
+        raise  # every member's checkpoint is saved; the next compare resumes the pack
+    except Exception as e:  # noqa: BLE001 - the pack's runs fail; the grid goes on
+        return [RunResult(rid, Outcome.FAILED, error=f"{type(e).__name__}: {e}",
+                          trace=traceback.format_exc(), seconds=time.perf_counter() - t0)
+                for rid in rids]
+    seconds = time.perf_counter() - t0
+    return [RunResult(r.run_id, Outcome.FAILED, error=r.error, seconds=seconds) if r.error
+            else RunResult(r.run_id, Outcome.REUSED if finished[i] or r.reused
+                           else Outcome.TRAINED, r.run_dir, seconds=seconds)
+            for i, r in enumerate(found)]
+
+
+def pack_plan(cfgs: list[RunConfig], *, pack: bool, workers: int, max_members: int = 16
+              ) -> list[list[int]]:
+    """The jobs that run `cfgs`: lists of indices, one list per process. With `pack`, the runs
+    that can share a packed model (equal `pack_key`) are split into packs of at most
+    `max_members`, and into at least `workers` packs where there are enough runs, so that every
+    worker has one; the others, and every run without `pack`, are one job each."""
+    from prlbench.engine.pack import pack_key, packable
+
+    if not pack:
+        return [[i] for i in range(len(cfgs))]
+    groups: dict = {}
+    jobs = []
+    for i, cfg in enumerate(cfgs):
+        if packable(cfg) is None:
+            groups.setdefault(pack_key(cfg), []).append(i)
+        else:
+            jobs.append([i])
+    for members in groups.values():
+        n = len(members)
+        count = min(n, max(workers, -(-n // max_members)))
+        size, extra = divmod(n, count)
+        start = 0
+        for k in range(count):
+            stop = start + size + (1 if k < extra else 0)
+            jobs.append(members[start:stop])
+            start = stop
+    return sorted(jobs, key=lambda job: job[0])
+
+
+def _execute_job(job: list[int], args: list[tuple]) -> list[RunResult]:
+    """A job of pack_plan in this process: one run, or a pack."""
+    if len(job) == 1:
+        return [run_one(*args[job[0]])]
+    data_dir, out, threads = args[job[0]][1:]
+    return run_pack([args[i][0] for i in job], data_dir, out, threads)
+
+
 def _done(folder: RunFolder) -> bool:
     """Finished; a run.json that cannot be read is not (train_run sets the folder aside)."""
     try:
@@ -84,22 +165,34 @@ def _done(folder: RunFolder) -> bool:
 
 class LocalExecutor:
     """A process pool of `jobs` workers with `threads` torch threads each (jobs x threads <=
-    cores). jobs == 1 runs in this process."""
+    cores). jobs == 1 runs in this process. With `pack`, runs that differ only in seed and
+    loss train as packed models (pack_plan)."""
 
-    def __init__(self, jobs: int, threads: int) -> None:
-        self.jobs, self.threads = jobs, threads
+    def __init__(self, jobs: int, threads: int, pack: bool = False) -> None:
+        self.jobs, self.threads, self.pack = jobs, threads, pack
 
     def map(self, cfgs: list[RunConfig], data_dir: Path, out: Path,
             on_event: OnEvent) -> list[RunResult]:
         args = [(c.to_dict(), str(data_dir), str(out), self.threads) for c in cfgs]
+        plan = pack_plan(cfgs, pack=self.pack, workers=self.jobs)
+        found: dict[int, RunResult] = {}
+
+        def started(job: list[int]) -> None:
+            for i in job:
+                on_event("start", cfgs[i], None)
+
+        def ended(job: list[int], results: list[RunResult]) -> None:
+            for i, r in zip(job, results, strict=True):
+                found[i] = r
+                on_event("end", cfgs[i], r)
+
         if self.jobs == 1:
-            found = []
-            for cfg, a in zip(cfgs, args):
-                on_event("start", cfg, None)
-                found.append(run_one(*a))
-                on_event("end", cfg, found[-1])
-            return found
-        return self._pooled(cfgs, args, on_event)
+            for job in plan:
+                started(job)
+                ended(job, _execute_job(job, args))
+        else:
+            self._pooled(plan, args, started, ended)
+        return [found[i] for i in range(len(cfgs))]
 
     def pool(self) -> ProcessPoolExecutor:
         """`jobs` workers, each of which exits when this process dies (signals.worker_init)."""
@@ -109,37 +202,36 @@ class LocalExecutor:
         return ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=signals.worker_init,
                                    initargs=(os.getpid(),))
 
-    def _pooled(self, cfgs: list[RunConfig], args: list[tuple], on_event: OnEvent
-                ) -> list[RunResult]:
-        found: dict[int, RunResult] = {}
+    def _pooled(self, plan: list[list[int]], args: list[tuple], started, ended) -> None:
         pool = self.pool()
         try:
-            pending: dict[Future, int] = {}
-            queue = list(range(len(cfgs)))
+            pending: dict[Future, list[int]] = {}
+            queue = list(plan)
             while queue or pending:
                 while queue and len(pending) < self.jobs:
-                    i = queue.pop(0)
-                    on_event("start", cfgs[i], None)
-                    pending[pool.submit(run_one, *args[i])] = i
+                    job = queue.pop(0)
+                    started(job)
+                    pending[pool.submit(_execute_job, job, args)] = job
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    i = pending.pop(fut)
-                    found[i] = fut.result()
-                    on_event("end", cfgs[i], found[i])
+                    job = pending.pop(fut)
+                    ended(job, fut.result())
         except BaseException:  # Ctrl-C, SIGTERM, or a worker's Interrupted
             signals.stop_workers(pool)
             raise
         pool.shutdown(wait=True)
-        return [found[i] for i in range(len(cfgs))]
 
 
 # --------------------------------------------------------------------------------- Ray
-def _train_remote(cfg_dict: dict, data_dir: str, threads: int) -> RunResult:
-    """Runs on a Ray worker: train into a scratch folder, return the run's files."""
+def _train_remote(cfg_dicts: list[dict], data_dir: str, threads: int) -> list[RunResult]:
+    """Runs on a Ray worker: train one run or a pack into a scratch folder, return each run's
+    files."""
     scratch = tempfile.mkdtemp(prefix="prlbench-ray-")
     try:
-        r = run_one(cfg_dict, data_dir, scratch, threads)
-        return replace(r, files=RunFolder(Path(r.run_dir)).files()) if r.run_dir else r
+        found = (run_pack(cfg_dicts, data_dir, scratch, threads) if len(cfg_dicts) > 1
+                 else [run_one(cfg_dicts[0], data_dir, scratch, threads)])
+        return [replace(r, files=RunFolder(Path(r.run_dir)).files()) if r.run_dir else r
+                for r in found]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -151,7 +243,7 @@ class RayExecutor:
     at the same path on every node."""
 
     def __init__(self, *, address: str | None, threads: int = 1, jobs: int | None = None,
-                 gpus: float = 0.0) -> None:
+                 gpus: float = 0.0, pack: bool = False) -> None:
         try:
             import ray
         except ImportError as e:
@@ -160,27 +252,34 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": jobs}
             ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
-        self.threads, self.gpus = threads, gpus
+        self.threads, self.gpus, self.pack = threads, gpus, pack
+        self.workers = jobs or int(ray.cluster_resources().get("CPU", 1)) // max(threads, 1)
         self._task = ray.remote(_train_remote)
 
     def map(self, cfgs: list[RunConfig], data_dir: Path, out: Path,
             on_event: OnEvent) -> list[RunResult]:
-        refs, found = {}, {}
+        refs, found, todo = {}, {}, []
         for i, cfg in enumerate(cfgs):
             on_event("start", cfg, None)
             reused = _finished(cfg, Path(data_dir), Path(out))
             if reused:  # decided here: a worker, training into scratch, would train it again
                 found[i] = reused
                 on_event("end", cfg, reused)
-                continue
+            else:
+                todo.append(i)
+        plan = pack_plan([cfgs[i] for i in todo], pack=self.pack, workers=max(self.workers, 1))
+        for job in ([todo[k] for k in job] for job in plan):
             task = self._task.options(num_cpus=self.threads, num_gpus=self.gpus)
-            refs[task.remote(cfg.to_dict(), str(Path(data_dir).resolve()), self.threads)] = i
+            ref = task.remote([cfgs[i].to_dict() for i in job],
+                              str(Path(data_dir).resolve()), self.threads)
+            refs[ref] = job
         pending = list(refs)
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
-            i = refs[done[0]]
-            found[i] = _store(self.ray.get(done[0]), Store(Path(out)))
-            on_event("end", cfgs[i], found[i])
+            job = refs[done[0]]
+            for i, r in zip(job, self.ray.get(done[0]), strict=True):
+                found[i] = _store(r, Store(Path(out)))
+                on_event("end", cfgs[i], found[i])
         return [found[i] for i in range(len(cfgs))]
 
 
@@ -213,15 +312,17 @@ def _finished(cfg: RunConfig, data_dir: Path, out: Path) -> RunResult | None:
 
 
 def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
-                  threads: int | None = None, gpus: float = 0.0):
-    """`gpus`: what each Ray task asks for (1 when the runs train on --device cuda)."""
+                  threads: int | None = None, gpus: float = 0.0, pack: bool = False):
+    """`gpus`: what each Ray task asks for (1 when the runs train on --device cuda); `pack`:
+    train runs that differ only in seed and loss as packed models."""
     for flag, value in (("--jobs", jobs), ("--threads", threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value} (leave it out for the default)")
     cores = os.cpu_count() or 1
     if kind == "local":
         jobs = jobs or max(1, min(cores, 2))
-        return LocalExecutor(jobs, threads or max(1, cores // jobs))
+        return LocalExecutor(jobs, threads or max(1, cores // jobs), pack=pack)
     if kind == "ray":
-        return RayExecutor(address=ray_address, threads=threads or 1, jobs=jobs, gpus=gpus)
+        return RayExecutor(address=ray_address, threads=threads or 1, jobs=jobs, gpus=gpus,
+                           pack=pack)
     raise ConfigError(f"--executor must be local or ray, got {kind!r}")

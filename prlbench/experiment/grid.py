@@ -164,6 +164,17 @@ class CompareConfig:
     test_split: str = "standard"
     # Equivalence margin (metric units): two one-sided tests; None: no equivalence test.
     equivalence: float | None = None
+    # Train runs that differ only in seed and loss as packed models (prlbench.engine.pack);
+    # None: where it is faster (see `packs`).
+    pack: bool | None = None
+
+    @property
+    def packs(self) -> bool:
+        """Whether the runs train packed: --pack / --no-pack, else by the device."""
+        from prlbench.engine.pack import pack_by_default
+
+        return self.pack if self.pack is not None else pack_by_default(
+            self.grid.base.train.device)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -185,7 +196,7 @@ class CompareConfig:
         grid = _grid(flags, base, file_params, config_file)
         options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",
                                          "ray_address", "tables_only", "test_split",
-                                         "equivalence")
+                                         "equivalence", "pack")
                    if flags.get(k) is not None}
         cc = cls(grid=grid, formats=parse_formats(_given(flags, "format")), **options)
         cc.check()

@@ -5,8 +5,8 @@ every model has, (BCE(ctr, click) + BCE(ctcvr, conversion)) / 2. The pairwise lo
 (pwiser.py, ranknet.py) add a weighted term to it.
 
 A registered loss is `fn(outputs, click, conversion, **params) -> (total, parts)`: `outputs`
-holds the model's "ctr" and "ctcvr" logits [B] (and optionally "cvr", ignored, and a scalar
-"aux_loss", added to every loss); `parts` are the detached, unweighted pieces of the total.
+holds the model's "ctr" and "ctcvr" logits [B] (and optionally "cvr", ignored, and "aux_loss",
+per-row terms [B] or a scalar, whose mean is added to every loss); `parts` are the detached, unweighted pieces of the total.
 """
 
 from __future__ import annotations
@@ -200,8 +200,9 @@ def outputs_bce(outputs: dict, click: Tensor, conversion: Tensor) -> Tensor:
 
 def _add_aux(total: Tensor, parts: dict[str, Tensor], outputs: dict):
     # AITM's calibrator loss arrives already weighted; every loss adds it so arms stay comparable.
-    aux = outputs.get("aux_loss")
+    aux = outputs.get("aux_loss")  # per row [B] (or already a mean); the loss adds its mean
     if aux is not None:
+        aux = aux.mean() if aux.dim() else aux
         total = total + aux
         parts["aux"] = aux.detach()
     return total, parts

@@ -2,7 +2,8 @@
 
 Every model maps (categorical [B, F_cat] int64, numerical [B, F_num] float32) to a dict of logits
 of shape [B]: "ctr" (P(click)) and "ctcvr" (P(click and conversion)); ESMM adds "cvr"
-(P(conversion | click)); AITM adds "aux_loss" (its calibrator, already weighted).
+(P(conversion | click)); AITM adds "aux_loss" (its calibrator's per-row terms [B], already weighted; the loss adds their
+mean).
 """
 
 from .factory import (

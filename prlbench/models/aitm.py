@@ -5,7 +5,9 @@ Multi-task Learning in Targeted Display Advertising", KDD 2021. Impression -> cl
 is a sequence, so the click tower's representation is transferred forward to the conversion tower
 (click -> conversion, never back: torch-rechub's fault), where an attention unit weighs it
 against the conversion tower's own representation. A behavioural-expectation calibrator
-penalises P(conversion) > P(click): aux_loss = weight * mean(max(0, p_ctcvr - p_ctr)).
+penalises P(conversion) > P(click): aux_loss = weight * mean(max(0, p_ctcvr - p_ctr)). The model
+returns the per-row terms weight * max(0, p_ctcvr - p_ctr) as "aux_loss" [B]; the loss adds their
+mean (so each member of a packed model, prlbench.models.packed, gets the mean of its own rows).
 Structure as in MTReclib: shared embedding, a tower (bottom MLP) per task, transfer and attention
 on the towers' outputs, then a head MLP per task.
 """
@@ -68,4 +70,4 @@ class AITM(MultiTaskModel):
         ctr = self.click_head(click)  # [B]
         ctcvr = self.conversion_head(conversion)  # [B], P(click and conversion)
         excess = torch.relu(torch.sigmoid(ctcvr) - torch.sigmoid(ctr))  # [B]
-        return {"ctr": ctr, "ctcvr": ctcvr, "aux_loss": self.calibrator_weight * excess.mean()}
+        return {"ctr": ctr, "ctcvr": ctcvr, "aux_loss": self.calibrator_weight * excess}

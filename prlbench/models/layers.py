@@ -74,6 +74,14 @@ class FeatureEmbedding(nn.Module):
         return torch.cat(fields, dim=1)  # [B, F, d]
 
 
+class TaskEmbedding(nn.Embedding):
+    """One learned row per task (MetaHeac), read whole rather than looked up per impression."""
+
+    def row(self, task: int, like: Tensor) -> Tensor:
+        """Task `task`'s row broadcast to the shape of `like` [B, d] (a view, no copy)."""
+        return self.weight[task].expand_as(like)
+
+
 class MLP(nn.Sequential):
     """(Linear -> BatchNorm1d -> ReLU -> Dropout) per width in `dims`: [B, in] -> [B, dims[-1]]."""
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .factory import MODELS
-from .layers import ExpertBank, FeatureEmbedding, Gate, MultiTaskModel
+from .layers import ExpertBank, FeatureEmbedding, Gate, MultiTaskModel, TaskEmbedding
 
 TASKS = ("ctr", "ctcvr")
 
@@ -46,7 +46,7 @@ class MetaHeac(MultiTaskModel):
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(vocab_sizes, num_numerical, embed_dim)
-        self.task_embedding = nn.Embedding(len(TASKS), embed_dim)
+        self.task_embedding = TaskEmbedding(len(TASKS), embed_dim)
         self.experts = ExpertBank(self.embedding.output_dim, bottom_dims, num_experts, dropout)
         # Critics are towers ending in one logit each, computed together: [B, h] -> [B, C, 1].
         self.critics = ExpertBank(self.experts.output_dim, tower_dims, num_critics, dropout, out_dim=1)
@@ -59,7 +59,7 @@ class MetaHeac(MultiTaskModel):
         context = fields.mean(dim=1)  # [B, d]
         out = {}
         for t, task in enumerate(TASKS):
-            task_emb = self.task_embedding.weight[t].expand_as(context)  # [B, d]
+            task_emb = self.task_embedding.row(t, context)  # [B, d]
             gate_in = torch.cat([task_emb, context], dim=1)  # [B, 2d]
             mixed = Gate.mix(self.expert_gate(gate_in), experts)  # [B, h]
             critic_logits = self.critics(mixed).squeeze(-1)  # [B, C]
