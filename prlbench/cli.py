@@ -12,7 +12,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from prlbench import __version__
-from prlbench.errors import Interrupted, PrlbenchError
+from prlbench.errors import ConfigError, Interrupted, PrlbenchError
 from prlbench.experiment.grid import DEFAULTS as GRID_DEFAULTS
 from prlbench.signals import cli_signals
 
@@ -273,6 +273,13 @@ def _print_manifest(manifest, where: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- train
+TrainSeeds = Annotated[Optional[str], typer.Option(
+    help="Several seeds instead of --seed: a count (8 = seeds 1..8) or a list (1,2,3), trained "
+    "as one packed model (each run's folder and numbers as if trained alone, to float "
+    "tolerance); with --no-pack one after another.")]
+TrainPack = Annotated[bool, typer.Option("--pack/--no-pack", help="With --seeds: pack them.")]
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -282,16 +289,13 @@ def train(
     loss: Annotated[Optional[str], typer.Option(
         help="Loss (prlbench ls losses; default bce).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (default 1).")] = None,
+    seeds: TrainSeeds = None, pack: TrainPack = True,
     lam: Lambda = None, m1: M1 = None, m2: M2 = None, phi: Phi = None, score: Score = None,
     head: Head = None, norm: Norm = None, temperature: Temperature = None, alpha: Alpha = None,
-    preset: Preset = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
+    preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 1e-3).")
                   ] = None,
-    patience: Patience = None,
-    device: Device = None,
-    precision: Precision = None,
+    patience: Patience = None, device: Device = None, precision: Precision = None,
     embedding_optimizer: EmbeddingOptimizer = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads.")] = None,
     resume: Annotated[bool, typer.Option(
@@ -307,12 +311,14 @@ def train(
     ] = Path("results"),
     quiet: Quiet = False,
 ) -> None:
-    """Train one model with one loss and seed; evaluate it on test at the end.
+    """Train one model with one loss and seed (or several seeds, packed); evaluate it on test
+    at the end.
 
     Examples:
       prlbench train --dataset synthetic --model mmoe --loss pwiser --seed 1
       prlbench train --dataset aliexpress_nl --model ple --loss pwiser --lambda 0.5 --m1 0.05 --m2 0.1 --preset paper
       prlbench train --loss ranknet --head both --lambda 0.4286   # Combined-Pair (Lin et al.)
+      prlbench train --loss pwiser --seeds 8   # seeds 1-8 as one packed model
     """
     from prlbench.config import resolve
     from prlbench.engine.run import train as run_train
@@ -328,6 +334,9 @@ def train(
                   "patience": patience, "device": device, "precision": precision,
                   "threads": threads, "embedding_optimizer": embedding_optimizer}})
     _warn_slow_bf16(cfg.train.device, cfg.train.precision)
+    if seeds is not None:
+        return _train_seeds(cfg, seed, seeds, pack=pack, data_dir=data_dir, out=out,
+                            resume=resume, restart=restart, quiet=quiet)
     run_dir = run_train(cfg, data_dir=data_dir, out=out, resume=resume, restart=restart,
                         progress=not quiet)
     _print_metrics(run_dir)
@@ -362,6 +371,38 @@ def _print_metrics(run_dir: Path, split: str = "test") -> None:
         Console().print(f"best epoch {record.best_epoch} (validation score "
                         f"{record.best_val_score:.5f}), {record.samples_per_s:,.0f} "
                         f"samples/s; run folder: {run_dir}")
+
+
+def _train_seeds(cfg, seed: int | None, seeds: str, *, pack: bool, data_dir: Path, out: Path,
+                 resume: bool, restart: bool, quiet: bool) -> None:
+    from prlbench.engine.pack import train_seeds
+    from prlbench.experiment.grid import parse_seeds
+
+    if seed is not None:
+        raise ConfigError("--seed and --seeds: give one of them")
+    _print_runs(train_seeds(cfg, parse_seeds(seeds), data_dir=data_dir, out=out, pack=pack,
+                            resume=resume, restart=restart, progress=not quiet))
+
+
+def _print_runs(run_dirs: list[Path]) -> None:
+    """One line per run of train --seeds: its test AUCs and chosen epoch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from prlbench.experiment.store import RunFolder
+
+    table = Table(header_style="bold")
+    for name in ("run", "best epoch", "CTR AUC", "CTCVR AUC", "samples/s"):
+        table.add_column(name, justify="left" if name == "run" else "right",
+                         overflow="fold")
+    for run_dir in run_dirs:
+        folder = RunFolder(run_dir)
+        record, metrics = folder.read_record(), folder.read_metrics("test")
+        table.add_row(run_dir.name, str(record.best_epoch), f"{metrics['ctr_auc']:.5f}",
+                      f"{metrics['ctcvr_auc']:.5f}", f"{record.samples_per_s:,.0f}")
+    Console().print(table)
+    Console().print(f"run folders in {run_dirs[0].parent}; test metrics of each in its "
+                    "metrics.json (prlbench evaluate RUN_DIR prints them)", soft_wrap=True)
 
 
 # ------------------------------------------------------------------------- evaluate

@@ -413,3 +413,42 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
                      "(kept) and the run started over from its first epoch")
         return _member(cfg, part, data_dir, manifest, resume=False, damaged=damaged)
     return member, ctx
+
+
+def train_seeds(cfg, seeds, *, data_dir, out, pack: bool = True, resume: bool = False,
+                restart: bool = False, progress: bool = True) -> list:
+    """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (or, with
+    `pack` False or a config that cannot be packed, one after another); the finished run
+    folders, in seed order. Every run's lock is held while the pack trains. A run that fails
+    raises a TrainingError naming it, after the others have finished."""
+    import contextlib
+    from dataclasses import replace
+    from pathlib import Path
+
+    from prlbench.config import run_id
+    from prlbench.data.cache import open_cache
+    from prlbench.data.preprocess import ensure_generated
+    from prlbench.data.variants import canonical
+    from prlbench.engine import run as solo
+    from prlbench.errors import ConfigError, TrainingError
+    from prlbench.experiment.store import Store
+
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
+    cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
+    cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
+    if not pack or packable(cfg) is not None or len(cfgs) == 1:
+        return [solo.train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,
+                           progress=progress) for c in cfgs]
+    ensure_generated(data_dir, cfg.data.dataset, progress=progress)
+    sha = open_cache(data_dir, cfg.data.dataset, verify=False).data_sha256
+    store = Store(out)
+    with contextlib.ExitStack() as locks:
+        for rid in sorted(run_id(c, sha) for c in cfgs):
+            locks.enter_context(store.lock(rid))
+        results = train_pack(cfgs, data_dir=Path(data_dir), out=Path(out), resume=resume,
+                             restart=restart, progress=progress)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise TrainingError("; ".join(f"{r.run_id}: {r.error}" for r in failed))
+    return [Path(r.run_dir) for r in results]

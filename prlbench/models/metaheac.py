@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .factory import MODELS
 from .layers import ExpertBank, FeatureEmbedding, Gate, MultiTaskModel, TaskEmbedding
