@@ -102,3 +102,20 @@ def test_a_run_failing_on_a_worker_is_recorded_and_the_rest_goes_on(ray_instance
                                                              ("aliccp", "failed")]
     assert "CacheError" in res[1].error and "prlbench preprocess aliccp" in res[1].error
     assert run_names(out / "runs") == [res[0].run_id]
+
+
+def test_packed_runs_on_ray_land_as_their_solo_runs(ray_instance, data_dir, tmp_path):
+    out = tmp_path / "ray-packed"
+    ex = RayExecutor(address=None, threads=1, jobs=2, pack=True)
+    res = compare(CompareConfig(grid=make_grid(), formats=("md",), pack=True),
+                  data_dir=data_dir, out=out, progress=False, executor=ex)
+    assert [o.status for o in res.outcomes] == ["done"] * 4, [o.error for o in res.outcomes]
+    packs = set()
+    for o in res.outcomes:
+        for name in (*RUN_FILES, "ray.json"):
+            assert (o.run_dir / name).exists(), (o.run_id, name)
+        packs.add(tuple(read_json(o.run_dir / "run.json")["packed_with"]))
+    assert len(packs) == 2 and all(len(p) == 2 for p in packs)  # one pack per worker
+    local = run_grid(make_grid(), executor=LocalExecutor(1, 1), data_dir=data_dir,
+                     out=tmp_path / "local")
+    assert [o.run_id for o in res.outcomes] == [o.run_id for o in local]
