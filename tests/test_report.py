@@ -620,6 +620,20 @@ def test_runs_trained_with_different_thread_counts_are_flagged(tmp_path):
         analysis.load_runs(same), n_boot=200, delong=False, two_level=False).warnings)
 
 
+def test_runs_that_mix_packed_and_solo_training_are_flagged(tmp_path):
+    paths = make_tree(tmp_path, seeds=(1, 2), datasets=("synthetic",), models=("mmoe",),
+                      losses=("bce", "pwiser"))
+    for d in paths[:2]:
+        record = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**record, "packed_with": [record["run_id"]]}))
+    s = analysis.summarise(analysis.load_runs(paths), n_boot=200, delong=False, two_level=False)
+    assert any("2 of the 4 runs were trained packed" in w and "--no-pack" in w
+               for w in s.warnings)
+    assert list(s.runs["packed"]).count(True) == 2
+    assert not any("packed" in w for w in analysis.summarise(
+        analysis.load_runs(paths[2:]), n_boot=200, delong=False, two_level=False).warnings)
+
+
 def test_ci_bounds_keep_their_sign_when_they_round_to_zero():
     from prlbench.report.table import bound, signed
 

@@ -84,7 +84,8 @@ def _read_run(d: Path, split: str = "test") -> dict:
            "seed": int(cfg.train.seed), "run_id": run.run_id or d.name,
            "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads,
            "lr": float(cfg.train.lr), "weight_decay": float(cfg.train.weight_decay),
-           "embedding_optimizer": cfg.train.embedding_optimizer, "split": split}
+           "embedding_optimizer": cfg.train.embedding_optimizer, "split": split,
+           "packed": run.packed_with is not None}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     if not _cvr_is_probability(cfg.model.name):  # a run made before 0.4 wrote it anyway
@@ -262,7 +263,8 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
     seeds = sorted(int(s) for s in runs["seed"].unique())
     warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, seeds, test, correction,
                                                                   alpha)
-    warnings += _undefined_test_warnings(cells, test) + _thread_warnings(runs)
+    warnings += (_undefined_test_warnings(cells, test) + _thread_warnings(runs)
+                 + _pack_warnings(runs))
     warnings = list(dict.fromkeys(warnings))  # a missing file is met by DeLong and bootstrap
     return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
                    metrics=metrics, seeds=seeds, test=test, correction=correction, alpha=alpha,
@@ -442,6 +444,19 @@ def _thread_warnings(runs: pd.DataFrame) -> list[str]:
             "more than their seeds do. Finished runs are reused whatever --threads says: delete "
             "the runs of the other count (runs.csv lists each run's threads and run_dir) or use "
             "a fresh --out, then rerun with one --threads setting"]
+
+
+def _pack_warnings(runs: pd.DataFrame) -> list[str]:
+    """Packed runs agree with solo runs to float tolerance, not bit for bit: say when the
+    runs mix the two."""
+    if "packed" not in runs or runs["packed"].nunique() < 2:
+        return []
+    n = int(runs["packed"].sum())
+    return [f"{n} of the {len(runs)} runs were trained packed (several seeds or losses as one "
+            "model) and the others alone; the two agree to float tolerance, not bit for bit "
+            "(a run can stop at another epoch). For one way throughout, delete the runs of the "
+            "other kind (runs.csv lists each run's packed and run_dir) or use a fresh --out, "
+            "then rerun with --pack or --no-pack"]
 
 
 def _undefined_test_warnings(cells: pd.DataFrame, test: str) -> list[str]:
