@@ -129,12 +129,12 @@ class Loop:
                          torch.get_rng_state(), state)
 
     def write_state(self, model: dict, optimizer: dict, epoch_gen: torch.Tensor,
-                    rng: torch.Tensor, state: LoopState) -> None:
+                    rng: torch.Tensor, state: LoopState, **extra) -> None:
         """state.pt: the weights, the optimizer, the shuffling generator's state at the start of
         the epoch, the dropout RNG's state and the loop's (a packed member writes the same)."""
         self.folder.save_state({"model": model, "optimizer": optimizer,
                                 "epoch_generator": epoch_gen, "torch_rng": rng,
-                                "loop": state.to_dict()})
+                                "loop": state.to_dict(), **extra})
 
     def load_state(self, opt) -> tuple[LoopState, torch.Tensor]:
         ckpt = self.read_state()

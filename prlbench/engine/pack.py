@@ -5,7 +5,9 @@
 Each member keeps its solo run's semantics:
 - its initial weights are the solo run's (the solo model, built from its seed, is packed);
 - it reads its own shuffled batch order (its own generator, seeded as the solo run's) and draws
-  its own dropout masks (its own generator, started where the solo run's global RNG starts);
+  its own dropout masks (its own generator, started where the solo run's global RNG starts; on
+  a CPU they are the solo run's masks; on a GPU, whose solo dropout is a fused kernel, they are
+  the member's own draws from a CUDA generator seeded with its seed);
 - its loss is its own batch's loss, its own loss function; the gradients of the summed losses
   reach each member's weights from its own loss only;
 - it is scored on validation after each epoch, stops on its own patience and keeps its own
@@ -116,7 +118,11 @@ class PackLoop:
     def save_states(self) -> None:
         for s, m in enumerate(self.members):
             model, optimizer = self.member_states(s)
-            m.loop.write_state(model, optimizer, m.epoch_gen, m.dropout.get_state(), m.state)
+            if m.dropout.device.type == "cpu":
+                rng, extra = m.dropout.get_state(), {}
+            else:  # the solo format's CPU state stays; the member's CUDA generator beside it
+                rng, extra = torch.get_rng_state(), {"pack_dropout_rng": m.dropout.get_state()}
+            m.loop.write_state(model, optimizer, m.epoch_gen, rng, m.state, **extra)
 
     def _drop(self, leaving: list[int]) -> None:
         keep = [s for s in range(len(self.members)) if s not in set(leaving)]
@@ -390,8 +396,11 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
     from prlbench.engine import run as solo
 
     ctx = solo.RunContext(cfg, part, data_dir, manifest, cfg.train.device)
-    dropout = torch.Generator(device="cpu")
-    dropout.set_state(torch.get_rng_state())  # where the solo run's dropout draws start
+    dropout = torch.Generator(device=ctx.device)
+    if dropout.device.type == "cpu":
+        dropout.set_state(torch.get_rng_state())  # where the solo run's dropout draws start
+    else:
+        dropout.manual_seed(cfg.train.seed)
     shuffle = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
     loop = Loop(cfg, part, ctx.model, ctx.device, None, None)
     member = Member(loop, LoopState(), shuffle, shuffle.get_state(), dropout)
@@ -403,7 +412,10 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
             ctx.model.load_state_dict(ckpt["model"])
             member.state = LoopState(**ckpt["loop"])
             member.epoch_gen = ckpt["epoch_generator"]
-            member.dropout.set_state(ckpt["torch_rng"])
+            if member.dropout.device.type == "cpu":
+                member.dropout.set_state(ckpt["torch_rng"])
+            elif "pack_dropout_rng" in ckpt:  # else a solo GPU run's: its seeded generator
+                member.dropout.set_state(ckpt["pack_dropout_rng"])
             member.optimizer_state = ckpt["optimizer"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise loop.damaged(e) from None
