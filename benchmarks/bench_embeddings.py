@@ -12,12 +12,17 @@ on two vocabularies:
   rest 3-10 k), no numericals, as Ali-CCP. Ids are drawn uniformly, so a batch touches as many
   distinct rows as it can (the hard case for the sparse options; real ids are skewed).
 
+`--options` also takes `sparse_adam_torch`, not an option of prlbench: sparse_adam as it was
+before LazyAdam (torch.optim.SparseAdam, the weight decay added to the batch rows' gradient
+first), to compare the two in one run.
+
 Each (vocabulary, preset, option) runs in a fresh process, so its peak RSS is its own. Prints
 each option's speed on the large vocabulary as a ratio of dense Adam's on the small one (the
 target: within 1.5x, i.e. a ratio of at least 0.67).
 
     python benchmarks/bench_embeddings.py                       # small + paper preset, ~5 min
     python benchmarks/bench_embeddings.py --presets paper --steps 8
+    python benchmarks/bench_embeddings.py --options sparse_adam,sparse_adam_torch,rowwise_adagrad
 """
 
 from __future__ import annotations
@@ -38,12 +43,34 @@ ALICCP_VOCAB = [400_000, 100, 15, 4, 9, 5, 5, 4, 6, 500_000, 8_000, 300_000, 150
                 300_000, 200_000, 100_000, 4]
 VOCABS = {"small": (SYNTHETIC_VOCAB, SYNTHETIC_NUMERICAL), "aliccp": (ALICCP_VOCAB, 0)}
 OPTIONS = ("adam", "sparse_adam", "rowwise_adagrad")
+EXTRA_OPTIONS = ("sparse_adam_torch",)  # the old sparse_adam, for comparison (see above)
+
+
+def torch_sparse_adam(params, lr: float, weight_decay: float):
+    """sparse_adam before LazyAdam: torch.optim.SparseAdam, with Adam's L2 weight decay added
+    to the gradient of the rows in the batch (its gradient coalesced first)."""
+    import torch
+
+    class DecayedSparseAdam(torch.optim.SparseAdam):
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and weight_decay:
+                        g = p.grad.coalesce()
+                        p.grad = torch.sparse_coo_tensor(
+                            g.indices(), g.values() + weight_decay * p.detach()[g.indices()[0]],
+                            g.shape, is_coalesced=True, check_invariants=False)
+            return super().step(closure)
+
+    return DecayedSparseAdam(params, lr=lr)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="small,paper", help="comma-separated model presets")
-    p.add_argument("--options", default=",".join(OPTIONS))
+    p.add_argument("--options", default=",".join(OPTIONS),
+                   help=f"comma-separated, of {', '.join(OPTIONS + EXTRA_OPTIONS)}")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20, help="timed steps (small preset)")
     p.add_argument("--paper-steps", type=int, default=6, help="timed steps (paper preset)")
@@ -67,8 +94,12 @@ def measure(vocab_name: str, preset: str, option: str, args) -> dict:
     vocab, num_numerical = VOCABS[vocab_name]
     torch.manual_seed(0)
     model = create_model("mmoe", vocab_sizes=vocab, num_numerical=num_numerical, preset=preset)
-    cfg = resolve(None, {"train": {"embedding_optimizer": option}}).train
+    old = option == "sparse_adam_torch"
+    cfg = resolve(None, {"train": {"embedding_optimizer": "sparse_adam" if old else option}}).train
     opt = make_optimizer(model, cfg)
+    if old:
+        opt.sparse = torch_sparse_adam(opt.sparse.param_groups[0]["params"], cfg.lr,
+                                       cfg.weight_decay)
     loss_fn = LOSSES.get("bce")
     model.train()
     gen = torch.Generator().manual_seed(1)
@@ -108,13 +139,17 @@ def main(argv=None) -> None:
     if args.one:
         print(json.dumps(measure(*args.one.split(":"), args)))
         return
+    unknown = set(args.options.split(",")) - set(OPTIONS + EXTRA_OPTIONS)
+    if unknown:
+        raise SystemExit(f"--options: unknown {', '.join(sorted(unknown))}; valid: "
+                         f"{', '.join(OPTIONS + EXTRA_OPTIONS)}")
     forwarded = [f"--batch-size={args.batch_size}", f"--steps={args.steps}",
                  f"--paper-steps={args.paper_steps}", f"--warmup={args.warmup}"]
     if args.threads:
         forwarded.append(f"--threads={args.threads}")
     results = []
     print(f"MMoE, batch {args.batch_size}, BCE; median step after {args.warmup} warm-up steps")
-    print(f"{'vocabulary':>10} {'preset':>6} {'option':>16} {'table rows':>11} "
+    print(f"{'vocabulary':>10} {'preset':>6} {'option':>17} {'table rows':>11} "
           f"{'samples/s':>10} {'peak GB':>8}")
     for preset in args.presets.split(","):
         for vocab_name in VOCABS:
@@ -124,7 +159,7 @@ def main(argv=None) -> None:
                      *forwarded], check=True, capture_output=True, text=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 results.append(r)
-                print(f"{vocab_name:>10} {preset:>6} {option:>16} {r['rows']:>11,} "
+                print(f"{vocab_name:>10} {preset:>6} {option:>17} {r['rows']:>11,} "
                       f"{r['samples_per_s']:>10,.0f} {r['peak_gb']:>8.2f}", flush=True)
     print("\nspeed on the Ali-CCP-like vocabulary / dense Adam's on the small one "
           "(target >= 0.67, i.e. within 1.5x):")
@@ -133,7 +168,7 @@ def main(argv=None) -> None:
                      and r["vocab"] == "small" and r["option"] == "adam"), None)
         for r in results:
             if base and r["preset"] == preset and r["vocab"] == "aliccp":
-                print(f"  {preset:>6} {r['option']:>16}: {r['samples_per_s'] / base:.2f}")
+                print(f"  {preset:>6} {r['option']:>17}: {r['samples_per_s'] / base:.2f}")
 
 
 if __name__ == "__main__":

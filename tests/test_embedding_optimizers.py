@@ -15,7 +15,8 @@ from prlbench.data.cache import open_cache
 from prlbench.data.loader import batches, load_split
 from prlbench.engine import loop as loop_mod
 from prlbench.engine import run as train_mod
-from prlbench.engine.optim import OptimizerPair, RowWiseAdagrad, embedding_tables, make_optimizer
+from prlbench.engine.optim import (LazyAdam, _rows_and_values, OptimizerPair, RowWiseAdagrad, embedding_tables,
+                                   make_optimizer)
 from prlbench.errors import ConfigError, Interrupted
 from prlbench.experiment.grid import CompareConfig
 from prlbench.fileio import read_json
@@ -171,6 +172,155 @@ def test_rowwise_adagrad_matches_a_numpy_reference():
     np.testing.assert_allclose(opt.state[p]["sum"].numpy(), acc, rtol=1e-5)
     assert opt.state[p]["sum"][[0, 2, 5]].eq(0).all()  # rows never in a batch: no state
     np.testing.assert_array_equal(p.detach().numpy()[[0, 2, 5]], w[[0, 2, 5]])
+
+
+# ---------------------------------------------------------------------------- LazyAdam
+ROWS, DIMS = 12, 4
+
+
+def _sparse_grads(n_steps: int, seed: int = 0, ids_per_step: int = 9):
+    """Embedding-style gradients (sparse_dim 1, uncoalesced), repeated ids in every batch,
+    rows 10 and 11 in none."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_steps):
+        ids = torch.randint(6, (ids_per_step,), generator=g)
+        ids = torch.cat([ids, ids[:3], torch.randint(6, 10, (2,), generator=g)])  # repeats
+        out.append(torch.sparse_coo_tensor(ids.unsqueeze(0), torch.randn(len(ids), DIMS,
+                                                                        generator=g),
+                                           (ROWS, DIMS), check_invariants=True))
+    return out
+
+
+def _table(seed: int = 0):
+    return torch.nn.Parameter(torch.randn(ROWS, DIMS, generator=torch.Generator().manual_seed(
+        seed)))
+
+
+def _assert_same_trajectory(p, opt, q, ref):
+    torch.testing.assert_close(p.detach(), q.detach())
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(opt.state[p][key], ref.state[q][key])
+    assert opt.state[p]["step"] == ref.state[q]["step"]
+
+
+def test_rows_and_values_sum_repeated_ids_as_coalesce_does_bit_for_bit():
+    # ids repeated thousands of times: where the order of summation shows in the last bits
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.Embedding(500, 16, sparse=True)
+    ids = torch.randint(500, (512, 18), generator=g)
+    ids[:, :5] = torch.randint(5, (512, 5), generator=g)
+    (emb(ids) * torch.randn(512, 18, 16, generator=g)).sum().backward()
+    grad = emb.weight.grad
+    assert not grad.is_coalesced()
+    rows, values = _rows_and_values(grad, emb.weight)
+    ref = grad.coalesce()
+    assert torch.equal(rows, ref.indices()[0]) and torch.equal(values, ref.values())
+    # coalesced already: taken as it is, no copy
+    assert _rows_and_values(ref, emb.weight)[1].data_ptr() == ref._values().data_ptr()
+    dense_rows, dense_values = _rows_and_values(ref.to_dense(), emb.weight)
+    assert torch.equal(dense_rows, rows) and torch.equal(dense_values, values)
+
+
+def test_lazy_adam_matches_sparse_adam():
+    p, q = _table(), _table()
+    opt, ref = LazyAdam([p], lr=0.01), torch.optim.SparseAdam([q], lr=0.01)
+    for grad in _sparse_grads(10):
+        assert not grad.is_coalesced()
+        p.grad, q.grad = grad, grad.clone()
+        opt.step()
+        ref.step()
+        _assert_same_trajectory(p, opt, q, ref)
+    state = opt.state[p]
+    assert type(state["step"]) is int and state["step"] == 10
+    for key in ("exp_avg", "exp_avg_sq"):  # SparseAdam's state: shapes and dtypes
+        assert state[key].shape == ref.state[q][key].shape and state[key].dtype == p.dtype
+
+
+def test_lazy_adam_weight_decay_is_sparse_adam_on_the_decayed_batch_rows():
+    wd = 0.1
+    p, q = _table(), _table()
+    opt, ref = LazyAdam([p], lr=0.01, weight_decay=wd), torch.optim.SparseAdam([q], lr=0.01)
+    for grad in _sparse_grads(10, seed=1):
+        p.grad = grad
+        g = grad.coalesce()
+        rows = g.indices()[0]
+        q.grad = torch.sparse_coo_tensor(g.indices(), g.values() + wd * q.detach()[rows],
+                                         g.shape, check_invariants=True)
+        opt.step()
+        ref.step()
+        _assert_same_trajectory(p, opt, q, ref)
+
+
+def test_a_sparse_adam_state_dict_loads_into_lazy_adam_and_continues(tmp_path):
+    grads = _sparse_grads(9, seed=2)
+    q = _table()
+    ref = torch.optim.SparseAdam([q], lr=0.01)
+    for grad in grads[:4]:
+        q.grad = grad
+        ref.step()
+    torch.save({"optimizer": ref.state_dict(), "table": q.detach()}, tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)  # as a checkpoint resumes
+    p = torch.nn.Parameter(saved["table"].clone())
+    opt = LazyAdam([p], lr=0.5, weight_decay=0.0)
+    opt.load_state_dict(saved["optimizer"])
+    assert opt.param_groups[0]["lr"] == 0.01  # the checkpoint's hyperparameters, as any optimizer
+    assert opt.param_groups[0]["weight_decay"] == 0.0  # SparseAdam has none: the constructor's
+    _assert_same_trajectory(p, opt, q, ref)
+    for grad in grads[4:]:
+        p.grad, q.grad = grad, grad.clone()
+        opt.step()
+        ref.step()
+        _assert_same_trajectory(p, opt, q, ref)
+    # its own state_dict round-trips, weight decay included
+    other = LazyAdam([torch.nn.Parameter(p.detach().clone())], weight_decay=0.3)
+    other.load_state_dict(LazyAdam([_table()], weight_decay=0.2).state_dict())
+    assert other.param_groups[0]["weight_decay"] == 0.2
+
+
+def test_lazy_adam_leaves_the_rows_not_in_the_batch_bit_for_bit():
+    p = _table()
+    opt = LazyAdam([p], lr=0.01, weight_decay=0.1)
+    for grad in _sparse_grads(3, seed=3):  # rows 10 and 11 never in a batch
+        p.grad = grad
+        opt.step()
+    state = opt.state[p]
+    assert state["exp_avg"][10:].eq(0).all() and state["exp_avg_sq"][10:].eq(0).all()
+    before = [t.clone() for t in (p.detach(), state["exp_avg"], state["exp_avg_sq"])]
+    batch = torch.tensor([[1, 4, 1, 7]])
+    p.grad = torch.sparse_coo_tensor(batch, torch.randn(4, DIMS), (ROWS, DIMS),
+                                     check_invariants=True)
+    opt.step()
+    after = (p.detach(), state["exp_avg"], state["exp_avg_sq"])
+    others = [r for r in range(ROWS) if r not in (1, 4, 7)]
+    for b, a in zip(before, after):
+        assert torch.equal(a[others], b[others])  # values and both moments, bit for bit
+        assert (a[[1, 4, 7]] != b[[1, 4, 7]]).any(dim=1).all()
+
+
+def test_lazy_adam_takes_a_dense_gradient_as_its_non_zero_rows():
+    p, q = _table(), _table()
+    opt, ref = LazyAdam([p], lr=0.01, weight_decay=0.1), LazyAdam([q], lr=0.01, weight_decay=0.1)
+    for grad in _sparse_grads(4, seed=4):
+        p.grad, q.grad = grad.to_dense(), grad
+        opt.step()
+        ref.step()
+        _assert_same_trajectory(p, opt, q, ref)
+    p.grad = torch.zeros(ROWS, DIMS)  # nothing in the batch: the step is counted, nothing moves
+    w = p.detach().clone()
+    opt.step()
+    assert opt.state[p]["step"] == 5 and torch.equal(p.detach(), w)
+    with pytest.raises(ValueError, match="2-D"):
+        v = torch.nn.Parameter(torch.zeros(3))
+        v.grad = torch.ones(3)
+        LazyAdam([v]).step()
+
+
+def test_sparse_adam_option_is_lazy_adam_with_the_configured_weight_decay():
+    opt = make_optimizer(_tiny_model(), _cfg(embedding_optimizer="sparse_adam",
+                                             weight_decay=0.01).train)
+    assert type(opt.sparse) is LazyAdam
+    assert opt.sparse.param_groups[0]["weight_decay"] == 0.01
 
 
 @pytest.mark.parametrize("kind", ("adam", *SPARSE))
