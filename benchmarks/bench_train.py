@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--auc-epochs", type=int, default=2)
     p.add_argument("--auc-seeds", type=int, default=2)
     p.add_argument("--skip", default="",
-                   help="any of: throughput,baseline,experts,auc,peer")
+                   help="any of: throughput,baseline,experts,auc,peer,pack")
     p.add_argument("--with-packed", action="store_true",
                    help="throughput: also every model with --pack-members seeds packed")
     p.add_argument("--pack-members", type=int, default=8,
@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epoch-rows", type=int, default=None,
                    help="also time one whole epoch of mmoe (paper preset) on a synthetic data "
                    "set of this many training rows, e.g. 12000000 (AliExpress-NL-sized)")
+    p.add_argument("--pack-batch-sizes", default="256,512,2048",
+                   help="pack section: per-member batch sizes at which solo and packed mmoe "
+                   "small steps are timed")
     p.add_argument("--peer-workers", type=int, default=4,
                    help="DataLoader workers of the peer path (MTReclib uses 4 or 8)")
     p.add_argument("--profile", default=None, help="MODEL:PRESET:PRECISION -> profiler table")
@@ -423,6 +426,32 @@ def peer(args, manifest, train: TensorData) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ packed vs solo by batch size
+def pack_by_batch(args, manifest, train: TensorData) -> list[dict]:
+    """mmoe small, fp32: --pack-members seeds one after another (each its own model and Adam)
+    vs packed into one model, at each per-member batch size; samples/s of all members."""
+    rows = []
+    S = args.pack_members
+    for bs in (int(b) for b in args.pack_batch_sizes.split(",") if b):
+        models = [build("mmoe", "small", manifest, args.device, seed=s) for s in range(1, S + 1)]
+        steps = [make_step(m, args.loss, args.device, "fp32") for m in models]
+
+        def solo_step(cat, num, click, conversion, steps=steps, bs=bs):
+            for k, step in enumerate(steps):
+                rows_k = slice(k * bs, (k + 1) * bs)
+                step(cat[rows_k], num[rows_k], click[rows_k], conversion[rows_k])
+
+        solo = time_steps(solo_step, full_batches(train, bs * S), args.warmup, args.steps // 2,
+                          args.device)
+        packed = time_steps(make_pack_step("small", manifest, S, args.loss, args.device, "fp32"),
+                            full_batches(train, bs * S), args.warmup, args.steps // 2,
+                            args.device)
+        rows.append(dict(batch=bs, members=S, solo=solo, packed=packed))
+        print(f"  batch {bs} x {S} members: solo {solo:,.0f}, packed {packed:,.0f} samples/s, "
+              f"x{packed / solo:.2f}", flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------ one whole epoch
 def epoch_time(args, tmp: Path) -> list[dict]:
     """Seconds of one epoch of mmoe at the paper preset (every batch of the training split
@@ -551,7 +580,13 @@ def md_table(title: str, header: list[str], body: list[list[str]], left: int = 1
         print("| " + " | ".join(cells) + " |")
 
 
-def report(args, peaks: dict, rows, base, experts, auc, peers, epochs) -> None:
+def report(args, peaks: dict, rows, base, experts, auc, peers, epochs, packs) -> None:
+    if packs:
+        md_table(f"Packed vs solo by batch size: mmoe small, fp32, {packs[0]['members']} seeds "
+                 f"({args.device}, {args.threads} threads)",
+                 ["batch per member", "solo samples/s", "packed samples/s", "packed / solo"],
+                 [[str(r["batch"]), f"{r['solo']:,.0f}", f"{r['packed']:,.0f}",
+                   f"{r['packed'] / r['solo']:.2f}x"] for r in packs])
     if epochs:
         md_table(f"One epoch of mmoe, paper preset ({args.device}, batch {args.batch_size})",
                  ["precision", "training rows", "seconds", "samples/s"],
@@ -624,7 +659,10 @@ def _auc_cells(r: dict, key: str) -> list[str]:
 
 
 def run_sections(args, data_dir: Path, tmp: Path, manifest: dict, train: TensorData, peaks):
-    rows = base = experts = auc = peers = epochs = []
+    rows = base = experts = auc = peers = epochs = packs = []
+    if "pack" not in args.skip:
+        print("packed vs solo by batch size:")
+        packs = pack_by_batch(args, manifest, train)
     if args.epoch_rows:
         print("one whole epoch:")
         epochs = epoch_time(args, tmp)
@@ -644,7 +682,7 @@ def run_sections(args, data_dir: Path, tmp: Path, manifest: dict, train: TensorD
     if "auc" not in args.skip:
         print("bf16 vs fp32 test AUC (train_run):")
         auc = bf16_auc(args, data_dir, tmp / "out")
-    return rows, base, experts, auc, peers, epochs
+    return rows, base, experts, auc, peers, epochs, packs
 
 
 def main(argv=None) -> None:

@@ -277,7 +277,9 @@ TrainSeeds = Annotated[Optional[str], typer.Option(
     help="Several seeds instead of --seed: a count (8 = seeds 1..8) or a list (1,2,3), trained "
     "as one packed model (each run's folder and numbers as if trained alone, to float "
     "tolerance); with --no-pack one after another.")]
-TrainPack = Annotated[bool, typer.Option("--pack/--no-pack", help="With --seeds: pack them.")]
+TrainPack = Annotated[Optional[bool], typer.Option(
+    "--pack/--no-pack", help="With --seeds: pack them (default: where it measured faster, as "
+    "for compare).")]
 
 
 @app.command()
@@ -289,7 +291,7 @@ def train(
     loss: Annotated[Optional[str], typer.Option(
         help="Loss (prlbench ls losses; default bce).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (default 1).")] = None,
-    seeds: TrainSeeds = None, pack: TrainPack = True,
+    seeds: TrainSeeds = None, pack: TrainPack = None,
     lam: Lambda = None, m1: M1 = None, m2: M2 = None, phi: Phi = None, score: Score = None,
     head: Head = None, norm: Norm = None, temperature: Temperature = None, alpha: Alpha = None,
     preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None,
@@ -373,8 +375,8 @@ def _print_metrics(run_dir: Path, split: str = "test") -> None:
                         f"samples/s; run folder: {run_dir}")
 
 
-def _train_seeds(cfg, seed: int | None, seeds: str, *, pack: bool, data_dir: Path, out: Path,
-                 resume: bool, restart: bool, quiet: bool) -> None:
+def _train_seeds(cfg, seed: int | None, seeds: str, *, pack: bool | None, data_dir: Path,
+                 out: Path, resume: bool, restart: bool, quiet: bool) -> None:
     from prlbench.engine.pack import train_seeds
     from prlbench.experiment.grid import parse_seeds
 
@@ -470,8 +472,8 @@ RunThreads = Annotated[Optional[int], typer.Option(
 Pack = Annotated[Optional[bool], typer.Option(
     "--pack/--no-pack", help="Train the runs that differ only in seed and loss as packed models "
     "(weights stacked per run, one process; each run's files and numbers as if trained alone, "
-    "to float tolerance). Default: packed on a GPU, not on a CPU, where it measured no faster "
-    "(docs/performance.md).")]
+    "to float tolerance). Default: where it measured faster: on a GPU, and on a CPU for "
+    "batches of 512 or fewer (docs/performance.md).")]
 RayAddress = Annotated[Optional[str], typer.Option(
     help="Ray cluster address (auto, ray://host:port); default: a local instance.")]
 Formats = Annotated[str, typer.Option(

@@ -290,3 +290,20 @@ def test_compare_packed_gives_the_runs_of_compare_solo(data_dir, tmp_path):
         assert all(("packed_with" in r) == packed for r in records)
         assert (out / "tables" / "auc.md").exists()
     assert found[True] == found[False]
+
+
+def test_runs_pack_by_default_where_it_measured_faster():
+    from prlbench.engine.pack import CPU_PACK_MAX_BATCH, pack_by_default
+    from prlbench.experiment.grid import CompareConfig, Grid
+
+    assert pack_by_default("cuda", 2048) and pack_by_default("cuda:1", 8192)
+    assert pack_by_default("cpu", CPU_PACK_MAX_BATCH) and not pack_by_default("cpu", 2048)
+
+    def cc(batch_size, pack=None):
+        base = resolve(None, {"train": {"batch_size": batch_size}}, finish=False)
+        grid = Grid(datasets=("synthetic",), models=("mmoe",), losses=("bce",), seeds=(1,),
+                    base=base)
+        return CompareConfig(grid=grid, pack=pack)
+
+    assert cc(256).packs and not cc(2048).packs
+    assert cc(2048, pack=True).packs and not cc(256, pack=False).packs

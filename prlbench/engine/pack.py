@@ -72,13 +72,20 @@ def pack_key(cfg) -> tuple:
     return repr(same.to_dict())
 
 
-def pack_by_default(device: str) -> bool:
-    """Whether compare packs without --pack / --no-pack: on a GPU, where a small model's step
-    is kernel launches rather than arithmetic and a pack launches one kernel for all members.
-    Not on a CPU: there the step is arithmetic and memory traffic, which a pack does not
-    reduce (measured on a 2-core AVX2 CPU: the default compare took 5 min 15 s packed and
-    5 min 10 s solo; docs/performance.md)."""
-    return torch.device(device).type == "cuda"
+# At and below this batch size per member a pack measured faster on a CPU (MMoE small, 8 seeds,
+# 1 thread, 2-core AVX2 EPYC: 1.51x at 256, 1.35x at 512, 0.89x at 2048; docs/performance.md).
+CPU_PACK_MAX_BATCH = 512
+
+
+def pack_by_default(device: str, batch_size: int) -> bool:
+    """Whether runs are packed without --pack / --no-pack: where it measured faster. On a GPU,
+    whose small-model step is kernel launches, one per layer for all members instead of one per
+    member. On a CPU only for small batches: there a step of batch 2048 is arithmetic and memory
+    traffic, which a pack does not reduce (the default compare took 5 min 15 s packed and
+    5 min 10 s solo), while at batch 512 and below the per-operation overhead it saves counts."""
+    if torch.device(device).type == "cuda":
+        return True
+    return batch_size <= CPU_PACK_MAX_BATCH
 
 
 def packable(cfg) -> str | None:
@@ -427,11 +434,11 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
     return member, ctx
 
 
-def train_seeds(cfg, seeds, *, data_dir, out, pack: bool = True, resume: bool = False,
+def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: bool = False,
                 restart: bool = False, progress: bool = True) -> list:
-    """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (or, with
-    `pack` False or a config that cannot be packed, one after another); the finished run
-    folders, in seed order. Every run's lock is held while the pack trains. A run that fails
+    """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (`pack`; None:
+    where it is faster, `pack_by_default`), else one after another (also for a config that
+    cannot be packed); the finished run folders, in seed order. Every run's lock is held while the pack trains. A run that fails
     raises a TrainingError naming it, after the others have finished."""
     import contextlib
     from dataclasses import replace
@@ -449,6 +456,8 @@ def train_seeds(cfg, seeds, *, data_dir, out, pack: bool = True, resume: bool = 
         raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
     cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
     cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
+    if pack is None:
+        pack = pack_by_default(cfg.train.device, cfg.train.batch_size)
     if not pack or packable(cfg) is not None or len(cfgs) == 1:
         return [solo.train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,
                            progress=progress) for c in cfgs]

@@ -170,11 +170,13 @@ class CompareConfig:
 
     @property
     def packs(self) -> bool:
-        """Whether the runs train packed: --pack / --no-pack, else by the device."""
+        """Whether the runs train packed: --pack / --no-pack, else where it is faster (by the
+        device and the batch size)."""
         from prlbench.engine.pack import pack_by_default
 
-        return self.pack if self.pack is not None else pack_by_default(
-            self.grid.base.train.device)
+        train = self.grid.base.train
+        return self.pack if self.pack is not None else pack_by_default(train.device,
+                                                                       train.batch_size)
 
     @property
     def splits(self) -> tuple[str, ...]:
