@@ -311,7 +311,7 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
 
     from prlbench.data.loader import load_split
     from prlbench.engine import run as solo
-    from prlbench.experiment.store import DamagedCheckpoint
+    from prlbench.experiment.store import DamagedCheckpoint, RunStatus, Store
 
     if not cfgs:
         return []
@@ -332,12 +332,11 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
             results[i] = PackResult(o.name, str(o), reused=True)
         else:
             opened[i] = o
-    store = next(iter(opened.values()))[0] if opened else None
-    rids = [o[1] for o in opened.values()]
-    for i, (store, rid, part, manifest) in opened.items():
+    store = Store(out)
+    for i, (_, rid, part, manifest) in opened.items():
         member, ctx = _member(cfgs[i], part, data_dir, manifest, resume=resume,
                               damaged=DamagedCheckpoint)
-        solo._begin(ctx, rid, packed_with=rids)
+        solo._begin(ctx, rid)
         members.append((i, member, ctx))
     if not members:
         return results
@@ -370,6 +369,9 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
             group = [(i, m, ctx) for i, m, ctx in group if not m.state.done]
             if not group:
                 continue
+            packed_with = [ctx.folder.run_id for *_, ctx in group]
+            for *_, ctx in group:
+                ctx.folder.update_record(RunStatus.RUNNING, packed_with=packed_with)
             loop = PackLoop([m for _, m, _ in group], [ctx.model for *_, ctx in group], device,
                             train, val, on_done=done, on_failed=failed)
             training = _Folders(lambda group=group: [ctx.folder for i, _, ctx in group
