@@ -457,14 +457,16 @@ def test_jobs_and_threads_below_one_are_refused(flag, value):
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_pooled_compare_stops_cleanly(data_dir, tmp_path):
+@pytest.mark.parametrize("pack", ["--pack", "--no-pack"])
+def test_ctrl_c_on_a_pooled_compare_stops_cleanly(data_dir, tmp_path, pack):
     """Ctrl-C reaches the whole process group: the driver and both workers, one of them
-    perhaps still starting. Exit 130, no traceback from any process, no run left 'running'."""
+    perhaps still starting. Exit 130, no traceback from any process, no run left 'running'
+    (packed: 3 losses x 2 models in 4 packs of 1-2 runs, one still building its members)."""
     out = tmp_path / "out"
     args = [sys.executable, "-m", "prlbench", "compare", "--datasets", "synthetic",
             "--models", "shared_bottom,mmoe", "--seeds", "1", "--data-dir", str(data_dir),
             "--out", str(out), "--epochs", "50", "--batch-size", "256", "--preset", "small",
-            "--jobs", "2", "--threads", "1", "-q"]
+            "--jobs", "2", "--threads", "1", "-q", pack]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120

@@ -309,9 +309,8 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     an interrupt saves every member's checkpoint and is raised."""
     from pathlib import Path
 
-    from prlbench.data.loader import load_split
     from prlbench.engine import run as solo
-    from prlbench.experiment.store import DamagedCheckpoint, RunStatus, Store
+    from prlbench.experiment.store import DamagedCheckpoint, Store
 
     if not cfgs:
         return []
@@ -332,16 +331,36 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
             results[i] = PackResult(o.name, str(o), reused=True)
         else:
             opened[i] = o
-    store = Store(out)
-    for i, (_, rid, part, manifest) in opened.items():
-        member, ctx = _member(cfgs[i], part, data_dir, manifest, resume=resume,
-                              damaged=DamagedCheckpoint)
-        solo._begin(ctx, rid)
-        members.append((i, member, ctx))
-    if not members:
-        return results
-    device = cfgs[0].train.device
-    name, manifest = cfgs[0].data.dataset, members[0][2].manifest
+    # From the first member's run.json on, an interrupt or error anywhere (building the other
+    # members, loading the data, training) is recorded in every member not yet finished.
+    unfinished = _Folders(lambda: [ctx.folder for i, _, ctx in members if results[i] is None])
+    try:
+        with solo._recorded(unfinished):
+            for i, (_, rid, part, manifest) in opened.items():
+                member, ctx = _member(cfgs[i], part, data_dir, manifest, resume=resume,
+                                      damaged=DamagedCheckpoint)
+                members.append((i, member, ctx))
+                solo._begin(ctx, rid)
+            if members:
+                _train_members(members, results, data_dir, Store(out), progress)
+    except (Interrupted, KeyboardInterrupt):
+        raise  # every member's checkpoint is saved; the record says interrupted
+    except Exception as e:  # noqa: BLE001 - recorded as failed; the results say why
+        for i, m, ctx in members:
+            if results[i] is None:
+                results[i] = PackResult(ctx.folder.run_id, error=f"{type(e).__name__}: {e}")
+    return results
+
+
+def _train_members(members: list, results: list, data_dir, store, progress: bool) -> None:
+    """Train `members` [(index, Member, RunContext)], in one pack per point of training they
+    stand at; each finished or failed member's PackResult goes into results[index]."""
+    from prlbench.data.loader import load_split
+    from prlbench.engine import run as solo
+    from prlbench.experiment.store import RunStatus
+
+    cfg = members[0][2].cfg
+    device, name, manifest = cfg.train.device, cfg.data.dataset, members[0][2].manifest
     train = load_split(data_dir, name, "train", device=device, manifest=manifest)
     val = load_split(data_dir, name, "val", device=device, manifest=manifest)
     by_member = {id(m): (i, ctx) for i, m, ctx in members}
@@ -361,30 +380,18 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     groups: dict[tuple, list] = {}
     for i, m, ctx in members:
         groups.setdefault(m.position, []).append((i, m, ctx))
-    try:
-        for group in groups.values():
-            for i, m, ctx in group:
-                if m.state.done:  # it stopped after its last save, before its test
-                    done(m)
-            group = [(i, m, ctx) for i, m, ctx in group if not m.state.done]
-            if not group:
-                continue
-            packed_with = [ctx.folder.run_id for *_, ctx in group]
-            for *_, ctx in group:
-                ctx.folder.update_record(RunStatus.RUNNING, packed_with=packed_with)
-            loop = PackLoop([m for _, m, _ in group], [ctx.model for *_, ctx in group], device,
-                            train, val, on_done=done, on_failed=failed)
-            training = _Folders(lambda group=group: [ctx.folder for i, _, ctx in group
-                                                     if results[i] is None])
-            with solo._recorded(training):
-                loop.fit(progress=progress)
-    except (Interrupted, KeyboardInterrupt):
-        raise  # every member's checkpoint is saved; the record says interrupted
-    except Exception as e:  # noqa: BLE001 - recorded as failed; the results say why
-        for i, m, ctx in members:
-            if results[i] is None:
-                results[i] = PackResult(ctx.folder.run_id, error=f"{type(e).__name__}: {e}")
-    return results
+    for group in groups.values():
+        for i, m, ctx in group:
+            if m.state.done:  # it stopped after its last save, before its test
+                done(m)
+        group = [(i, m, ctx) for i, m, ctx in group if not m.state.done]
+        if not group:
+            continue
+        packed_with = [ctx.folder.run_id for *_, ctx in group]
+        for *_, ctx in group:
+            ctx.folder.update_record(RunStatus.RUNNING, packed_with=packed_with)
+        PackLoop([m for _, m, _ in group], [ctx.model for *_, ctx in group], device, train, val,
+                 on_done=done, on_failed=failed).fit(progress=progress)
 
 
 class _Folders:
