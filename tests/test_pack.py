@@ -263,7 +263,7 @@ def test_pack_plan_groups_runs_that_differ_only_in_seed_and_loss():
     plan = pack_plan(cfgs, pack=True, workers=2)
     assert sorted(i for job in plan for i in job) == list(range(len(cfgs)))
     assert [0, 1, 2] in plan and [3, 4, 5] in plan  # six mmoe runs: one pack per worker
-    assert [6, 7] in plan or [[6], [7]] == [j for j in plan if j[0] in (6, 7)]
+    assert [6] in plan and [7] in plan  # two ple runs, two workers: one each
     assert [8] in plan  # sparse embeddings are not packed
     assert pack_plan(cfgs, pack=False, workers=2) == [[i] for i in range(len(cfgs))]
     assert len(pack_plan(cfgs[:6], pack=True, workers=1, max_members=4)) == 2

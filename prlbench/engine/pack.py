@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -51,7 +51,6 @@ class Member:
     dropout: torch.Generator  # where the solo run's global RNG would be
     optimizer_state: dict | None = None  # a resumed member's optimizer state_dict
     failed: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def cfg(self):

@@ -100,7 +100,6 @@ def _run_pack(cfg_dicts: list[dict], data_dir: str, out: str, threads: int) -> l
         with contextlib.ExitStack() as locks:
             for rid in sorted(set(rids)):  # one order everywhere: no two packs wait on each other
                 locks.enter_context(store.lock(rid))
-            finished = [_done(store.finished(rid)) for rid in rids]
             for rid in rids:
                 store.partial(rid).drop_failure()
             found = train_pack(cfgs, data_dir=Path(data_dir), out=Path(out), resume=True,
@@ -113,9 +112,9 @@ def _run_pack(cfg_dicts: list[dict], data_dir: str, out: str, threads: int) -> l
                 for rid in rids]
     seconds = time.perf_counter() - t0
     return [RunResult(r.run_id, Outcome.FAILED, error=r.error, seconds=seconds) if r.error
-            else RunResult(r.run_id, Outcome.REUSED if finished[i] or r.reused
-                           else Outcome.TRAINED, r.run_dir, seconds=seconds)
-            for i, r in enumerate(found)]
+            else RunResult(r.run_id, Outcome.REUSED if r.reused else Outcome.TRAINED, r.run_dir,
+                           seconds=seconds)
+            for r in found]
 
 
 def pack_plan(cfgs: list[RunConfig], *, pack: bool, workers: int, max_members: int = 16
@@ -147,12 +146,12 @@ def pack_plan(cfgs: list[RunConfig], *, pack: bool, workers: int, max_members: i
     return sorted(jobs, key=lambda job: job[0])
 
 
-def _execute_job(job: list[int], args: list[tuple]) -> list[RunResult]:
-    """A job of pack_plan in this process: one run, or a pack."""
-    if len(job) == 1:
-        return [run_one(*args[job[0]])]
-    data_dir, out, threads = args[job[0]][1:]
-    return run_pack([args[i][0] for i in job], data_dir, out, threads)
+def _execute_job(job_args: list[tuple]) -> list[RunResult]:
+    """A job of pack_plan, given its runs' run_one arguments: one run, or a pack."""
+    if len(job_args) == 1:
+        return [run_one(*job_args[0])]
+    data_dir, out, threads = job_args[0][1:]
+    return run_pack([a[0] for a in job_args], data_dir, out, threads)
 
 
 def _done(folder: RunFolder) -> bool:
@@ -189,7 +188,7 @@ class LocalExecutor:
         if self.jobs == 1:
             for job in plan:
                 started(job)
-                ended(job, _execute_job(job, args))
+                ended(job, _execute_job([args[i] for i in job]))
         else:
             self._pooled(plan, args, started, ended)
         return [found[i] for i in range(len(cfgs))]
@@ -211,7 +210,8 @@ class LocalExecutor:
                 while queue and len(pending) < self.jobs:
                     job = queue.pop(0)
                     started(job)
-                    pending[pool.submit(_execute_job, job, args)] = job
+                    # only the job's own configs travel to the worker
+                    pending[pool.submit(_execute_job, [args[i] for i in job])] = job
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     job = pending.pop(fut)

@@ -120,10 +120,8 @@ class PackedDropout(nn.Module):
         self.p, self.info = layer.p, info
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
+        if not self.training or self.p == 0:  # the models allow dropout in [0, 1)
             return x
-        if self.p == 1:
-            return x * 0
         S = self.info.members
         noise = torch.empty(x.shape, dtype=x.dtype, device=x.device).view(S, -1)
         for s, gen in enumerate(self.info.generators):
