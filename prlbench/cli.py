@@ -482,11 +482,13 @@ Formats = Annotated[str, typer.Option(
 TablesOnly = Annotated[bool, typer.Option(
     "--tables-only", metavar="", help="Train nothing: tables from the finished runs only.")]
 Test = Annotated[str, typer.Option(
-    help="The significance test of each delta: wilcoxon or ttest (paired over seeds), or "
-    "bootstrap (two-level: seeds and test rows resampled).")]
-Equivalence = Annotated[Optional[float], typer.Option(
-    help="Equivalence margin (in the metric's units, e.g. 0.001 AUC): two one-sided tests "
-    "against +-margin; a cell that passes is shown as equivalent rather than n.s.")]
+    help="The significance test of each delta: twolevel (the default: t-test of the CI's "
+    "model, seeds and the shared test set), bootstrap (from the CI's replicates), or wilcoxon "
+    "/ ttest (over seeds only, conditional on this test set).")]
+Equivalence = Annotated[Optional[str], typer.Option(
+    help="Equivalence margins per metric kind, in its units: 0.002 (AUC only) or "
+    "auc=0.002,logloss=0.0005 (each at most 0.02): two one-sided tests against +-margin; a "
+    "cell that passes is shown as equivalent rather than n.s.")]
 TestSplit = Annotated[str, typer.Option(
     help="The test split the tables report: standard (the data set's test split), random "
     "(kuairand_pure's random-exposure log, test_random) or both (auc.test_random.md beside "
@@ -517,7 +519,7 @@ def compare(
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, pack: Pack = None, ray_address: RayAddress = None,
     fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,
-    test: Test = "wilcoxon", correction: Correction = "holm", equivalence: Equivalence = None,
+    test: Test = "twolevel", correction: Correction = "holm", equivalence: Equivalence = None,
     test_split: TestSplit = "standard", config: CompareConfigFile = None,
     data_dir: DataDir = Path("datasets"), out: ExperimentDir = None, quiet: Quiet = False,
 ) -> None:
@@ -529,13 +531,13 @@ def compare(
       prlbench compare --models mmoe,ple --losses bce,pwiser,ranknet --seeds 8
       prlbench compare --losses bce,pwiser,graded,ranknet,listce --lambda 0.1,0.5,1
       prlbench compare --noise-rate 0,0.3,0.6 --seeds 10 --test bootstrap
-      prlbench compare --lr 5e-4,1e-3,2e-3 --tune-seeds 2 --equivalence 0.001
+      prlbench compare --lr 5e-4,1e-3,2e-3 --tune-seeds 2 --equivalence auc=0.001
       prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
       prlbench compare --executor ray --ray-address auto
       prlbench compare --device cuda --seeds 8   # the seeds packed into one model (default on GPU)
       prlbench compare --format latex --out results/nl_fr --tables-only
     """
-    from prlbench.experiment.compare import compare as run_compare, default_out
+    from prlbench.experiment.compare import compare as run_compare, default_out, significance_plan
     from prlbench.experiment.grid import CompareConfig
 
     flags = dict(locals())  # every option above, by name (None: not given)
@@ -545,6 +547,11 @@ def compare(
     if len(cc.grid.seeds) == 1:
         _console().print("[yellow]warning:[/] --seeds 1: with one seed no significance test is "
                          "possible; use --seeds 8 or more")
+    plan, plan_warnings = significance_plan(cc)
+    if plan and not quiet:
+        _console().print(_esc(plan), highlight=False)
+    for w in plan_warnings:
+        _console().print(f"[yellow]warning:[/] {_esc(w)}")
     res = run_compare(cc, data_dir=data_dir, out=out or default_out(), progress=not quiet)
     _print_compare(res)
     if res.failed:

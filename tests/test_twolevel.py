@@ -7,8 +7,9 @@ import pytest
 from scipy import stats as sps
 
 from prlbench.errors import DataError
-from prlbench.stats import (auc, auc_influence, bootstrap_mean_ci, fast_delong, mean_influence,
-                            paired_delta, row_covariance, two_level_bootstrap)
+from prlbench.stats import (auc, auc_influence, bootstrap_mean_ci, crossed, fast_delong,
+                            mean_influence, paired_delta, row_covariance, twolevel,
+                            two_level_bootstrap, two_level_ttest)
 from prlbench.stats.bootstrap import expanded_alpha
 
 
@@ -319,10 +320,12 @@ def test_p_value_agrees_with_the_interval_at_every_alpha(shift):
     for method in ("crossed", "pigeonhole"):
         p = two_level_bootstrap(d, cov, n_boot=2000, seed=4, method=method).p
         assert 0.0 <= p <= 1.0
+        level = twolevel._Level(np.sqrt(8 / 7), crossed(d, cov).nu if method == "crossed"
+                                else 7.0)
         for alpha in (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, p * 0.98, min(p * 1.02, 0.99)):
-            # p is floored at 1 / (n_boot + 1), what the replicates resolve: consistency is
-            # asked above it
-            if not 2 / 2000 < alpha < 1:
+            # Beyond RESOLVED replicates p is the t model's: consistency is asked where the
+            # interval's tail holds that many
+            if not (level.tail(alpha) * 2000 >= twolevel.RESOLVED and alpha < 1):
                 continue
             r = two_level_bootstrap(d, cov, n_boot=2000, seed=4, alpha=alpha, method=method)
             assert (r.p < alpha) == (r.lo > 0 or r.hi < 0), (method, alpha, r)
@@ -339,17 +342,45 @@ def test_p_beats_is_a_probability_monotone_in_the_deltas():
         prev = r.p_beats
         low = two_level_bootstrap(d + shift, cov, n_boot=100, higher_is_better=False)
         assert low.p_beats == pytest.approx(1 - r.p_beats, abs=1e-12)  # direction flips it
-    ref = sps.norm.cdf(d / np.sqrt(np.diag(cov))).mean()
+    # Phi(mean / sqrt(s^2 + G)): one run's delta over seeds and test sets
+    g = (cov.sum() - np.trace(cov)) / 56
+    ref = sps.norm.cdf(d.mean() / np.sqrt(d.var(ddof=1) + g))
     assert two_level_bootstrap(d, cov, n_boot=100).p_beats == pytest.approx(ref, abs=1e-12)
-    # No row noise: each seed counts 1, 1/2 or 0.
-    assert two_level_bootstrap([0.01, 0.0, -0.01, 0.02], np.zeros((4, 4))).p_beats == 0.625
+    # No spread at either level: 1, 1/2 or 0 by the sign of the mean; one seed: the rows only.
+    assert two_level_bootstrap([0.01, 0.01], np.zeros((2, 2))).p_beats == 1.0
+    assert two_level_bootstrap([0.0, 0.0], np.zeros((2, 2))).p_beats == 0.5
+    one = two_level_bootstrap([0.002], [[0.001**2]], n_boot=100).p_beats
+    assert one == pytest.approx(sps.norm.cdf(2.0), abs=1e-12)
 
 
-def test_p_is_never_below_what_the_replicates_resolve():
-    far = two_level_bootstrap(np.full(8, 0.05) + np.arange(8) * 1e-4, np.eye(8) * 1e-8,
-                              n_boot=1000, margin=0.001)
+def test_p_beats_estimates_the_chance_a_run_beats_the_baseline_on_a_new_test_set():
+    """Simulated cells with known P(one run's delta > 0) over seeds AND test sets: the
+    estimate is centred on it, not pulled toward 0.5 by the test set's noise (the per-seed
+    average of the old estimate gave ~0.58 for a true 0.65)."""
+    rng = np.random.default_rng(15)
+    S, seed_sd, shared_sd, own_sd, mu = 8, 1.0, 1.0, 0.5, 0.55
+    truth = sps.norm.cdf(mu / np.sqrt(seed_sd**2 + shared_sd**2 + own_sd**2))  # ~0.65
+    cov = np.full((S, S), shared_sd**2) + np.eye(S) * own_sd**2
+    est = [two_level_bootstrap(mu + rng.normal(0, seed_sd, S) + rng.normal(0, shared_sd)
+                               + rng.normal(0, own_sd, S), cov, n_boot=10).p_beats
+           for _ in range(2000)]
+    assert abs(np.mean(est) - truth) < 0.03, (np.mean(est), truth)
+
+
+def test_p_beyond_the_replicates_is_the_t_models_not_a_floor():
+    """All replicates on one side of 0: p is the two-level t's (it used to be 1 / (n_boot +
+    1) whatever the effect, which Holm turned into false wins)."""
+    d = np.full(8, 0.05) + np.arange(8) * 1e-4
+    cov = np.eye(8) * 1e-8
+    far = two_level_bootstrap(d, cov, n_boot=1000, margin=0.001)
     assert far.lo > 0  # 0 lies beyond every replicate
-    assert far.p == 1 / 1001 and far.p_equivalent >= 1 / 1001
+    assert far.p == pytest.approx(two_level_ttest(d, cov).p, rel=1e-9)
+    assert far.p < 1e-9 and far.p_equivalent == 1.0
+    # a weak effect whose deltas all share a sign: the t's p, not 1 / 1001
+    weak = np.array([0.1, 0.3, 0.2, 0.05, 0.4, 0.15, 0.25, 0.35])
+    r = two_level_bootstrap(weak, np.zeros((8, 8)), n_boot=1000)
+    assert r.p == pytest.approx(two_level_ttest(weak, np.zeros((8, 8))).p, rel=1e-9)
+    assert r.p > 1 / 1001
 
 
 def test_tost_from_the_replicates():
@@ -368,8 +399,10 @@ def test_tost_from_the_replicates():
         d = rng.normal(center, 0.002, 8)
         p = two_level_bootstrap(d, cov, n_boot=3000, seed=2, margin=0.005).p_equivalent
         assert 0.0 <= p <= 1.0
+        level = twolevel._Level(np.sqrt(8 / 7), crossed(d, cov).nu)
         for alpha in (0.01, 0.05, 0.1, 0.25, 0.45, p * 0.98, p * 1.02):
-            if not 2 / 3000 < alpha < 0.5:  # above the replicates' resolution (as above)
+            # where the replicates resolve it (as above)
+            if not (level.tail(2 * alpha) * 3000 >= twolevel.RESOLVED and alpha < 0.5):
                 continue
             ci = two_level_bootstrap(d, cov, n_boot=3000, seed=2, alpha=2 * alpha)
             inside = -0.005 < ci.lo and ci.hi < 0.005

@@ -153,15 +153,57 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
                           f"finished under {out}; run the same command without --tables-only "
                           "to train them (or pass the --out of an earlier compare)")
     if train:  # --tables-only leaves the record of the compare that trained the runs
-        Store(out).write_compare(_record(grid, res, time.perf_counter() - t0))
+        Store(out).write_compare(_record(grid, res, time.perf_counter() - t0, cc.test_record()))
     if done:
         evaluate_extra_splits(done, cc.splits, data_dir, progress)
         _report(res, done, Store(out), cc, data_notes(manifests))
+        if not train and (Path(out) / Store.COMPARE).exists():  # the test its tables now use
+            store = Store(out)
+            store.write_compare(replace(store.read_compare(), test=cc.test_record()))
     else:
         from prlbench.report import clear_report
 
         res.removed = clear_report(out)
     return res
+
+
+def significance_plan(cc: CompareConfig, alpha: float = 0.05) -> tuple[str, list[str]]:
+    """Before training: what the chosen seeds, test and number of comparisons allow. Returns a
+    line (the test, the correction, the AUC table's comparisons and the smallest adjusted p
+    any cell can reach) and warnings (no cell can be significant, or equivalent)."""
+    from prlbench.metrics import table_metrics
+    from prlbench.report.analysis import (seeds_needed, smallest_adjusted_p,
+                                          smallest_equivalence_p)
+    from prlbench.report.table import CORRECTION_NAMES, TEST_NAMES
+
+    grid, n = cc.grid, len(cc.grid.seeds)
+    arms = len(grid.datasets) * len(grid.models) * (len(grid.losses) - 1)
+    k = arms * len(table_metrics("auc"))
+    test, corr = TEST_NAMES[cc.test], CORRECTION_NAMES[cc.correction]
+    if n < 2 or k == 0:
+        return "", []
+    head = f"significance: {test}, {corr} over the AUC table's {k} comparisons at {alpha:g}"
+    p_min = smallest_adjusted_p(cc.test, cc.correction, n, k)
+    warnings = []
+    if cc.test != "wilcoxon":
+        line = f"{head}; with {n} seeds p has no floor (the data set how small it gets)"
+    else:
+        line = (f"{head}; with {n} seeds the smallest adjusted p any cell can reach is "
+                f"{p_min:.3g}")
+        if p_min >= alpha:
+            warnings.append(f"with {n} seeds, Wilcoxon and {k} comparisons no cell can be "
+                            f"significant (smallest adjusted p {p_min:.3g} >= {alpha:g}); use "
+                            f"--seeds {seeds_needed(cc.correction, k, alpha)} or more, or the "
+                            "default --test twolevel")
+        if cc.equivalence and "auc" in cc.equivalence:
+            eq = smallest_equivalence_p(cc.test, cc.correction, n, k)
+            if eq >= alpha:
+                warnings.append(
+                    f"with {n} seeds the Wilcoxon equivalence test over {k} comparisons cannot "
+                    f"call any cell equivalent (smallest adjusted p {eq:.3g} >= {alpha:g}); "
+                    f"use --seeds {seeds_needed(cc.correction, k, alpha, equivalence=True)} or "
+                    "more, or the default --test twolevel")
+    return line, warnings
 
 
 def default_out() -> Path:
@@ -304,7 +346,7 @@ def _console():
     return Console(stderr=True)
 
 
-def _record(grid: Grid, res: CompareResult, seconds: float) -> CompareRecord:
+def _record(grid: Grid, res: CompareResult, seconds: float, test: dict) -> CompareRecord:
     runs = tuple(RunEntry(run_id=o.run_id, status=o.status, role=o.role, error=o.error,
                           best_val_score=o.best_val_score, seconds=o.seconds,
                           dataset=o.cfg.data.dataset, model=o.cfg.model.name,
@@ -314,7 +356,7 @@ def _record(grid: Grid, res: CompareResult, seconds: float) -> CompareRecord:
     return CompareRecord(datasets=grid.datasets, models=grid.models, losses=grid.losses,
                          seeds=grid.seeds, loss_grid=grid.loss_grid, base=grid.base.to_dict(),
                          train_grid=grid.train_grid, tune_seeds=grid.tune_seeds,
-                         seconds=seconds, runs=runs)
+                         seconds=seconds, runs=runs, test=test)
 
 
 class _Live:

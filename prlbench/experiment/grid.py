@@ -28,7 +28,7 @@ from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 from prlbench.registry import split_specs
 
-TESTS = ("wilcoxon", "ttest", "bootstrap")
+TESTS = ("twolevel", "wilcoxon", "ttest", "bootstrap")  # report.analysis.TESTS
 TEST_SPLITS = ("standard", "random", "both")
 CORRECTIONS = ("holm", "bh")
 EXECUTORS = ("local", "ray")
@@ -152,7 +152,7 @@ class CompareConfig:
 
     grid: Grid
     formats: tuple[str, ...] = ("md", "tex")  # the CSVs are always written
-    test: str = "wilcoxon"
+    test: str = "twolevel"
     correction: str = "holm"
     executor: str = "local"
     jobs: int | None = None
@@ -162,8 +162,9 @@ class CompareConfig:
     # Which test split the tables report: the data set's test split (standard), its
     # random-exposure split (random: KuaiRand-Pure's test_random), or both (two sets of tables).
     test_split: str = "standard"
-    # Equivalence margin (metric units): two one-sided tests; None: no equivalence test.
-    equivalence: float | None = None
+    # Equivalence margins per metric kind ({"auc": 0.002}, metric units; --equivalence, read by
+    # stats.parse_margins): two one-sided tests; None: no equivalence test.
+    equivalence: dict | None = None
     # Train runs that differ only in seed and loss as packed models (prlbench.engine.pack);
     # None: where it is faster (see `packs`).
     pack: bool | None = None
@@ -200,18 +201,17 @@ class CompareConfig:
                                          "ray_address", "tables_only", "test_split",
                                          "equivalence", "pack")
                    if flags.get(k) is not None}
+        if "equivalence" in options:
+            options["equivalence"] = margins(options["equivalence"])
         cc = cls(grid=grid, formats=parse_formats(_given(flags, "format")), **options)
         cc.check()
         grid.check()
         return cc
 
     def check(self) -> None:
-        margin = self.equivalence
+        margins(self.equivalence)
         checks = [(self.test in TESTS,
-                   f"--test must be wilcoxon, ttest or bootstrap, got {self.test!r}"),
-                  (margin is None or (margin > 0 and margin < float("inf")),
-                   f"--equivalence must be a margin > 0 in the metric's units (e.g. 0.001 for "
-                   f"0.1 AUC points), got {margin}"),
+                   f"--test must be {', '.join(TESTS[:-1])} or {TESTS[-1]}, got {self.test!r}"),
                   (self.test_split in TEST_SPLITS, "--test-split must be standard, random or "
                    f"both, got {self.test_split!r}"),
                   (self.correction in CORRECTIONS,
@@ -229,6 +229,22 @@ class CompareConfig:
     def stats_options(self) -> dict:
         return {"test": self.test, "correction": self.correction,
                 "equivalence": self.equivalence}
+
+    def test_record(self, alpha: float = 0.05) -> dict:
+        """compare.json's `test`: how the tables' markers were decided."""
+        return {"name": self.test, "correction": self.correction, "alpha": alpha,
+                "equivalence": margins(self.equivalence)}
+
+
+def margins(value) -> dict | None:
+    """--equivalence as margins per metric kind (stats.parse_margins), a ConfigError if bad."""
+    from prlbench.errors import DataError
+    from prlbench.stats import parse_margins
+
+    try:
+        return parse_margins(value)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,

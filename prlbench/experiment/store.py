@@ -165,7 +165,7 @@ class RunEntry:
 @dataclass(frozen=True)
 class CompareRecord:
     """compare.json: the grid, the settings every run shares and every run's outcome. Written
-    when the grid ends (Ctrl-C leaves the previous one); --tables-only leaves it alone."""
+    when the grid ends (Ctrl-C leaves the previous one); --tables-only updates only `test`."""
 
     datasets: tuple = _doc("the grid's data sets")
     models: tuple = _doc("its models")
@@ -181,6 +181,10 @@ class CompareRecord:
     tune_seeds: tuple = _doc("the seeds candidate settings are chosen on (mean validation "
                              "score), disjoint from seeds; used only where an arm has candidates",
                              default=())
+    test: dict = _doc("how the tables' markers were decided: name (the test: twolevel, wilcoxon, "
+                      "ttest or bootstrap), correction (holm or bh), alpha, equivalence (the "
+                      "margins per metric kind, or null); --tables-only updates it",
+                      default_factory=dict)
     schema: int = _doc("the version of this record", default=SCHEMA)
 
 

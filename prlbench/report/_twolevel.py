@@ -1,4 +1,5 @@
-"""The two-level bootstrap of each cell's delta: seeds and test rows resampled together.
+"""The crossed seeds x test-rows model of each cell's delta: its two-level t-test and its
+two-level bootstrap CI (seeds resampled, plus the test-set noise they share).
 
 Every run of a data set wrote its test predictions in the same row order, so the baseline's and
 an arm's scores of one seed are paired row by row (checked on the labels), and one resample of
@@ -23,7 +24,8 @@ from prlbench.metrics import METRICS, lower_is_better
 from prlbench.stats import twolevel
 
 # The columns this adds to the cells frame.
-COLUMNS = ["boot_lo", "boot_hi", "boot_p", "boot_eq_p", "p_beats", "row_share", "boot_seeds"]
+COLUMNS = ["boot_lo", "boot_hi", "boot_p", "boot_eq_p", "p_beats", "row_share", "boot_seeds",
+           "seed_var", "shared_var", "twolevel_t", "twolevel_df", "twolevel_p", "twolevel_eq_p"]
 
 
 def metric_spec(name: str):
@@ -41,8 +43,10 @@ def metric_spec(name: str):
 
 
 def per_cell(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...], *, n_boot: int,
-             seed: int, alpha: float, margin: float | None, warnings: list[str]) -> list[dict]:
-    """Rows (KEYS + COLUMNS) for every non-baseline arm x metric of one (data set, model)."""
+             seed: int, alpha: float, margins: dict[str, float], warnings: list[str]) -> list[dict]:
+    """Rows (KEYS + COLUMNS) for every non-baseline arm x metric of one (data set, model):
+    the two-level bootstrap CI and p, and the crossed model's two-level t-test (its s^2 / S in
+    seed_var, its G in shared_var); `margins`: the equivalence margin per metric kind."""
     from prlbench.report._delong import check_aligned, read_predictions
 
     metrics = tuple(m for m in metrics if metric_spec(m) is not None)
@@ -92,15 +96,21 @@ def per_cell(group: pd.DataFrame, baseline: str, metrics: tuple[str, ...], *, n_
                 phis.append(sd.phi)
             if deltas is None:
                 continue  # the missing file was named in the warnings
+            cov = twolevel.row_covariance(phis)
+            margin = margins.get(METRICS.get(metric).kind)
             res = twolevel.two_level_bootstrap(
-                np.asarray(deltas), twolevel.row_covariance(phis),
-                higher_is_better=not lower_is_better(metric), n_boot=n_boot, seed=seed,
-                alpha=alpha, margin=margin)
+                np.asarray(deltas), cov, higher_is_better=not lower_is_better(metric),
+                n_boot=n_boot, seed=seed, alpha=alpha, margin=margin)
+            model = stats.crossed(deltas, cov)
+            t = stats.two_level_ttest(deltas, cov)
+            eq = stats.two_level_tost(deltas, cov, margin).p if margin else float("nan")
             out.append({"dataset": group["dataset"].iloc[0], "model": group["model"].iloc[0],
                         "metric": metric, "arm": arm, "boot_lo": res.lo, "boot_hi": res.hi,
                         "boot_p": res.p, "boot_eq_p": res.p_equivalent,
                         "p_beats": res.p_beats, "row_share": res.row_share,
-                        "boot_seeds": len(seeds)})
+                        "boot_seeds": len(seeds), "seed_var": model.var_seeds,
+                        "shared_var": model.shared, "twolevel_t": t.statistic,
+                        "twolevel_df": t.df, "twolevel_p": t.p, "twolevel_eq_p": eq})
     return out
 
 

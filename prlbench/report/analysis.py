@@ -4,18 +4,21 @@
 (config.BASELINE, `bce`) by seed and computes, per (data set, model, metric, arm): mean and std
 over seeds, the mean paired delta with a bootstrap CI over the per-seed deltas, RelaImpr, the
 paired t-test and Wilcoxon signed-rank test over seeds, DeLong's test on each seed's test
-predictions, a two-level bootstrap of the delta that resamples seeds and test rows (the CI the
-tables show where the predictions are there; prlbench.stats.twolevel), and the chosen test's p
-value adjusted (Holm or Benjamini-Hochberg) over every comparison of its table: the AUC metrics
-form one family, the loglosses another, each over all data sets x models x arms (the tables and
-their metrics: prlbench.metrics). A cell is a win / loss when it is significant and better /
+predictions, the crossed seeds x test-rows model of the delta (prlbench.stats.crossed: its
+two-level t-test, the default marker test, and the two-level bootstrap CI the tables show where
+the predictions are there), and the chosen test's p value adjusted (Holm or Benjamini-Hochberg)
+over every comparison of its table: the AUC metrics form one family, the loglosses another, each
+over all data sets x models x arms (the tables and their metrics: prlbench.metrics). A cell is a win / loss when it is significant and better /
 worse, "equivalent" when it is not and the equivalence test (two one-sided tests against a
 margin the user gives, corrected the same way) says it lies within the margin, and "n.s." (not
 significant) otherwise: a difference the test cannot see is not thereby absent.
 
-Why seeds and not DeLong decide significance: DeLong's test treats the trained model as fixed, so
-with millions of test rows it calls a 0.0001 AUC difference significant while a second seed of the
-same arm moves the AUC by more. The seed-level test includes training randomness.
+Why the two-level t and not DeLong or a test over seeds alone decides significance: DeLong's
+test treats the trained model as fixed, so with millions of test rows it calls a 0.0001 AUC
+difference significant while a second seed of the same arm moves the AUC by more; a test over
+seeds alone (Wilcoxon, paired t) holds the one test set all seeds share fixed, so when that set's
+noise is a large part of the variance it rejects a true null far more often than its nominal rate.
+The two-level t counts both, as the CI does.
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ from prlbench.errors import DataError
 from prlbench.metrics import METRICS, REPORTED, family, is_auc, lower_is_better
 from prlbench.report import _delong, _twolevel
 
-TESTS = ("wilcoxon", "ttest", "bootstrap")
+TESTS = ("twolevel", "wilcoxon", "ttest", "bootstrap")
+DEFAULT_TEST = "twolevel"
+# The cells column holding each test's p value, and its equivalence (TOST) p value.
+TEST_P = {"twolevel": "twolevel_p", "wilcoxon": "wilcoxon_p", "ttest": "ttest_p",
+          "bootstrap": "boot_p"}
+TEST_EQ_P = {"twolevel": "twolevel_eq_p", "bootstrap": "boot_eq_p"}
+# Tests over seeds alone, conditional on the test set; the report warns where the shared
+# test-set noise G is at least this share of the crossed variance s^2/S + G: there their size
+# is above ~6 % at a nominal 5 % (8 seeds, normal deltas; docs/statistics.md).
+SEED_ONLY_TESTS = ("wilcoxon", "ttest")
+SHARED_SHARE_WARN = 0.1
 CORRECTIONS = {"holm": stats.holm, "bh": stats.benjamini_hochberg}
 BOOT_SEED = 0  # the bootstrap's RNG seed: fixed, so a cell's CI never depends on the others
 KEYS = ["dataset", "model", "metric", "arm"]
@@ -177,8 +190,9 @@ class Summary:
     # Per data set, how its labels and test split were made where its cache says so (KuaiRand:
     # which deeper label is the conversion); compare fills it in from the manifests.
     data_notes: dict = field(default_factory=dict)
-    # The equivalence margin (metric units) of the two one-sided tests; None: none asked for.
-    equivalence: float | None = None
+    # The equivalence margins per metric kind ({"auc": 0.002}; metric units) of the two
+    # one-sided tests; None: none asked for. A kind without a margin is not tested.
+    equivalence: dict[str, float] | None = None
 
     @property
     def n_seeds(self) -> int:
@@ -214,21 +228,20 @@ class Summary:
 
 
 def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
-              metrics: tuple[str, ...] = REPORTED, test: str = "wilcoxon",
+              metrics: tuple[str, ...] = REPORTED, test: str = DEFAULT_TEST,
               correction: str = "holm", alpha: float = 0.05, n_boot: int = 10000,
               delong: bool = True, two_level: bool = True,
-              equivalence: float | None = None) -> Summary:
+              equivalence: float | str | dict | None = None) -> Summary:
     """Pair every arm with `baseline` by seed and compute each cell's statistics (see module doc).
 
     The bootstraps use the fixed seed BOOT_SEED. `delong=False` skips DeLong's test and
-    `two_level=False` the two-level bootstrap (both read the predictions); --test bootstrap
-    needs the two-level bootstrap. `equivalence`: the margin of the two one-sided tests.
+    `two_level=False` the two-level statistics (both read the predictions); the tests
+    "twolevel" and "bootstrap" need them. `equivalence`: the margins of the two one-sided
+    tests per metric kind (stats.parse_margins: a number is the AUC margin).
     """
     _check_options(test, correction, alpha)
-    if equivalence is not None and not 0 < equivalence < float("inf"):
-        raise DataError(f"the equivalence margin must be > 0 (metric units, e.g. 0.001), got "
-                        f"{equivalence}")
-    two_level = two_level or test == "bootstrap"
+    equivalence = stats.parse_margins(equivalence)
+    two_level = two_level or test in ("twolevel", "bootstrap")
     runs = _without_capped_cvr_logloss(runs)
     warnings: list[str] = []
     metrics = _available(runs, tuple(metrics), warnings)
@@ -245,7 +258,8 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
             delong_rows += _delong.per_seed(group, baseline, metrics, warnings)
         if two_level and not base.empty:
             boot_rows += _twolevel.per_cell(group, baseline, metrics, n_boot=n_boot,
-                                            seed=BOOT_SEED, alpha=alpha, margin=equivalence,
+                                            seed=BOOT_SEED, alpha=alpha,
+                                            margins=equivalence or {},
                                             warnings=warnings)
     cells = pd.DataFrame(rows)
     # A grid where only the baseline finished has no paired rows: add their columns, empty.
@@ -261,9 +275,9 @@ def summarise(runs: pd.DataFrame, *, baseline: str = BASELINE,
     for col in ("n", "n_pairs", "delong_n", "delong_sig"):  # counts: integers, NA where none
         cells[col] = cells[col].astype("Int64")
     seeds = sorted(int(s) for s in runs["seed"].unique())
-    warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, seeds, test, correction,
-                                                                  alpha)
-    warnings += (_undefined_test_warnings(cells, test) + _thread_warnings(runs)
+    warnings += _pairing_warnings(cells, seeds) + _power_warnings(cells, test, correction, alpha)
+    warnings += (_undefined_test_warnings(cells, test) + _untested_warnings(cells, test)
+                 + _seed_only_warnings(cells, test) + _thread_warnings(runs)
                  + _pack_warnings(runs))
     warnings = list(dict.fromkeys(warnings))  # a missing file is met by DeLong and bootstrap
     return Summary(cells=cells, runs=runs.copy(), delong=dl, baseline=baseline,
@@ -370,27 +384,32 @@ def _add_two_level(cells: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
     return cells
 
 
-def _add_equivalence(cells: pd.DataFrame, test: str, margin: float | None) -> pd.DataFrame:
-    """eq_p: the equivalence test's p (two one-sided tests against +-margin) of the chosen
-    test: paired t or Wilcoxon over the per-seed deltas, or the two-level bootstrap's."""
+def _add_equivalence(cells: pd.DataFrame, test: str,
+                     margins: dict[str, float] | None) -> pd.DataFrame:
+    """eq_p: the equivalence test's p (two one-sided tests against +-margin, the margin of the
+    cell's metric kind) with the chosen test: the two-level t or bootstrap (computed with the
+    two-level statistics), or paired t / Wilcoxon over the per-seed deltas."""
     cells = cells.copy()
     cells["eq_p"] = np.nan
-    if margin is None:
+    cells["margin"] = np.nan
+    if not margins:
         return cells
-    if test == "bootstrap":
-        cells["eq_p"] = cells["boot_eq_p"]
+    kinds = cells["metric"].map(lambda m: METRICS.get(m).kind)
+    cells["margin"] = kinds.map(margins).astype(float).where(~cells["is_baseline"])
+    if test in TEST_EQ_P:
+        cells["eq_p"] = cells[TEST_EQ_P[test]].where(cells["margin"].notna())
         return cells
     tost = {"ttest": stats.tost_ttest, "wilcoxon": stats.tost_wilcoxon}[test]
-    for idx, r in cells[~cells["is_baseline"]].iterrows():
+    for idx, r in cells[cells["margin"].notna()].iterrows():
         d = r["_deltas"]
         if isinstance(d, np.ndarray) and len(d) >= 2:
-            cells.at[idx, "eq_p"] = tost(d, margin).p
+            cells.at[idx, "eq_p"] = tost(d, r["margin"]).p
     return cells
 
 
 def _decide(cells: pd.DataFrame, test: str, correction: str, alpha: float) -> pd.DataFrame:
     cells = cells.copy()
-    cells["p"] = cells["boot_p" if test == "bootstrap" else f"{test}_p"]
+    cells["p"] = cells[TEST_P[test]]
     cells.loc[cells["is_baseline"], "p"] = np.nan
     # Corrected within each table: all data sets x models x arms x metrics of that table; the
     # equivalence tests likewise, as a family of their own.
@@ -463,36 +482,109 @@ def _undefined_test_warnings(cells: pd.DataFrame, test: str) -> list[str]:
     """The t-test is undefined when every seed's difference is the same (zero variance)."""
     c = cells[~cells["is_baseline"] & (cells["n_pairs"] >= 2) & cells["p"].isna()
               & (cells["delta_mean"] != 0)]
-    if test != "ttest" or c.empty:
+    if test == "twolevel":  # not the cells without predictions (_untested_warnings)
+        c = c[c["seed_var"].notna()]
+    if test not in ("ttest", "twolevel") or c.empty:
         return []
     where = ", ".join(f"{r.dataset}/{r.model}/{r.arm}/{r.metric}" for r in c.head(3).itertuples())
     more = f" and {len(c) - 3} more" if len(c) > 3 else ""
     return [f"t-test undefined for {len(c)} cell(s) ({where}{more}): every seed's difference "
-            "was the same (zero variance, as AUCs on few positives move in steps); they are "
-            "left untested; use more seeds or --test wilcoxon"]
+            "was the same (zero variance, as AUCs on few positives move in steps) and the test "
+            "rows added no variance; they are left untested; use more seeds or --test wilcoxon"]
 
 
-def _power_warnings(cells: pd.DataFrame, seeds: list[int], test: str, correction: str,
+def smallest_adjusted_p(test: str, correction: str, n_seeds: int, k: int) -> float:
+    """The smallest adjusted p any cell can reach with `n_seeds` paired seeds and `k`
+    comparisons in its family, whatever the data: Wilcoxon's exact p is at least 2 / 2**n,
+    times k under Holm (under BH k equal smallest p stay themselves); the t-tests (paired,
+    two-level) and the bootstrap (its tail is the two-level t's) have no floor: 0."""
+    if test != "wilcoxon":
+        return 0.0
+    p_min = stats.min_wilcoxon_p(n_seeds)
+    return min(1.0, (k if correction == "holm" else 1) * p_min)
+
+
+def smallest_equivalence_p(test: str, correction: str, n_seeds: int, k: int) -> float:
+    """The same for the equivalence family: the one-sided exact Wilcoxon p is at least
+    1 / 2**n (0 for the t and bootstrap forms)."""
+    if test != "wilcoxon":
+        return 0.0
+    return min(1.0, (k if correction == "holm" else 1) / 2.0 ** int(n_seeds))
+
+
+def seeds_needed(correction: str, k: int, alpha: float, *, equivalence: bool = False) -> int:
+    """Wilcoxon: the fewest seeds whose smallest adjusted p is below alpha."""
+    factor = (k if correction == "holm" else 1) * (1 if equivalence else 2)
+    return int(np.floor(np.log2(factor / alpha))) + 1
+
+
+def _power_warnings(cells: pd.DataFrame, test: str, correction: str,
                     alpha: float) -> list[str]:
-    """Say when the design cannot reach significance at all, whatever the data."""
+    """Say when the design cannot reach significance (or equivalence) at all, whatever the
+    data (Wilcoxon only: the t-tests and the bootstrap have no floor)."""
     tested = cells.dropna(subset=["p"])
     if test != "wilcoxon" or tested.empty:
         return []
     n = int(tested["n_pairs"].max())
-    p_min = stats.min_wilcoxon_p(n)
     k = int(tested.groupby(tested["metric"].map(family)).size().max())
-    # seeds needed: 2 / 2**n < alpha, times K under Holm (K = 1 otherwise)
-    need = int(np.floor(np.log2(2 * (k if correction == "holm" else 1) / alpha))) + 1
+    out = []
+    p_min, adj = stats.min_wilcoxon_p(n), smallest_adjusted_p(test, correction, n, k)
+    need = seeds_needed(correction, k, alpha)
     if p_min >= alpha:
-        return [f"Wilcoxon with n={n} seeds cannot reach p < {alpha:g}: the smallest possible "
-                f"p is {p_min:.4g}; use {need} seeds or more (with this table's "
-                f"{correction} correction) or --test ttest"]
-    if correction == "holm" and k * p_min >= alpha:
-        return [f"Wilcoxon with n={n} seeds and Holm over {k} comparisons cannot reach "
-                f"significance: the smallest possible adjusted p is min(1, {k} x {p_min:.4g}) = "
-                f"{min(1.0, k * p_min):.4g}; use {need} seeds or more, fewer metrics or arms, "
-                "--test ttest, or --correction bh (which needs many small p values)"]
-    return []
+        out.append(f"Wilcoxon with n={n} seeds cannot reach p < {alpha:g}: the smallest "
+                   f"possible p is {p_min:.4g}; use {need} seeds or more (with this table's "
+                   f"{correction} correction) or the default --test twolevel")
+    elif adj >= alpha:
+        out.append(f"Wilcoxon with n={n} seeds and Holm over {k} comparisons cannot reach "
+                   f"significance: the smallest possible adjusted p is min(1, {k} x "
+                   f"{p_min:.4g}) = {adj:.4g}; use {need} seeds or more, fewer metrics or arms, "
+                   "the default --test twolevel, or --correction bh (which needs many small p "
+                   "values)")
+    eq = cells.dropna(subset=["margin"]) if "margin" in cells else cells.iloc[:0]
+    if len(eq):
+        k_eq = int(eq.groupby(eq["metric"].map(family)).size().max())
+        eq_min = smallest_equivalence_p(test, correction, n, k_eq)
+        if eq_min >= alpha:
+            out.append(f"the Wilcoxon equivalence test (TOST) with n={n} seeds over {k_eq} "
+                       f"comparisons cannot reach {alpha:g}: its smallest possible adjusted p "
+                       f"is {eq_min:.4g}, so no cell can be called equivalent; use "
+                       f"{seeds_needed(correction, k_eq, alpha, equivalence=True)} seeds or "
+                       "more, or the default --test twolevel")
+    return out
+
+
+def _untested_warnings(cells: pd.DataFrame, test: str) -> list[str]:
+    """The two-level tests need each run's predictions: name the cells left without them."""
+    if test not in ("twolevel", "bootstrap"):
+        return []
+    c = cells[~cells["is_baseline"] & (cells["n_pairs"] >= 2) & cells["seed_var"].isna()]
+    if c.empty:
+        return []
+    where = ", ".join(f"{r.dataset}/{r.model}/{r.arm}/{r.metric}" for r in c.head(3).itertuples())
+    more = f" and {len(c) - 3} more" if len(c) > 3 else ""
+    return [f"no two-level test for {len(c)} cell(s) ({where}{more}): it needs every paired "
+            "run's predictions.parquet (see the warnings above); they are left untested. "
+            "Re-evaluate the runs (prlbench evaluate RUN_DIR), or choose --test ttest / "
+            "wilcoxon, which hold the test set fixed"]
+
+
+def _seed_only_warnings(cells: pd.DataFrame, test: str) -> list[str]:
+    """A test over seeds alone where the test set's shared noise is a large part of the
+    variance: it answers "on this test set" and rejects a true null too often."""
+    if test not in SEED_ONLY_TESTS or "shared_var" not in cells:
+        return []
+    total = cells["seed_var"] + cells["shared_var"]
+    share = (cells["shared_var"] / total.where(total > 0)).where(~cells["is_baseline"])
+    c = cells[share >= SHARED_SHARE_WARN]
+    if c.empty:
+        return []
+    worst = c.loc[share[c.index].idxmax()]
+    return [f"--test {test} holds the test set fixed, but in {len(c)} cell(s) the noise that "
+            f"test set shares across seeds is {SHARED_SHARE_WARN:.0%} or more of the variance "
+            f"of the mean delta (up to {share.max():.0%}: {worst['dataset']}/{worst['model']}/"
+            f"{worst['arm']}/{worst['metric']}); there its markers say 'on this test set' and "
+            "reject a true null more often than the nominal rate. The default --test twolevel "
+            "counts that noise"]
 
 
 def _settings(runs: pd.DataFrame) -> dict[str, dict[str, list]]:

@@ -13,9 +13,10 @@ CELL_COLUMNS = [
     "dataset", "model", "metric", "arm", "loss", "is_baseline", "params", "lr", "weight_decay",
     "n", "mean", "std", "seeds", "n_pairs", "paired_seeds", "mean_paired", "base_mean_paired",
     "delta_mean", "delta_lo", "delta_hi", "ci", "seed_lo", "seed_hi", "boot_lo", "boot_hi",
-    "boot_seeds", "row_share", "p_beats", "relaimpr", "ttest_t", "ttest_p", "wilcoxon_w",
-    "wilcoxon_p", "boot_p", "p", "p_adj", "significant", "better", "eq_p", "boot_eq_p",
-    "eq_p_adj", "equivalent", "outcome", "delong_n", "delong_sig", "delong_median_p",
+    "boot_seeds", "seed_var", "shared_var", "row_share", "p_beats", "relaimpr", "twolevel_t",
+    "twolevel_df", "twolevel_p", "ttest_t", "ttest_p", "wilcoxon_w", "wilcoxon_p", "boot_p", "p",
+    "p_adj", "significant", "better", "margin", "eq_p", "twolevel_eq_p", "boot_eq_p", "eq_p_adj",
+    "equivalent", "outcome", "delong_n", "delong_sig", "delong_median_p",
     "delong_p",
 ]
 

@@ -17,8 +17,15 @@ DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown tie
 PARAM_ORDER = ("lam", "alpha", "m1", "m2", "phi", "score", "head", "norm", "temperature")
 PARAM_NAMES = {"lam": "λ", "phi": "φ", "score": "s", "alpha": "α", "temperature": "T"}
 VALUE_NAMES = {"squared_hinge": "squared hinge", "prob": "probability"}
-TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test",
-              "bootstrap": "two-level bootstrap"}
+TEST_NAMES = {"twolevel": "two-level t-test", "wilcoxon": "Wilcoxon signed-rank",
+              "ttest": "paired t-test", "bootstrap": "two-level bootstrap"}
+# What each test holds fixed or counts, after its name in the caption.
+TEST_HOW = {
+    "twolevel": "(t = Δ̄ / √(s²/S + G) on Satterthwaite's df: the CI's model, seeds and test set)",
+    "bootstrap": "(from the CI's replicates, the two-level t beyond what they resolve)",
+    "wilcoxon": "over seeds, conditional on this test set (its noise is not counted)",
+    "ttest": "over seeds, conditional on this test set (its noise is not counted)",
+}
 CORRECTION_NAMES = {"holm": "Holm correction", "bh": "Benjamini-Hochberg correction"}
 
 
@@ -61,7 +68,7 @@ class Table:
     baseline: str
     wtl: tuple[tuple, ...]  # (arm, metric, wins, n.s., losses, equivalent, untested)
     notes: tuple[str, ...]  # the summary's warnings
-    equivalence: float | None = None  # the equivalence margin, if one was tested
+    equivalence: dict | None = None  # the equivalence margins per metric kind, if tested
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -87,7 +94,8 @@ def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
     return Table(kind=kind, metrics=tuple(metrics), rows=tuple(rows),
                  caption=caption(summary, metrics, kind), label=f"tab:prlbench-{kind}",
                  baseline=summary.baseline, wtl=tuple(wtl.itertuples(index=False, name=None)),
-                 notes=tuple(summary.warnings), equivalence=summary.equivalence)
+                 notes=tuple(summary.warnings),
+                 equivalence=_table_margins(summary, metrics) or None)
 
 
 def _best_flags(cells) -> set:
@@ -167,18 +175,19 @@ def _ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
     compared cell has it, else seed-only, or a mix (each cell's `ci` in cells.csv)."""
     conf = f"{(1 - summary.alpha) * 100:g} %"
     kind = ci_kind(summary, metrics)
-    common = (f"expanded percentile, {summary.n_boot:,} resamples; not corrected for multiple "
-              "comparisons")
+    common = f"expanded percentile, {summary.n_boot:,} resamples"
     if kind == "two-level":
-        return (f"{conf} two-level bootstrap CI (seeds and test rows resampled together, one "
-                f"row resample shared by both losses, as they share the test set; {common}; "
-                f"the seed-only CI is in {_cells(summary)})")
+        return (f"{conf} two-level CI: the crossed seeds × test-rows model, variance s²/S + G "
+                "(s²: the seeds' variance of Δ; G: the test-set noise all seeds share, from each "
+                f"test row's influence on both losses' metric), drawn as {summary.n_boot:,} seed "
+                "resamples plus a normal test-set term (expanded percentile interval on "
+                f"Satterthwaite's df; the seed-only CI is in {_cells(summary)})")
     if kind == "seeds":
         return (f"{conf} bootstrap CI of the per-seed differences ({common}; the test rows "
                 "held fixed)")
-    return (f"{conf} two-level bootstrap CI (seeds and test rows resampled) where the "
-            f"predictions were there, over seeds only elsewhere (each cell's ci in "
-            f"{_cells(summary)}; {common})")
+    return (f"{conf} two-level CI (seeds × test rows, crossed model) where the predictions "
+            f"were there, over seeds only elsewhere (each cell's ci in {_cells(summary)}; "
+            f"{common})")
 
 
 def ci_kind(summary: Summary, metrics: tuple[str, ...] | None = None) -> str:
@@ -303,22 +312,56 @@ def _test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
     family = " × ".join(_count(c[col].nunique(), word) for col, word in (
         ("dataset", "data set"), ("model", "model"), ("metric", "metric"), ("arm", "loss")))
     full = np.prod([c[x].nunique() for x in ("dataset", "model", "metric", "arm")]) == k
-    over = ("(seeds and test rows resampled)" if summary.test == "bootstrap"
-            else "over seeds")
+    correction = CORRECTION_NAMES[summary.correction]
     text = (f"↑* / ↓*: better / worse than {base} with {TEST_NAMES[summary.test]} p < "
-            f"{summary.alpha:g} {over} after {CORRECTION_NAMES[summary.correction]} over all "
-            f"{k} comparisons of this table" + (f" ({family})." if full else "."))
-    if summary.equivalence is not None:
-        text += (f" ≈: equivalent, i.e. not significant and within ±{summary.equivalence:g} by "
-                 f"two one-sided {TEST_NAMES[summary.test]} tests (p < {summary.alpha:g} after "
-                 f"the same correction); n.s.: neither.")
+            f"{summary.alpha:g} {_test_how(summary, metrics)} after {correction} over all {k} "
+            f"comparisons of this table" + (f" ({family})." if full else "."))
+    if _has_ci(c):
+        text += (f" The CIs are per cell and unadjusted, the markers {correction.split()[0]}-"
+                 "adjusted: a CI that excludes 0 without a marker is significant only before "
+                 "correction.")
+    margins = _table_margins(summary, metrics)
+    if margins:
+        shown = ", ".join(f"±{v:g} ({k.replace('auc', 'AUC')})" for k, v in margins.items())
+        text += (f" ≈: equivalent, i.e. not significant and within {shown} by two one-sided "
+                 f"{TEST_NAMES[summary.test]} tests (p < {summary.alpha:g} after the same "
+                 "correction, in a family of its own: each family controls its own error at "
+                 f"{summary.alpha:g}, so the table's claims of both kinds together err with "
+                 f"probability at most {2 * summary.alpha:g}); n.s.: neither.")
+        untested = _kinds(metrics) - set(margins)
+        if untested:
+            text += (f" No {'/'.join(sorted(untested))} margin was given: those cells are not "
+                     "tested for equivalence.")
     else:
         text += " n.s.: not significant, which is not evidence of no difference."
     if "p_beats" in c and c["p_beats"].notna().any():
-        text += (f" P(a run beats {base}), per cell in {_cells(summary)} (p_beats): the "
-                 "probability that one run of the loss beats the same seed's run of "
-                 f"{base} on a resampled test set.")
+        text += (f" P(a run beats {base}) (p_beats in {_cells(summary)}): Φ(Δ̄ / √(s² + G)), the "
+                 f"chance that a run of the loss beats {base}'s run of the same seed on a new "
+                 "test set under the CI's model (Bouthillier et al.'s P(A > B)).")
     return text
+
+
+def _test_how(summary: Summary, metrics: tuple[str, ...]) -> str:
+    how = TEST_HOW[summary.test]
+    if summary.test in ("wilcoxon", "ttest") and ci_kind(summary, metrics) != "seeds":
+        how = how[:-1] + ", though the CI counts it)"
+    return how
+
+
+def _has_ci(c) -> bool:
+    return "delta_lo" in c and c["delta_lo"].notna().any()
+
+
+def _kinds(metrics: tuple[str, ...]) -> set[str]:
+    return {METRICS.get(m).kind for m in metrics if m in METRICS} & {"auc", "logloss"}
+
+
+def _table_margins(summary: Summary, metrics: tuple[str, ...]) -> dict[str, float]:
+    """The equivalence margins that apply to this table's metrics, by kind."""
+    if not summary.equivalence:
+        return {}
+    kinds = _kinds(metrics)
+    return {k: v for k, v in summary.equivalence.items() if k in kinds}
 
 
 def _count(n: int, word: str) -> str:
@@ -479,9 +522,11 @@ def wtl_caption(table: Table) -> str:
     text = (f"Wins / n.s. / losses against {base} over data sets and models: significantly "
             f"better / not significant / significantly worse (the test and correction of the "
             f"table above).")
-    if table.equivalence is not None:
-        text += (f" Equivalent: not significant, and within ±{table.equivalence:g} by the "
-                 "equivalence test (counted in n.s. too).")
+    if table.equivalence:
+        shown = ", ".join(f"±{v:g} ({k.replace('auc', 'AUC')})"
+                          for k, v in table.equivalence.items())
+        text += (f" Equivalent: not significant, and within {shown} by the equivalence test "
+                 "(counted in n.s. too).")
     else:
         text += (" n.s. does not mean equal: no equivalence test was asked for "
                  "(--equivalence MARGIN).")

@@ -84,3 +84,71 @@ def _check(d, margin, name: str) -> np.ndarray:
         raise DataError(f"{name}: d contains NaN; drop the failed runs first")
     _checks.margin(margin, name)
     return d
+
+
+# ------------------------------------------------------------------------------ margins
+# The metric kinds an equivalence margin can be given for, and the largest margin accepted for
+# each: an equivalence margin is the smallest difference that would matter, and the gains the
+# multi-task literature reports are a few thousandths of AUC (and of logloss); a margin above
+# 0.02 would call differences "equivalent" that papers report as gains (at a margin of 1, any
+# non-significant cell would pass).
+MARGIN_KINDS = ("auc", "logloss")
+MAX_MARGIN = {"auc": 0.02, "logloss": 0.02}
+
+
+def parse_margins(value) -> dict[str, float] | None:
+    """Equivalence margins per metric kind from --equivalence: None (no test); a number, or
+    text holding one ("0.002": the AUC margin; loglosses are not tested, an AUC margin does not
+    apply to them); "auc=0.002,logloss=0.0005"; or a dict {kind: margin}. Each margin must be
+    finite, > 0 and at most MAX_MARGIN of its kind; anything else raises DataError saying why.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [("auc", value)]
+    else:
+        text = str(value).strip()
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise DataError("--equivalence is empty: give an AUC margin (0.002) or margins per "
+                            "metric kind (auc=0.002,logloss=0.0005)")
+        items = []
+        for part in parts:
+            kind, sep, number = part.partition("=")
+            if not sep:
+                kind, number = "auc", part
+                if len(parts) > 1:
+                    raise DataError(f"--equivalence {text!r}: with several margins name each "
+                                    "kind, as in auc=0.002,logloss=0.0005")
+            items.append((kind.strip(), number.strip()))
+    margins: dict[str, float] = {}
+    for kind, number in items:
+        if kind not in MARGIN_KINDS:
+            raise DataError(f"--equivalence: unknown metric kind {kind!r}; margins are given "
+                            f"per kind: {', '.join(MARGIN_KINDS)} (auc=0.002,logloss=0.0005)")
+        if kind in margins:
+            raise DataError(f"--equivalence: the {kind} margin is given twice")
+        try:
+            m = float(number)
+        except (TypeError, ValueError):
+            raise DataError(f"--equivalence: the {kind} margin {number!r} is not a number "
+                            "(e.g. 0.002 AUC points)") from None
+        if not (np.isfinite(m) and m > 0):
+            raise DataError(f"--equivalence: the {kind} margin must be a finite number > 0 in "
+                            f"the metric's units (e.g. 0.002); got {number!r}")
+        if m > MAX_MARGIN[kind]:
+            raise DataError(
+                f"--equivalence: an {kind} margin of {m:g} is above the bound "
+                f"{MAX_MARGIN[kind]:g}: an equivalence margin is the smallest difference that "
+                "matters, and multi-task papers report gains of a few thousandths, so such a "
+                "margin would call reported gains 'equivalent'. Choose it before looking at "
+                "the results (e.g. 0.001-0.005)")
+        margins[kind] = m
+    return margins
+
+
+def margins_text(margins: dict[str, float]) -> str:
+    """{"auc": 0.002, "logloss": 0.001} -> "auc=0.002,logloss=0.001" (parse_margins reads it)."""
+    return ",".join(f"{k}={margins[k]:g}" for k in MARGIN_KINDS if k in margins)

@@ -12,12 +12,14 @@ from prlbench.stats import _checks
 
 @dataclass(frozen=True)
 class TestResult:
-    """A test statistic and its two-sided p value."""
+    """A test statistic, its p value (two-sided for a difference; for an equivalence test the
+    larger one-sided p) and, for the t-tests, the degrees of freedom (nan otherwise)."""
 
     __test__ = False  # not a pytest test class, despite the name
 
     statistic: float
     p: float
+    df: float = float("nan")
 
 
 def paired_ttest(a, b) -> TestResult:
@@ -40,7 +42,7 @@ def paired_ttest(a, b) -> TestResult:
             return TestResult(0.0, 1.0)
         return TestResult(float(np.copysign(np.inf, d.mean())), float("nan"))
     res = stats.ttest_rel(a, b)
-    return TestResult(float(res.statistic), float(res.pvalue))
+    return TestResult(float(res.statistic), float(res.pvalue), float(len(d) - 1))
 
 
 def wilcoxon_signed_rank(a, b) -> TestResult:

@@ -30,9 +30,13 @@ from scipy import stats
 from prlbench.errors import DataError
 from prlbench.stats import _checks
 from prlbench.stats.bootstrap import _check_boot
+from prlbench.stats.crossed import Crossed, check_inputs, crossed
 from prlbench.stats.delong import _placements
 
 METHODS = ("crossed", "pigeonhole")
+# A p value is read off the replicates where at least this many lie beyond its bound; further
+# out, from the t model (see two_level_bootstrap).
+RESOLVED = 25
 
 
 # ------------------------------------------------------------------------ influence functions
@@ -167,9 +171,9 @@ class TwoLevelResult:
     """Mean paired difference over seeds, its two-level bootstrap CI and p values.
 
     mean: plain mean of the per-seed deltas. lo, hi: the CI. p: two-sided, the smallest alpha
-    at which the CI excludes 0 (p < alpha exactly when [lo, hi] at that alpha excludes 0).
-    p_beats: probability that one run of the arm beats the baseline run of its seed on a
-    resampled test set (in [0, 1]; 0.5 = a coin flip). p_equivalent: TOST equivalence p value
+    at which the CI excludes 0, with the t model's tail where the replicates cannot resolve it.
+    p_beats: probability that a run of the arm beats the baseline's run of its seed on a new
+    test set (in [0, 1]; 0.5 = a coin flip). p_equivalent: TOST equivalence p value
     for |Delta| < margin (nan without a margin). row_share: estimated share of the variance of
     the mean delta that comes from the test rows. method: "crossed" or "pigeonhole".
     """
@@ -224,14 +228,20 @@ def two_level_bootstrap(deltas, cov, *, higher_is_better: bool = True, n_boot: i
     times sqrt(C[0, 0]) (by percentiles of Delta_1 + N(0, C[0, 0]); both methods), i.e. a
     test-set-only interval that says nothing about seeds.
 
-    ``p_beats`` (Bouthillier et al., MLSys 2021, "probability of outperforming") is analytic,
-    not from the replicates: the mean over seeds of Phi(sign Delta_s / sqrt(C[s, s])), sign -1
-    when lower is better; a seed with C[s, s] == 0 counts 1, 1/2 or 0 as sign Delta_s is > 0,
-    0 or < 0. ``row_share`` = (1' C 1 / S^2) / (s^2 / S + max(G, 0)), clipped to [0, 1] (1 at
-    S = 1): the test-set share (shared and seed-specific) of the estimated variance of the mean.
-    p values resolve down to about 1 / n_boot; 0 means 0 lies beyond every replicate. With no
-    spread at either level (equal deltas, C = 0) the interval is the point itself, p is 0 or 1
-    and row_share nan.
+    ``p_beats`` is analytic, not from the replicates: the probability that a run of the arm
+    beats the baseline's run of the same seed on a new test set, Phi(mean / sqrt(s^2 + G))
+    under the crossed normal model (sign flipped when lower is better; with one seed,
+    Phi(Delta_1 / sqrt(C[0, 0]))): an estimate of Bouthillier et al.'s (MLSys 2021) P(A > B)
+    over seeds and test sets; with no spread at either level it is 1, 1/2 or 0 by the sign
+    of the mean. ``row_share`` = (1' C 1 / S^2) / (s^2 / S + max(G, 0)), clipped to [0, 1] (1
+    at S = 1): the test-set share (shared and seed-specific) of the estimated variance of the
+    mean. p values are read off the replicates where at least ``RESOLVED`` (25) of them lie
+    beyond the bound; further out (where all replicates on one side would otherwise give
+    1 / n_boot whatever the effect) from the t model: the crossed t of ``two_level_ttest``
+    (pigeonhole: the replicates' sd, expanded, on S - 1 degrees of freedom). So p < alpha
+    exactly when the interval at alpha excludes 0 wherever that interval's tail holds 25
+    replicates (alpha = 0.05 at 8 seeds: ~57 of 10,000). With no spread at either level
+    (equal deltas, C = 0) the interval is the point itself, p is 0 or 1 and row_share nan.
 
     NaN or infinite deltas / cov raise DataError (drop the failed seeds first), as do a cov of
     the wrong shape, not symmetric, or with a negative diagonal.
@@ -239,21 +249,20 @@ def two_level_bootstrap(deltas, cov, *, higher_is_better: bool = True, n_boot: i
     _check_boot(n_boot, alpha)
     if method not in METHODS:
         raise DataError(f"two_level_bootstrap: method must be one of {METHODS}, not {method!r}")
-    d, c = _check_inputs(deltas, cov)
+    d, c = check_inputs(deltas, cov, "two_level_bootstrap")
     if margin is not None:
         _checks.margin(margin, "two_level_bootstrap")
+    model = crossed(d, c)
     S, n_boot = len(d), int(n_boot)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, S, (n_boot, S))
     reps = d[idx].mean(axis=1)  # [B] the seed level
-    var_seeds = float(np.var(d, ddof=1)) / S if S > 1 else 0.0
-    g = float((c.sum() - np.trace(c)) / (S * (S - 1))) if S > 1 else float(c[0, 0])
     if S == 1:
         reps = reps + rng.standard_normal(n_boot) * np.sqrt(c[0, 0])
         level = _Level(1.0, np.inf)
     elif method == "crossed":
-        reps = reps + rng.standard_normal(n_boot) * np.sqrt(max(g, 0.0) * (S - 1) / S)
-        level = _Level(np.sqrt(S / (S - 1)), _satterthwaite(var_seeds, max(g, 0.0), S))
+        reps = reps + rng.standard_normal(n_boot) * np.sqrt(model.shared * (S - 1) / S)
+        level = _Level(np.sqrt(S / (S - 1)), model.nu)
     else:
         lam, vec = np.linalg.eigh(c)
         root = vec * np.sqrt(np.clip(lam, 0.0, None))  # [S, S]: root @ root.T == C, clipped
@@ -263,22 +272,30 @@ def two_level_bootstrap(deltas, cov, *, higher_is_better: bool = True, n_boot: i
     reps.sort()
     lo, hi = np.quantile(reps, [level.tail(alpha), 1 - level.tail(alpha)])
     # The quantile levels at which the interval's ends cross 0 (or the margins), mapped back
-    # through the expansion: p < alpha exactly when the interval at alpha excludes 0.
-    # No p below 1 / (n_boot + 1): 0 beyond every replicate says p is below what n_boot
-    # replicates resolve, not that it is 0 (the CI agrees with p for alpha above that).
-    floor = 1.0 / (n_boot + 1)
-    p = max(floor, min(1.0, 2 * level.one_sided(min(_pos_right(reps, 0.0),
-                                                    1.0 - _pos_left(reps, 0.0)))))
+    # through the expansion: p < alpha exactly when the interval at alpha excludes 0, wherever
+    # at least RESOLVED replicates lie beyond the bound. Further out the replicates cannot say
+    # how far out (all of them on one side would give 1 / n_boot whatever the effect, a floor
+    # that Holm's correction turns into false wins): there the tail is the model's t.
+    tail = _TailModel(model.mean, *(_pigeonhole_scale(reps, level) if method == "pigeonhole"
+                                    and S > 1 else (model.se, model.nu)))
+    below, above = _pos_right(reps, 0.0), 1.0 - _pos_left(reps, 0.0)
+    if min(below, above) * n_boot >= RESOLVED:
+        p = min(1.0, 2 * level.one_sided(min(below, above)))
+    else:
+        p = min(1.0, 2 * tail.beyond(0.0, upper=above > below))
     p_equivalent = float("nan")
     if margin is not None:  # H0: Delta <= -margin, and H0: Delta >= margin
-        p_lower = max(floor, level.one_sided(_pos_right(reps, -margin)))
-        p_upper = max(floor, level.one_sided(1.0 - _pos_left(reps, margin)))
+        u_lower, u_upper = _pos_right(reps, -margin), 1.0 - _pos_left(reps, margin)
+        p_lower = (level.one_sided(u_lower) if u_lower * n_boot >= RESOLVED
+                   else tail.beyond(-margin, upper=True))
+        p_upper = (level.one_sided(u_upper) if u_upper * n_boot >= RESOLVED
+                   else tail.beyond(margin, upper=False))
         p_equivalent = max(p_lower, p_upper)
     var_rows = max(float(c.sum()) / S**2, 0.0)
-    total = var_seeds + max(g, 0.0) if S > 1 else var_rows
+    total = model.var if S > 1 else var_rows
     share = 1.0 if S == 1 else (min(1.0, var_rows / total) if total > 0 else float("nan"))
-    return TwoLevelResult(float(d.mean()), float(lo), float(hi), float(p),
-                          _p_beats(d, c, higher_is_better), float(p_equivalent), S, n_boot,
+    return TwoLevelResult(model.mean, float(lo), float(hi), float(p),
+                          _p_beats(model, higher_is_better), float(p_equivalent), S, n_boot,
                           share, method)
 
 
@@ -308,13 +325,6 @@ def _t_isf(q: float, nu: float) -> float:
     return float(stats.norm.isf(q) if np.isinf(nu) else stats.t.isf(q, nu))
 
 
-def _satterthwaite(var_seeds: float, g: float, S: int) -> float:
-    """Degrees of freedom of s^2/S + G, G taken as known (it sums over ~n rows)."""
-    if var_seeds <= 0:
-        return np.inf
-    return (var_seeds + g) ** 2 / (var_seeds**2 / (S - 1))
-
-
 def _pos_right(r: np.ndarray, x: float) -> float:
     """sup {q : quantile(r, q) <= x} for sorted r (numpy's linear quantile)."""
     B = len(r)
@@ -337,36 +347,35 @@ def _pos_left(r: np.ndarray, x: float) -> float:
     return (j - 1 + (x - r[j - 1]) / (r[j] - r[j - 1])) / (B - 1)
 
 
-def _p_beats(d: np.ndarray, c: np.ndarray, higher_is_better: bool) -> float:
-    z = d if higher_is_better else -d
-    sd = np.sqrt(np.clip(np.diag(c), 0.0, None))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prob = np.where(sd > 0, stats.norm.cdf(z / np.where(sd > 0, sd, 1.0)),
-                        (np.sign(z) + 1) / 2)
-    return float(prob.mean())
+class _TailModel(NamedTuple):
+    """The t model a p value falls back on beyond the replicates' resolution."""
+
+    mean: float
+    se: float
+    nu: float
+
+    def beyond(self, bound: float, *, upper: bool) -> float:
+        """One-sided p of H0: Delta <= bound (upper=True: the mean lies above it) or of
+        H0: Delta >= bound (upper=False): P(T_nu > +-(mean - bound) / se)."""
+        if self.se <= 0:
+            return 0.0 if (self.mean > bound) == upper and self.mean != bound else 1.0
+        x = (self.mean - bound) / self.se * (1.0 if upper else -1.0)
+        return float(stats.norm.sf(x) if np.isinf(self.nu) else stats.t.sf(x, self.nu))
 
 
-def _check_inputs(deltas, cov) -> tuple[np.ndarray, np.ndarray]:
-    d = np.asarray(deltas, dtype=np.float64)
-    if d.ndim != 1 or len(d) == 0:
-        raise DataError(f"two_level_bootstrap: deltas must be a non-empty 1-D array (one per "
-                        f"seed); got shape {d.shape}")
-    if not np.isfinite(d).all():
-        raise DataError("two_level_bootstrap: deltas contain NaN or inf; drop the failed seeds "
-                        "first")
-    c = np.asarray(cov, dtype=np.float64)
-    S = len(d)
-    if c.shape != (S, S):
-        raise DataError(f"two_level_bootstrap: cov must be {S} x {S} (one row per delta); got "
-                        f"shape {c.shape}")
-    if not np.isfinite(c).all():
-        raise DataError("two_level_bootstrap: cov contains NaN or inf")
-    scale = max(float(np.abs(c).max()), 1e-300)
-    if np.abs(c - c.T).max() > 1e-9 * scale:
-        raise DataError("two_level_bootstrap: cov must be symmetric (row_covariance's output)")
-    if (np.diag(c) < 0).any():
-        raise DataError("two_level_bootstrap: cov has a negative diagonal: not a covariance")
-    return d, (c + c.T) / 2
+def _pigeonhole_scale(reps: np.ndarray, level: _Level) -> tuple[float, float]:
+    """(se, nu) of the pigeonhole replicates' own t model: their sd, expanded as the interval."""
+    return float(np.std(reps) * level.factor), level.nu
+
+
+def _p_beats(model: Crossed, higher_is_better: bool) -> float:
+    """P(a run of the arm beats the baseline's run of its seed, on a new test set) under the
+    crossed normal model: Phi(mean / sqrt(s^2 + G)), sign flipped when lower is better."""
+    z = model.mean if higher_is_better else -model.mean
+    sd = np.sqrt(model.var_seeds * model.n_seeds + model.shared)
+    if sd <= 0:
+        return float((np.sign(z) + 1) / 2)
+    return float(stats.norm.cdf(z / sd))
 
 
 def _rows_mask(rows, n: int) -> np.ndarray | None:
