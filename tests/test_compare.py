@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -142,6 +143,8 @@ def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finish
     assert [r["run_id"] for r in record["runs"]] == ids
     assert {(r["status"], r["error"]) for r in record["runs"]} == {("done", "")}
     assert record["models"] == ["shared_bottom"] and record["seeds"] == [1, 2]
+    assert record["test"] == {"name": "twolevel", "correction": "holm", "alpha": 0.05,
+                              "equivalence": None}
 
     tables = out / "tables"
     for name in ("auc.md", "auc.tex", "cells.csv"):
@@ -152,6 +155,10 @@ def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finish
     cells = pd.read_csv(tables / "cells.csv")
     ctr = cells[cells["metric"] == "ctr_auc"].set_index("arm")
     assert sorted(ctr.index) == ["bce", "pwiser"]
+    # the marker's p is the two-level t's (the default test), computed from the predictions
+    compared = cells[~cells["is_baseline"]]
+    assert compared["twolevel_p"].notna().all()
+    assert np.allclose(compared["p"], compared["twolevel_p"], equal_nan=False)
     for loss in ("bce", "pwiser"):  # the table's mean is the mean of the runs' test metrics
         values = [metrics(o.run_dir)["ctr_auc"] for o in res.outcomes if o.cfg.loss.name == loss]
         assert ctr.loc[loss, "n"] == 2
@@ -513,6 +520,16 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
         finished[0] / "tables" / "cells.csv").read_text()
     # the grid record is the compare's that trained the runs, not this reading's
     assert (out / "compare.json").read_bytes() == (finished[0] / "compare.json").read_bytes()
+    # ... except for the test its tables now use
+    r, text = invoke_compare(data_dir, out, "--seeds", "1,2", "--tables-only", "--test",
+                             "wilcoxon", "--equivalence", "auc=0.01,logloss=0.005")
+    assert r.exit_code == 0, text
+    record, before = read_json(out / "compare.json"), read_json(finished[0] / "compare.json")
+    assert record["test"] == {"name": "wilcoxon", "correction": "holm", "alpha": 0.05,
+                              "equivalence": {"auc": 0.01, "logloss": 0.005}}
+    assert {k: v for k, v in record.items() if k != "test"} == {
+        k: v for k, v in before.items() if k != "test"}
+    assert "Wilcoxon signed-rank" in (out / "tables" / "auc.md").read_text()
 
 
 @pytest.mark.slow
@@ -563,6 +580,27 @@ def test_i_bad_input_fails_before_training_and_names_the_fix(data_dir, tmp_path,
     for fragment in fragments:
         assert fragment in text
     assert fits == [] and not (tmp_path / "out").exists()
+
+
+def test_i_before_training_compare_says_what_the_design_can_reach(data_dir, tmp_path):
+    r = CliRunner().invoke(app, ["compare", "--data-dir", str(data_dir), "--out",
+                                 str(tmp_path / "out"), "--tables-only"])  # not quiet
+    assert ("significance: two-level t-test, Holm correction over the AUC table's 6 "
+            "comparisons at 0.05; with 8 seeds p has no floor") in " ".join(r.output.split())
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--losses", "bce,pwiser,ranknet",
+                             "--seeds", "6", "--test", "wilcoxon", "--tables-only")
+    # 2 / 2**6 x 6 comparisons = 0.1875 (-q: the warning only, not the plan's line)
+    assert ("warning: with 6 seeds, Wilcoxon and 6 comparisons no cell can be significant "
+            "(smallest adjusted p 0.188 >= 0.05); use --seeds 8 or more") in text
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--losses",
+                             "bce,pwiser,ranknet,graded,listce,pwiser[norm=paper]", "--seeds",
+                             "8", "--test", "wilcoxon", "--equivalence", "0.001", "--tables-only")
+    # 15 AUC comparisons: 15 / 2**8 > 0.05 for the one-sided Wilcoxon TOST
+    assert "cannot call any cell equivalent (smallest adjusted p 0.0586 >= 0.05)" in text
+    assert "15 comparisons no cell can be significant (smallest adjusted p 0.117" in text
+    r, text = invoke_compare(data_dir, tmp_path / "out", "--equivalence", "0.5",
+                             "--tables-only")
+    assert r.exit_code != 0 and "above the bound 0.02" in text
 
 
 def test_i_one_seed_warns_that_no_significance_test_is_possible(data_dir, tmp_path):

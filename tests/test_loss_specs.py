@@ -13,7 +13,7 @@ from prlbench.config import resolve, run_id
 from prlbench.errors import ConfigError
 from prlbench.experiment.compare import _select
 from prlbench.experiment.executors import RunResult  # noqa: F401  (the outcome type, for reading)
-from prlbench.experiment.grid import CompareConfig, Grid, parse_losses, split_loss
+from prlbench.experiment.grid import CompareConfig, parse_losses, split_loss
 from prlbench.losses import LOSSES, all_params, loss_params
 
 CLI_TRAIN = ["--epochs", "1", "--batch-size", "1024", "--preset", "small", "--jobs", "1",

@@ -80,9 +80,11 @@ def test_one_value_is_fixed_for_every_run_and_tunes_nothing():
     (dict(lr="0.001,-1"), "lr"),
     (dict(lr="abc"), "--lr: expected a number"),
     (dict(weight_decay=","), "--weight-decay is empty"),
-    (dict(equivalence=0.0), "--equivalence must be a margin > 0"),
-    (dict(equivalence=float("nan")), "--equivalence must be a margin > 0"),
-    (dict(test="anova"), "--test must be wilcoxon, ttest or bootstrap"),
+    (dict(equivalence=0.0), "margin must be a finite number > 0"),
+    (dict(equivalence=float("nan")), "margin must be a finite number > 0"),
+    (dict(equivalence="1"), "above the bound 0.02"),
+    (dict(equivalence="ndcg=0.001"), "unknown metric kind"),
+    (dict(test="anova"), "--test must be twolevel, wilcoxon, ttest or bootstrap"),
 ])
 def test_bad_protocol_options_fail_before_training(flags, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -160,13 +162,55 @@ def test_the_summary_and_tables_say_n_s_and_equivalent():
     assert any("3 equivalent" in cell for row in rows for cell in row)
     md = " ".join(to_markdown(table).split())
     assert "Wins / n.s. / losses" in md and "tie" not in md.lower()
-    assert "within ±0.001 by two one-sided paired t-test tests" in md
+    assert "within ±0.001 (AUC) by two one-sided paired t-test tests" in md
+    assert "each family controls its own error at 0.05" in md
     plain = analysis.summarise(runs, test="ttest", n_boot=500, delong=False, two_level=False)
     assert "n.s. does not mean equal" in " ".join(to_markdown(build_table(plain)).split())
 
 
+def test_margins_are_per_metric_kind():
+    runs = _runs({"pwiser": SMALL})
+    auc_only = analysis.summarise(runs, test="ttest", n_boot=200, delong=False,
+                                  two_level=False, equivalence="0.001")
+    c = auc_only.cells[~auc_only.cells["is_baseline"]].set_index("metric")
+    assert c.loc["ctr_auc", "outcome"] == "equivalent" and c.loc["ctr_auc", "margin"] == 0.001
+    # an AUC margin does not apply to a logloss: not tested, never "equivalent"
+    assert c.loc["ctr_logloss", "outcome"] == "n.s." and np.isnan(c.loc["ctr_logloss", "eq_p"])
+    both = analysis.summarise(runs, test="ttest", n_boot=200, delong=False, two_level=False,
+                              equivalence="auc=0.001,logloss=0.002")
+    c = both.cells[~both.cells["is_baseline"]].set_index("metric")
+    assert c.loc["ctr_logloss", "outcome"] == "equivalent"
+    assert c.loc["ctr_logloss", "margin"] == 0.002
+    logloss_caption = " ".join(to_markdown(build_table(auc_only, kind="logloss")).split())
+    assert "No logloss margin was given: those cells are not tested" in logloss_caption
+
+
+def test_a_wilcoxon_tost_that_cannot_pass_is_named():
+    # 5 arms x 3 AUCs = 15 comparisons: 15 / 2**8 > 0.05, whatever the data
+    runs = _runs({a: SMALL for a in ("pwiser", "ranknet", "graded", "listce", "other")})
+    s = analysis.summarise(runs, test="wilcoxon", n_boot=200, delong=False, two_level=False,
+                           equivalence="0.001")
+    assert any("the Wilcoxon equivalence test (TOST) with n=8 seeds over 15 comparisons "
+               "cannot reach 0.05" in w for w in s.warnings), s.warnings
+    assert not (s.cells["outcome"] == "equivalent").any()
+    t = analysis.summarise(runs, test="ttest", n_boot=200, delong=False, two_level=False,
+                           equivalence="0.001")
+    assert not any("TOST" in w for w in t.warnings)
+    assert (t.cells["outcome"] == "equivalent").any()  # the t TOST has no floor
+
+
+def test_a_seed_only_test_is_warned_about_where_the_test_set_is_shared():
+    cells = pd.DataFrame({"dataset": "d", "model": "m", "metric": ["ctr_auc", "cvr_auc", "x"],
+                          "arm": "pwiser", "is_baseline": [False, False, True],
+                          "seed_var": [1.0, 1.0, np.nan], "shared_var": [0.05, 1.7, np.nan]})
+    assert analysis._seed_only_warnings(cells, "twolevel") == []
+    (w,) = analysis._seed_only_warnings(cells, "wilcoxon")
+    assert "in 1 cell(s) the noise that test set shares across seeds is 10% or more" in w
+    assert "up to 63%: d/m/pwiser/cvr_auc" in w and "--test twolevel" in w
+
+
 def test_a_bad_margin_is_refused():
-    with pytest.raises(DataError, match="equivalence margin must be > 0"):
+    with pytest.raises(DataError, match="margin must be a finite number > 0"):
         analysis.summarise(_runs({"pwiser": SMALL}), delong=False, two_level=False,
                            equivalence=-0.1)
 
@@ -275,7 +319,7 @@ def test_a_noise_sweep_trains_one_variant_per_value_tables_and_plots_it(tmp_path
     assert np.allclose(compared["p"], compared["boot_p"])  # --test bootstrap sets the marker
     md = " ".join((tmp_path / "out" / "tables" / "auc.md").read_text().split())
     assert "Synthetic (click 0.2, conversion 0.3, noise 0, rows 6,000)" in md
-    assert "two-level bootstrap CI" in md
+    assert "two-level CI: the crossed seeds × test-rows model" in md
     sweep = pd.read_csv(tmp_path / "out" / "tables" / "sweep.csv")
     assert sorted(sweep["value"].unique()) == [0.0, 0.6] and set(sweep["knob"]) == {"noise_rate"}
     assert {"ctr_auc", "ctcvr_auc", "ctr_auc_noise_free"} <= set(sweep["metric"])

@@ -21,7 +21,9 @@ _UNICODE = {"↑*": r"$\uparrow^{*}$", "↓*": r"$\downarrow^{*}$", "±": r"$\pm
             "Δ": r"$\Delta$", "λ": r"$\lambda$", "φ": r"$\phi$", "∈": r"$\in$",
             "×": r"$\times$", "–": "--", "—": "---", "↑": r"$\uparrow$",
             "↓": r"$\downarrow$",
-            "≥": r"$\geq$", "≈": r"$\approx$", "ε": r"$\varepsilon$", "≤": r"$\leq$", "−": r"$-$", "’": "'"}
+            "≥": r"$\geq$", "≈": r"$\approx$", "ε": r"$\varepsilon$", "≤": r"$\leq$", "−": r"$-$", "’": "'",
+            "Δ̄": r"$\bar{\Delta}$", "√": r"$\surd$", "²": r"$^{2}$", "Φ": r"$\Phi$",
+            "--": "-{}-"}  # "--equivalence", not an en dash
 _TOKENS = {**_UNICODE, **_SPECIAL}
 # Longest first, so "↑*" wins over "↑"; one pass, so nothing is escaped twice.
 _PATTERN = re.compile("|".join(re.escape(k) for k in sorted(_TOKENS, key=len, reverse=True)))

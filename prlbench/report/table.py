@@ -328,12 +328,12 @@ def _test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
                  "correction, in a family of its own: each family controls its own error at "
                  f"{summary.alpha:g}, so the table's claims of both kinds together err with "
                  f"probability at most {2 * summary.alpha:g}); n.s.: neither.")
-        untested = _kinds(metrics) - set(margins)
-        if untested:
-            text += (f" No {'/'.join(sorted(untested))} margin was given: those cells are not "
-                     "tested for equivalence.")
     else:
         text += " n.s.: not significant, which is not evidence of no difference."
+    untested = _kinds(metrics) - set(margins)
+    if summary.equivalence and untested:
+        text += (f" No {'/'.join(sorted(untested))} margin was given: those cells are not "
+                 "tested for equivalence.")
     if "p_beats" in c and c["p_beats"].notna().any():
         text += (f" P(a run beats {base}) (p_beats in {_cells(summary)}): Φ(Δ̄ / √(s² + G)), the "
                  f"chance that a run of the loss beats {base}'s run of the same seed on a new "
@@ -528,6 +528,6 @@ def wtl_caption(table: Table) -> str:
         text += (f" Equivalent: not significant, and within {shown} by the equivalence test "
                  "(counted in n.s. too).")
     else:
-        text += (" n.s. does not mean equal: no equivalence test was asked for "
-                 "(--equivalence MARGIN).")
+        text += (" n.s. does not mean equal: no equivalence test was run for this table's "
+                 "metrics (--equivalence, a margin per metric kind).")
     return text
