@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -330,6 +331,23 @@ def test_a_noise_sweep_trains_one_variant_per_value_tables_and_plots_it(tmp_path
     assert again.exit_code == 0
     record = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert {x["status"] for x in record["runs"]} == {"reused"}
+    # The two-level captions under the default test, with margins per kind: the crossed
+    # model's symbols compile in a plain paper's preamble (where a TeX engine exists).
+    r = CliRunner().invoke(app, [*args, "--tables-only", "--test", "twolevel", "--equivalence",
+                                 "auc=0.002,logloss=0.001"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    cells = pd.read_csv(tmp_path / "out" / "tables" / "cells.csv")
+    compared = cells[~cells["is_baseline"]]
+    assert np.allclose(compared["p"], compared["twolevel_p"])
+    assert set(compared["margin"]) == {0.002, 0.001}
+    if shutil.which("pdflatex"):
+        from test_report import _pdflatex
+
+        tables = tmp_path / "out" / "tables"
+        text = _pdflatex(tables, "paper", "\\documentclass{article}\n\\usepackage{booktabs}\n"
+                         "\\usepackage{graphicx}\n\\begin{document}\n\\input{auc.tex}\n"
+                         "\\input{logloss.tex}\n\\end{document}\n")
+        assert not text or "each family controls its own error" in " ".join(text.split())
 
 
 def test_sweep_flags_need_a_generated_data_set():

@@ -418,6 +418,9 @@ def test_latex_escapes_specials_and_symbols():
         r"seeds 1--6, $-$0.0011 and Shared-Bottom")
     # Text-mode "<" would print as an inverted exclamation mark under OT1.
     assert escape("p < 0.05, n > 5, |x|") == r"p $<$ 0.05, n $>$ 5, $|$x$|$"
+    # the crossed model's symbols; "--equivalence" stays two hyphens, not an en dash
+    assert escape("Φ(Δ̄ / √(s² + G)) --equivalence") == (
+        r"$\Phi$($\bar{\Delta}$ / $\surd$(s$^{2}$ + G)) -{}-equivalence")
 
 
 def _pdflatex(tmp_path: Path, name: str, source: str) -> str:
@@ -436,6 +439,7 @@ def _pdflatex(tmp_path: Path, name: str, source: str) -> str:
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here")
 @pytest.mark.slow
 def test_latex_compiles_standalone_and_inside_a_plain_paper(tmp_path):
+    # (the two-level captions, with the crossed model's symbols: test_protocol's noise sweep)
     for kind in ("auc", "logloss"):
         table = build_table(small_summary(), kind=kind)
         _pdflatex(tmp_path, f"{kind}-standalone", to_latex(table, standalone=True))
