@@ -40,7 +40,8 @@ def main() -> None:
         print(f"stand-in written in {time.perf_counter() - start:.1f} s: {sum(logs):,} log rows, "
               f"{archive.stat().st_size / 1e6:.1f} MB packed ({type(fixture).__name__})")
         cmd = ["/usr/bin/time", "-v", sys.executable, "-c", "from prlbench.cli import app; app()",
-               "preprocess", "kuairand_pure", "--source", str(archive), "--data-dir", str(root / "data"), "-q"]
+               "preprocess", "kuairand_pure", "--source", str(archive), "--data-dir",
+               str(root / "data"), "-q"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"preprocess failed:\n{done.stdout}\n{done.stderr}")

@@ -2,9 +2,10 @@
 
     python benchmarks/bench_stats.py [--rows 10000000] [--groups 1000000] [--pos-rate 0.1]
 
-Prints wall and CPU seconds (CPU is the fairer figure on a busy machine) for auc, fast_delong and group_auc on ``--rows`` rows (float32 scores, as
-models write them, plus a heavily tied variant for auc) and the paired bootstrap of the AUC
-difference (200 replicates; the reference in ``tests/_reference.py``) on ``--boot-rows`` rows.
+Prints wall and CPU seconds (CPU is the fairer figure on a busy machine) for auc, fast_delong
+and group_auc on ``--rows`` rows (float32 scores, as models write them, plus a heavily tied
+variant for auc) and the paired bootstrap of the AUC difference (200 replicates; the reference
+in ``tests/_reference.py``) on ``--boot-rows`` rows.
 
 Then the two-level (seeds x test rows) bootstrap of one cell: ``--tl-seeds`` seeds, each an arm
 and a baseline scored on the same ``--tl-rows`` rows (AUC, ``--tl-pos-rate`` positives): the

@@ -39,7 +39,7 @@ from prlbench.data.loader import TensorData, batches, load_split
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.engine.evaluate import autocast, predict
 from prlbench.engine.run import train_run
-from prlbench.experiment.store import RunFolder
+from prlbench.store import RunFolder
 from prlbench.losses import LOSSES
 from prlbench.models import MODELS, create_model
 from prlbench.models.layers import MLP, ExpertBank

@@ -59,7 +59,8 @@ Lambda, M1, M2 = (_loss_option("lam", float, "--lambda"), _loss_option("m1", flo
 Temperature, Alpha = _loss_option("temperature", float), _loss_option("alpha", float)
 Phi, Score, Head, Norm = (_loss_option(k, str) for k in ("phi", "score", "head", "norm"))
 Preset = Annotated[Optional[str], typer.Option(
-    help="Model sizes: paper or small (default: paper on the paper's data sets, small on synthetic and kuairand_pure).")]
+    help="Model sizes: paper or small (default: paper on the paper's data sets, small on "
+    "synthetic and kuairand_pure).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 10).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size (default 2048).")]
 Patience = Annotated[Optional[int], typer.Option(
@@ -318,7 +319,7 @@ def train(
 
     Examples:
       prlbench train --dataset synthetic --model mmoe --loss pwiser --seed 1
-      prlbench train --dataset aliexpress_nl --model ple --loss pwiser --lambda 0.5 --m1 0.05 --m2 0.1 --preset paper
+      prlbench train --dataset aliexpress_nl --model ple --loss pwiser --m2 0.1 --preset paper
       prlbench train --loss ranknet --head both --lambda 0.4286   # Combined-Pair (Lin et al.)
       prlbench train --loss pwiser --seeds 8   # seeds 1-8 as one packed model
     """
@@ -358,7 +359,7 @@ def _print_metrics(run_dir: Path, split: str = "test") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from prlbench.experiment.store import RunFolder
+    from prlbench.store import RunFolder
 
     folder = RunFolder(run_dir)
     record, metrics = folder.read_record(), folder.read_metrics(split)
@@ -391,7 +392,7 @@ def _print_runs(run_dirs: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from prlbench.experiment.store import RunFolder
+    from prlbench.store import RunFolder
 
     table = Table(header_style="bold")
     for name in ("run", "best epoch", "CTR AUC", "CTCVR AUC", "samples/s"):

@@ -35,7 +35,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "mmoe"
-    # None: the data set's default_preset ("paper" on the paper's data sets, "small" on synthetic and KuaiRand-Pure).
+    # None: the data set's default_preset ("paper" on the paper's data sets, "small" on synthetic
+    # and KuaiRand-Pure).
     preset: str | None = None
     # Architecture overrides passed to create_model (e.g. {"embed_dim": 32}).
     overrides: dict = field(default_factory=dict)

@@ -85,7 +85,7 @@ def _cell(text: str) -> str:
 
 # ------------------------------------------------------------------------ results format
 def results_format_markdown() -> str:
-    from prlbench.experiment import store
+    from prlbench import store
     from prlbench.metrics import METRICS
 
     lines = [_HEADER.format(what="results-format"), "", "# Results format", "",
@@ -96,7 +96,7 @@ def results_format_markdown() -> str:
              "trains in `runs/<run-id>.partial/`, renamed to `runs/<run-id>/` only once "
              "training and the test evaluation have finished: a folder without the suffix is "
              "always complete. All files of a run folder are read and written by one module, "
-             "`prlbench.experiment.store`; this page is generated from its records.", "",
+             "`prlbench.store`; this page is generated from its records.", "",
              f"Every record below is version **{store.SCHEMA}** of the format: `run.json` and "
              "`compare.json` carry it as `schema`. A record without `schema` was written by "
              "prlbench 0.1; its keys are the same, so it is read as version 0 (its runs are "
@@ -138,7 +138,7 @@ _LAYOUT = (
     ".test_random.*)",
 )
 def _run_files() -> tuple[tuple[str, str], ...]:
-    from prlbench.experiment.store import RunFolder as F
+    from prlbench.store import RunFolder as F
 
     return (
         (F.CONFIG, "the resolved run configuration (prlbench.config.RunConfig): `data`, "

@@ -1,6 +1,7 @@
 """The shape of the code: the imports of prlbench/ form a tree (no cycle, lazy imports inside
-functions included), no module imports another package's private names, the CLI stays a thin
-skin, and only the store opens the files of a run folder."""
+functions included) that follows the package order (LEVELS), no module imports another
+package's private names or reaches another module's through an alias, the CLI stays a thin skin,
+and only the store opens the files of a run folder."""
 
 import ast
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_in_prlbench_lazy_imports_included():
     graph = _graph()
-    assert len(graph) > 40 and "prlbench.experiment.store" in graph["prlbench.engine.run"]
+    assert len(graph) > 40 and "prlbench.store" in graph["prlbench.engine.run"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
@@ -94,6 +95,76 @@ def test_no_private_name_is_imported_from_another_package():
     assert bad == []
 
 
+# The package order, lowest first: a module imports modules of its own level or below, never
+# above (docs/development.md). Each entry is a module or a package (with everything in it).
+LEVELS = (
+    ("prlbench", "prlbench.errors", "prlbench.fileio", "prlbench.signals"),
+    ("prlbench.registry", "prlbench.stats"),
+    ("prlbench.data", "prlbench.models", "prlbench.losses", "prlbench.metrics"),
+    ("prlbench.config",),
+    ("prlbench.store",),
+    ("prlbench.report",),
+    ("prlbench.engine",),
+    ("prlbench.experiment",),
+    ("prlbench.catalog", "prlbench.docs", "prlbench.cli", "prlbench.__main__"),
+)
+
+
+def _level(module: str) -> int:
+    found = [i for i, names in enumerate(LEVELS) for n in names
+             if module == n or (n != "prlbench" and module.startswith(n + "."))]
+    assert found, f"{module} has no level in LEVELS: add it"
+    return max(found)
+
+
+def test_packages_import_only_their_level_or_below():
+    up = [f"{m} (level {_level(m)}) imports {t} (level {_level(t)})"
+          for m, targets in _graph().items() for t in targets if _level(t) > _level(m)]
+    assert up == []
+    assert _level("prlbench.engine.run") > _level("prlbench.store") > _level("prlbench.config")
+
+
+# Reach-ins that the one-loop redesign removes (engine/pack.py drives engine/run.py's run
+# life cycle); no other module may reach another's private names through an alias.
+KNOWN_REACH_INS = {("prlbench.engine.pack", "prlbench.engine.run")}
+
+
+def _reach_ins(module: str, source: str | None = None) -> set[tuple[str, str]]:
+    """(aliased module, private name) of every `alias._name` in `module` (or in `source`),
+    where alias is bound to another prlbench module (`import prlbench.x as alias`,
+    `from prlbench import x`)."""
+    tree = ast.parse(source if source is not None else MODULES[module].read_text())
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({a.asname: a.name for a in node.names
+                            if a.asname and a.name in MODULES})
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
+                            if f"{node.module}.{a.name}" in MODULES})
+    return {(aliases[n.value.id], n.attr) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id in aliases and aliases[n.value.id] != module
+            and n.attr.startswith("_") and not n.attr.startswith("__")}
+
+
+def test_no_private_name_is_reached_through_a_module_alias():
+    found = {(m, target): name for m in MODULES for target, name in _reach_ins(m)}
+    assert set(found) - KNOWN_REACH_INS == set(), found
+    assert KNOWN_REACH_INS <= set(found)  # remove an entry once its reach-ins are gone
+
+
+def test_the_reach_in_finder_sees_an_alias():
+    import textwrap
+    code = textwrap.dedent("""
+        from prlbench.engine import run as solo
+        import prlbench.store as st
+        solo._open_run(); st.Store; st._read(); x._hidden
+    """)
+    assert _reach_ins("prlbench.cli", code) == {("prlbench.engine.run", "_open_run"),
+                                                ("prlbench.store", "_read")}
+
+
 def test_cli_functions_are_short():
     tree = ast.parse((PKG / "cli.py").read_text())
     long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
@@ -110,7 +181,7 @@ def test_only_the_store_names_the_files_of_a_run_folder():
     others say RunFolder.RECORD and go through the store's readers and writers."""
     found = []
     for m, path in MODULES.items():
-        if m == "prlbench.experiment.store":
+        if m == "prlbench.store":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in RUN_FILES:
@@ -121,4 +192,4 @@ def test_only_the_store_names_the_files_of_a_run_folder():
 def test_only_the_store_reads_json_records():
     users = {m for m in MODULES for target, name in _imports(m)
              if _owner(target) == "prlbench.fileio" and name in ("read_json", "write_json")}
-    assert users == {"prlbench.experiment.store"}
+    assert users == {"prlbench.store"}

@@ -31,7 +31,7 @@ from prlbench.losses import LOSSES
 from prlbench.experiment.compare import compare
 from prlbench.experiment.executors import LocalExecutor, make_executor
 from prlbench.experiment.grid import CompareConfig, Grid
-from prlbench.experiment.store import PARTIAL, RunFolder, Store
+from prlbench.store import PARTIAL, RunFolder, Store
 from prlbench.fileio import read_json
 
 SEEDS = (1, 2)
@@ -293,7 +293,7 @@ def test_e_a_run_that_failed_elsewhere_gets_its_failure_record_in_this_store(tmp
     # A run failing on a Ray worker left no partial folder in the driver's store.
     from prlbench.experiment.compare import record_failure
     from prlbench.experiment.executors import RunResult
-    from prlbench.experiment.store import Outcome
+    from prlbench.store import Outcome
 
     out = tmp_path / "out"
     record_failure(Store(out), RunResult("synthetic-mmoe-bce-s1-0123456789", Outcome.FAILED,

@@ -28,11 +28,15 @@ def test_loss_defaults_are_filled_so_the_config_says_what_ran():
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}}, "loss.params.lam (--lambda) must be a finite number >= 0"),
+    ({"loss": {"name": "pwiser", "params": {"lam": -1.0}}},
+     "loss.params.lam (--lambda) must be a finite number >= 0"),
     ({"loss": {"name": "bce", "params": {"lam": 1.0}}}, "has no parameter 'lam'"),
-    ({"loss": {"name": "pwiser", "params": {"lam": "abc"}}}, "loss.params.lam (--lambda) must be a finite number"),
-    ({"loss": {"name": "pwiser", "params": {"m1": [1]}}}, "loss.params.m1 (--m1) must be a finite number"),
-    ({"loss": {"name": "pwiser", "params": {"phi": "cube"}}}, "loss.params.phi (--phi) must be one of"),
+    ({"loss": {"name": "pwiser", "params": {"lam": "abc"}}},
+     "loss.params.lam (--lambda) must be a finite number"),
+    ({"loss": {"name": "pwiser", "params": {"m1": [1]}}},
+     "loss.params.m1 (--m1) must be a finite number"),
+    ({"loss": {"name": "pwiser", "params": {"phi": "cube"}}},
+     "loss.params.phi (--phi) must be one of"),
     ({"model": {"overrides": {"bogus": 1}}}, "has no option 'bogus'; valid options: embed_dim"),
     ({"model": {"name": "ple", "overrides": {"num_experts": 4}}}, "has no option 'num_experts'"),
     ({"model": {"overrides": {"num_experts": 0}}}, "num_experts=0: expected a positive integer"),

@@ -37,7 +37,7 @@ def test_cli_page_lists_every_command_and_option():
 def test_results_format_documents_every_field_of_every_record():
     import dataclasses
 
-    from prlbench.experiment import store
+    from prlbench import store
 
     text = docs.results_format_markdown()
     for cls in (store.RunRecord, store.Epoch, store.Failure, store.CompareRecord,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -12,6 +13,7 @@ import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -99,17 +101,27 @@ class _Server(ThreadingHTTPServer):
         pass
 
 
-@pytest.fixture
-def server(monkeypatch):
+@contextlib.contextmanager
+def serve(monkeypatch) -> Iterator[tuple[str, _State]]:
+    """Runs the test server on 127.0.0.1; yields its base URL and its `_State`. Other test
+    modules use it through a fixture of their own (see test_kuairand.py)."""
     for var in ("no_proxy", "NO_PROXY"):  # never send the loopback requests to a proxy
         monkeypatch.setenv(var, "*")
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.state = _State()
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", srv.state
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.state
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    with serve(monkeypatch) as s:
+        yield s
 
 
 def _content(n: int, seed: int = 0) -> bytes:

@@ -15,8 +15,8 @@ from prlbench.data.cache import open_cache
 from prlbench.data.loader import batches, load_split
 from prlbench.engine import loop as loop_mod
 from prlbench.engine import run as train_mod
-from prlbench.engine.optim import (LazyAdam, _rows_and_values, OptimizerPair, RowWiseAdagrad, embedding_tables,
-                                   make_optimizer)
+from prlbench.engine.optim import (LazyAdam, _rows_and_values, OptimizerPair, RowWiseAdagrad,
+                                   embedding_tables, make_optimizer)
 from prlbench.errors import ConfigError, Interrupted
 from prlbench.experiment.grid import CompareConfig
 from prlbench.fileio import read_json

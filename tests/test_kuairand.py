@@ -37,7 +37,7 @@ from prlbench.fileio import read_json
 
 from _kuairand_fixture import FULL, LOGS, file_hashes, read_log, write_kuairand
 from conftest import SAMPLES
-from test_download import server  # noqa: F401  (the loopback HTTP server fixture)
+from test_download import serve
 
 NAME = "kuairand_pure"
 DEEP = {"like": "is_like", "long_view": "long_view", "follow": "is_follow",
@@ -183,6 +183,13 @@ def check_cache(fx, data_dir, manifest, conversion="like", drop=False):
 
 
 # ----------------------------------------------------------------------------- download
+@pytest.fixture
+def server(monkeypatch):
+    """test_download's loopback HTTP server: (base URL, the state a test sets up)."""
+    with serve(monkeypatch) as s:
+        yield s
+
+
 def test_download_from_the_default_url_checks_md5_and_extracts(server, fx, tmp_path,
                                                                monkeypatch):
     base, st = server

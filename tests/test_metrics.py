@@ -44,7 +44,7 @@ def test_every_key_of_metrics_json_is_registered_as_a_test_metric(groups, genuin
 def test_every_key_of_history_json_is_registered():
     from dataclasses import fields
 
-    from prlbench.experiment.store import Epoch  # one history.json entry
+    from prlbench.store import Epoch  # one history.json entry
 
     keys = [f.name for f in fields(Epoch) if f.name != "epoch"]  # epoch: the index, no metric
     assert "val_score" in keys

@@ -1,4 +1,5 @@
-"""Tests of the model zoo, parametrised over the registry: a new model is tested by existing tests."""
+"""Tests of the model zoo, parametrised over the registry: a new model is tested by existing
+tests."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from prlbench.errors import ConfigError
-from prlbench.models import MODEL_PRESETS, MODELS, create_model, hyperparameters, model_summaries, presets
+from prlbench.models import (MODEL_PRESETS, MODELS, create_model, hyperparameters,
+                             model_summaries, presets)
 from prlbench.models.layers import MLP, ExpertBank, Gate, logit_of_product
 from prlbench.models.metaheac import logit_of_mixture
 
@@ -85,7 +87,8 @@ def test_backward_reaches_every_parameter(name, preset):
     # Every weight the forward pass uses must be registered (MTReclib's PLE kept gates in plain
     # lists: used, but invisible to the optimizer and to state_dict).
     registered = {id(p) for p in model.parameters()}
-    assert all(id(leaf) in registered for leaf in graph_leaves(loss)), f"{name}: unregistered weights"
+    assert all(id(leaf) in registered
+               for leaf in graph_leaves(loss)), f"{name}: unregistered weights"
     loss.backward()
     for pname, p in model.named_parameters():
         # None means the parameter is not in the graph: an unregistered / unused gate or expert.
@@ -162,7 +165,8 @@ def test_logit_of_mixture_matches_the_definition():
     w = torch.softmax(torch.randn(64, 5, generator=g), dim=-1)
     z = torch.randn(64, 5, generator=g) * 6
     p = (w.double() * torch.sigmoid(z.double())).sum(-1)
-    torch.testing.assert_close(logit_of_mixture(w, z).double(), torch.log(p / (1 - p)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logit_of_mixture(w, z).double(), torch.log(p / (1 - p)),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_metaheac_output_is_not_capped_at_one_fifth():
@@ -205,9 +209,11 @@ def test_aitm_transfers_click_to_conversion_only():
     cat, num, _, _ = make_batch()
     model = build("aitm")
     out = model(cat, num)
-    conversion_side = [p for n, p in model.named_parameters() if n.split(".")[0] in model.conversion_side]
+    conversion_side = [p for n, p in model.named_parameters()
+                       if n.split(".")[0] in model.conversion_side]
     click_side = list(model.click_tower.parameters())
-    grads = torch.autograd.grad(out["ctr"].sum(), conversion_side, allow_unused=True, retain_graph=True)
+    grads = torch.autograd.grad(out["ctr"].sum(), conversion_side, allow_unused=True,
+                                retain_graph=True)
     assert all(g is None or not g.any() for g in grads)
     # ... while the click tower does reach the conversion output (the transfer exists).
     grads = torch.autograd.grad(out["ctcvr"].sum(), click_side, allow_unused=True)
@@ -314,9 +320,11 @@ def test_create_model_errors_name_the_fix():
 
 
 def test_overrides_apply_and_none_means_preset():
-    model = create_model("mmoe", vocab_sizes=VOCAB, num_numerical=NUM, num_experts=None, dropout=None)
+    model = create_model("mmoe", vocab_sizes=VOCAB, num_numerical=NUM, num_experts=None,
+                         dropout=None)
     assert model.experts.num_experts == MODEL_PRESETS["small"]["num_experts"]
-    model = create_model("mmoe", vocab_sizes=VOCAB, num_numerical=NUM, num_experts=3, bottom_dims="12,6")
+    model = create_model("mmoe", vocab_sizes=VOCAB, num_numerical=NUM, num_experts=3,
+                         bottom_dims="12,6")
     assert model.experts.num_experts == 3 and model.experts.output_dim == 6
     assert "num_experts" in hyperparameters("mmoe") and "num_experts" not in hyperparameters("aitm")
 

@@ -305,5 +305,5 @@ def test_runs_pack_by_default_where_it_measured_faster():
                     base=base)
         return CompareConfig(grid=grid, pack=pack)
 
-    assert cc(256).packs and not cc(2048).packs
-    assert cc(2048, pack=True).packs and not cc(256, pack=False).packs
+    assert cc(256).packed and not cc(2048).packed
+    assert cc(2048, pack=True).packed and not cc(256, pack=False).packed

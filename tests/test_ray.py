@@ -14,7 +14,7 @@ from prlbench.config import resolve  # noqa: E402
 from prlbench.experiment.compare import compare, run_grid  # noqa: E402
 from prlbench.experiment.executors import LocalExecutor, RayExecutor  # noqa: E402
 from prlbench.experiment.grid import CompareConfig, Grid  # noqa: E402
-from prlbench.experiment.store import RunFolder  # noqa: E402
+from prlbench.store import RunFolder  # noqa: E402
 from prlbench.fileio import read_json  # noqa: E402
 
 

@@ -86,8 +86,8 @@ def make_tree(root: Path, seeds=SEEDS, datasets=DATASETS, models=MODELS, losses=
               ) -> list[Path]:
     rng = np.random.default_rng(0)
     # Runs of different seeds stop at different epochs (early stopping), as real runs do.
-    return [_write_run(root, ds, m, l, s, rng, epochs=3 + s % 3) for ds in datasets
-            for m in models for l in losses for s in seeds]
+    return [_write_run(root, ds, m, loss, s, rng, epochs=3 + s % 3) for ds in datasets
+            for m in models for loss in losses for s in seeds]
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +140,12 @@ def test_load_runs_reads_one_row_per_run_in_the_grid_order(tree, runs):
 
 def test_arm_labels_name_only_the_settings_that_differ(tmp_path):
     rng = np.random.default_rng(1)
-    dirs = [_write_run(tmp_path, "synthetic", "mmoe", l, s, rng, p) for s in (1, 2)
-            for l, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 0.1}),
-                         ("pwiser", {**PARAMS["pwiser"], "lam": 1.0}))]
+    dirs = [_write_run(tmp_path, "synthetic", "mmoe", loss, s, rng, p) for s in (1, 2)
+            for loss, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 0.1}),
+                            ("pwiser", {**PARAMS["pwiser"], "lam": 1.0}))]
     # On another model validation chose one setting: that arm keeps the plain name.
-    dirs += [_write_run(tmp_path, "synthetic", "ple", l, s, rng, p) for s in (1, 2)
-             for l, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 2.0}))]
+    dirs += [_write_run(tmp_path, "synthetic", "ple", loss, s, rng, p) for s in (1, 2)
+             for loss, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 2.0}))]
     runs = analysis.load_runs(dirs)
     assert sorted(runs["arm"].unique()) == ["bce", "pwiser", "pwiser(lam=0.1)", "pwiser(lam=1)"]
     summary = analysis.summarise(runs, n_boot=200, delong=False, two_level=False)
@@ -318,7 +318,8 @@ def small_summary(test: str = "ttest") -> analysis.Summary:
                     row[f"{task}_logloss"] = round(0.40 - 0.1 * j + seed_wobble[i] / 2 - gain
                                                    + worse, 6)
                 rows.append(row)
-    return analysis.summarise(pd.DataFrame(rows), test=test, n_boot=2000, delong=False, two_level=False)
+    return analysis.summarise(pd.DataFrame(rows), test=test, n_boot=2000, delong=False,
+                              two_level=False)
 
 
 def _golden(name: str, text: str) -> None:
@@ -503,7 +504,8 @@ def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
     first = runs[(runs["dataset"] == runs["dataset"].iloc[0])
                  & (runs["model"] == runs["model"].iloc[0])]
     for fig in (plots.validation_figure(first),
-                plots.forest_figure(analysis.summarise(first, n_boot=100, delong=False, two_level=False))):
+                plots.forest_figure(analysis.summarise(first, n_boot=100, delong=False,
+                                                       two_level=False))):
         assert overlapping_texts(fig) == []
 
 
@@ -530,7 +532,8 @@ def test_relaimpr_is_left_out_for_a_baseline_at_or_below_random():
                 row[f"{task}_auc"] = auc + 0.1 * j + 1e-4 * seed * (loss == "pwiser")
                 row[f"{task}_logloss"] = 0.4
             rows.append(row)
-    s = analysis.summarise(pd.DataFrame(rows), test="ttest", n_boot=200, delong=False, two_level=False)
+    s = analysis.summarise(pd.DataFrame(rows), test="ttest", n_boot=200, delong=False,
+                           two_level=False)
     c = s.cells[(s.cells["arm"] == "pwiser") & s.cells["metric"].str.endswith("auc")]
     ctr = c[c["metric"] == "ctr_auc"].iloc[0]
     assert np.isnan(ctr["relaimpr"])  # base 0.45

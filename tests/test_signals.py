@@ -15,7 +15,7 @@ from prlbench import signals
 from prlbench.config import resolve
 from prlbench.engine import run as run_mod
 from prlbench.errors import Interrupted
-from prlbench.experiment.store import RunFolder, RunStatus
+from prlbench.store import RunFolder, RunStatus
 from prlbench.fileio import read_json
 
 

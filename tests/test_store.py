@@ -7,7 +7,7 @@ import pytest
 
 from prlbench.config import RunConfig
 from prlbench.errors import ConfigError, StoreError
-from prlbench.experiment.store import (SCHEMA, CompareRecord, Epoch, Outcome, Role, RunEntry,
+from prlbench.store import (SCHEMA, CompareRecord, Epoch, Outcome, Role, RunEntry,
                                        RunFolder, RunRecord, RunStatus, Store)
 
 # run.json as prlbench 0.1 wrote it for a finished run (no schema key)

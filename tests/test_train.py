@@ -110,8 +110,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, tm
         return (total * float("nan") if calls["n"] > 40 else total), parts
 
     monkeypatch.setitem(LOSSES._items, "pwiser", poisoned)
-    with pytest.raises(TrainingError, match=r"became nan.*checkpoint \(best\.pt.*lower learning rate"
-                                             r".*smaller pairwise weight \(--lambda\)"):
+    with pytest.raises(TrainingError,
+                       match=r"became nan.*checkpoint \(best\.pt.*lower learning rate"
+                             r".*smaller pairwise weight \(--lambda\)"):
         train_mod.train_run(_cfg(epochs=3), data_dir=data_dir, out=tmp_path, progress=False)
     part = next((tmp_path / "runs").glob("*.partial"))
     assert (part / "best.pt").exists()  # epoch 1 finished before the NaN

@@ -68,7 +68,8 @@ def preprocess_aliccp(data_dir: Path, *, source: Path | None = None, progress: b
     kind, entries = csvio.find_inputs(
         src, _classify, {"raw": (RAW_ROLES, ()), "processed": (("train", "test"), ("val",))},
         "sample_skeleton_{train,test}.csv and common_features_{train,test}.csv (extract the "
-        "downloaded .tar.gz archives, or import them with: prlbench download aliccp --from FOLDER), "
+        "downloaded .tar.gz archives, or import them with: prlbench download aliccp --from "
+        "FOLDER), "
         "or a processed folder with train.csv + test.csv",
         label=_file_name)
     params = {"source": str(src.resolve()), "source_format": kind, "variant": variant,

@@ -20,7 +20,7 @@ from prlbench.data.loader import TensorData, batches
 from prlbench.engine.evaluate import autocast, predict, validation_score
 from prlbench.engine.optim import make_optimizer
 from prlbench.errors import Interrupted, TrainingError
-from prlbench.experiment.store import (STATE_FIX, DamagedCheckpoint, Epoch, RunFolder,
+from prlbench.store import (STATE_FIX, DamagedCheckpoint, Epoch, RunFolder,
                                        RunStatus)
 from prlbench.losses import LOSSES
 from prlbench.signals import StopFlag

@@ -309,7 +309,7 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     from pathlib import Path
 
     from prlbench.engine import run as solo
-    from prlbench.experiment.store import DamagedCheckpoint, Store
+    from prlbench.store import DamagedCheckpoint, Store
 
     if not cfgs:
         return []
@@ -356,7 +356,7 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
     stand at; each finished or failed member's PackResult goes into results[index]."""
     from prlbench.data.loader import load_split
     from prlbench.engine import run as solo
-    from prlbench.experiment.store import RunStatus
+    from prlbench.store import RunStatus
 
     cfg = members[0][2].cfg
     device, name, manifest = cfg.train.device, cfg.data.dataset, members[0][2].manifest
@@ -446,8 +446,9 @@ def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: 
                 restart: bool = False, progress: bool = True) -> list:
     """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (`pack`; None:
     where it is faster, `pack_by_default`), else one after another (also for a config that
-    cannot be packed); the finished run folders, in seed order. Every run's lock is held while the pack trains. A run that fails
-    raises a TrainingError naming it, after the others have finished."""
+    cannot be packed); the finished run folders, in seed order. Every run's lock is held while
+    the pack trains. A run that fails raises a TrainingError naming it, after the others have
+    finished."""
     import contextlib
     from dataclasses import replace
     from pathlib import Path
@@ -458,7 +459,7 @@ def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: 
     from prlbench.data.variants import canonical
     from prlbench.engine import run as solo
     from prlbench.errors import ConfigError, TrainingError
-    from prlbench.experiment.store import Store
+    from prlbench.store import Store
 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")

@@ -25,7 +25,7 @@ from prlbench.data.loader import load_side, load_split
 from prlbench.engine.evaluate import evaluate_on_test
 from prlbench.engine.loop import Loop, LoopState
 from prlbench.errors import ConfigError, DataError, Interrupted, StoreError, TrainingError
-from prlbench.experiment.store import (PARTIAL, DamagedCheckpoint, RunFolder, RunStatus,
+from prlbench.store import (PARTIAL, DamagedCheckpoint, RunFolder, RunStatus,
                                        Store)
 from prlbench.models import create_model
 

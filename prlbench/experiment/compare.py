@@ -1,6 +1,6 @@
 """`prlbench compare`: run the grid resumably (or reuse it), then write statistics, tables, plots.
 
-    <out>/runs/<run-id>/   one folder per run (prlbench.experiment.store)
+    <out>/runs/<run-id>/   one folder per run (prlbench.store)
     <out>/tables/          auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv, delong.csv
     <out>/plots/           forest.{png,pdf}, validation.{png,pdf}
     <out>/compare.json     the grid, each run's outcome and error, the settings
@@ -21,7 +21,7 @@ from prlbench.config import run_id
 from prlbench.errors import ConfigError
 from prlbench.experiment.executors import RunResult, make_executor
 from prlbench.experiment.grid import CompareConfig, Grid
-from prlbench.experiment.store import CompareRecord, Outcome, Role, RunEntry, RunFolder, Store
+from prlbench.store import CompareRecord, Outcome, Role, RunEntry, RunFolder, Store
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
     recorded with its validation score or error, never reported in the tables)."""
     on_event = on_event or (lambda *a: None)
     arms = grid.arms()
-    cands = [grid.candidates(l) for _, _, l in arms]
+    cands = [grid.candidates(loss) for _, _, loss in arms]
     tuning = [(i, j, grid.config(*arms[i], s, p)) for i in range(len(arms)) if len(cands[i]) > 1
               for j, p in enumerate(cands[i]) for s in grid.tune_seeds]
     tried = _execute([c for *_, c in tuning], executor, data_dir, out, train, on_event)
@@ -236,7 +236,7 @@ def _executor(cc: CompareConfig):
 
         resolve_device(cc.grid.base.train.device)
     return make_executor(cc.executor, jobs=cc.jobs, ray_address=cc.ray_address,
-                         threads=cc.threads, gpus=gpus, pack=cc.packs)
+                         threads=cc.threads, gpus=gpus, pack=cc.packed)
 
 
 def data_notes(manifests: dict) -> dict[str, str]:

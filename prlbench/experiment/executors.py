@@ -21,7 +21,7 @@ from typing import Callable
 from prlbench import signals
 from prlbench.config import RunConfig, run_id
 from prlbench.errors import ConfigError, Interrupted, StoreError
-from prlbench.experiment.store import Outcome, RunFolder, Store
+from prlbench.store import Outcome, RunFolder, Store
 
 OnEvent = Callable[[str, RunConfig, "RunResult | None"], None]  # ("start" | "end", cfg, result)
 

@@ -88,12 +88,12 @@ class Grid:
             if not getattr(self, axis):
                 raise ConfigError(_empty(axis))
         seen: dict[str, str] = {}
-        for d, m, l in self.arms():
-            for p in self.candidates(l):
-                cfg = self.config(d, m, l, self.seeds[0], p)
+        for d, m, loss in self.arms():
+            for p in self.candidates(loss):
+                cfg = self.config(d, m, loss, self.seeds[0], p)
                 key = json.dumps(cfg.identity(), sort_keys=True, default=str)
-                if seen.setdefault(key, l) != l:
-                    raise ConfigError(f"--losses: {seen[key]} and {l} give the same runs "
+                if seen.setdefault(key, loss) != loss:
+                    raise ConfigError(f"--losses: {seen[key]} and {loss} give the same runs "
                                       f"({cfg.loss.name} with {shown(cfg.loss.params, 200)}); "
                                       "keep one of them")
 
@@ -108,8 +108,8 @@ class Grid:
     def size(self) -> int:
         """Runs in the grid: every candidate of a tuned arm on each tuning seed, then one
         setting per arm on every reported seed."""
-        tuning = sum(len(self.candidates(l)) * len(self.tune_seeds)
-                     for _, _, l in self.arms() if self.tuned(l))
+        tuning = sum(len(self.candidates(loss)) * len(self.tune_seeds)
+                     for _, _, loss in self.arms() if self.tuned(loss))
         return tuning + len(self.arms()) * len(self.seeds)
 
     def config(self, dataset: str, model: str, loss: str, seed: int, params: dict) -> RunConfig:
@@ -166,11 +166,11 @@ class CompareConfig:
     # stats.parse_margins): two one-sided tests; None: no equivalence test.
     equivalence: dict | None = None
     # Train runs that differ only in seed and loss as packed models (prlbench.engine.pack);
-    # None: where it is faster (see `packs`).
+    # None: where it is faster (see `packed`).
     pack: bool | None = None
 
     @property
-    def packs(self) -> bool:
+    def packed(self) -> bool:
         """Whether the runs train packed: --pack / --no-pack, else where it is faster (by the
         device and the batch size)."""
         from prlbench.engine.pack import pack_by_default

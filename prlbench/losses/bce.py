@@ -6,7 +6,8 @@ every model has, (BCE(ctr, click) + BCE(ctcvr, conversion)) / 2. The pairwise lo
 
 A registered loss is `fn(outputs, click, conversion, **params) -> (total, parts)`: `outputs`
 holds the model's "ctr" and "ctcvr" logits [B] (and optionally "cvr", ignored, and "aux_loss",
-per-row terms [B] or a scalar, whose mean is added to every loss); `parts` are the detached, unweighted pieces of the total.
+per-row terms [B] or a scalar, whose mean is added to every loss); `parts` are the detached,
+unweighted pieces of the total.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ class InfoTransferAttention(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.value, self.key, self.query = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.value, self.key, self.query = (nn.Linear(dim, dim), nn.Linear(dim, dim),
+                                            nn.Linear(dim, dim))
         self.scale = 1.0 / math.sqrt(dim)
 
     def forward(self, transferred: Tensor, own: Tensor) -> Tensor:

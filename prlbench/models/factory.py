@@ -76,7 +76,8 @@ def resolve_hyperparameters(name: str, preset: str, overrides: dict[str, Any]) -
     checked: a ConfigError names a bad model, preset, option or value (no torch work done)."""
     valid = hyperparameters(name)
     if preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
+        raise ConfigError(f"unknown model preset {preset!r}; valid presets: "
+                          f"{', '.join(MODEL_PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - set(valid))
     if unknown:

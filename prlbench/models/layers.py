@@ -53,7 +53,8 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, vocab_sizes: Sequence[int], num_numerical: int, embed_dim: int) -> None:
         super().__init__()
         sizes = [int(v) for v in vocab_sizes]
-        # One table with per-field offsets (MTReclib's layout and xavier init): one lookup per batch.
+        # One table with per-field offsets (MTReclib's layout and xavier init): one lookup per
+        # batch.
         self.table = nn.Embedding(max(sum(sizes), 1), embed_dim)
         nn.init.xavier_uniform_(self.table.weight)
         offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)[: len(sizes)]
@@ -88,7 +89,8 @@ class MLP(nn.Sequential):
     def __init__(self, in_dim: int, dims: Sequence[int], dropout: float) -> None:
         layers: list[nn.Module] = []
         for width in dims:
-            layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU(),
+                       nn.Dropout(dropout)]
             in_dim = width
         super().__init__(*layers)
         self.output_dim = in_dim
@@ -146,7 +148,8 @@ class ExpertBank(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             weight = torch.empty(num_experts, fan_in, fan_out).uniform_(-bound, bound)
             self.weights.append(nn.Parameter(weight))  # [E, in, out]
-            self.biases.append(nn.Parameter(torch.empty(num_experts, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(
+                torch.empty(num_experts, fan_out).uniform_(-bound, bound)))
         self.norms = nn.ModuleList(nn.BatchNorm1d(num_experts * w) for w in dims)
         self.dropout = nn.Dropout(dropout)
         self.output_dim = widths[-1]

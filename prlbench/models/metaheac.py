@@ -49,7 +49,8 @@ class MetaHeac(MultiTaskModel):
         self.task_embedding = TaskEmbedding(len(TASKS), embed_dim)
         self.experts = ExpertBank(self.embedding.output_dim, bottom_dims, num_experts, dropout)
         # Critics are towers ending in one logit each, computed together: [B, h] -> [B, C, 1].
-        self.critics = ExpertBank(self.experts.output_dim, tower_dims, num_critics, dropout, out_dim=1)
+        self.critics = ExpertBank(self.experts.output_dim, tower_dims, num_critics, dropout,
+                                  out_dim=1)
         self.expert_gate = Gate(2 * embed_dim, num_experts)  # shared; the task embedding steers it
         self.critic_gate = Gate(2 * embed_dim, num_critics)
 

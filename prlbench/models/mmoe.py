@@ -32,7 +32,8 @@ class MMoE(MultiTaskModel):
         in_dim = self.embedding.output_dim
         self.experts = ExpertBank(in_dim, bottom_dims, num_experts, dropout)
         self.gates = nn.ModuleDict({t: Gate(in_dim, num_experts) for t in TASKS})
-        self.towers = nn.ModuleDict({t: Tower(self.experts.output_dim, tower_dims, dropout) for t in TASKS})
+        self.towers = nn.ModuleDict({t: Tower(self.experts.output_dim, tower_dims, dropout)
+                                     for t in TASKS})
 
     def forward(self, categorical: Tensor, numerical: Tensor) -> dict[str, Tensor]:
         x = self.embedding(categorical, numerical).flatten(1)  # [B, F * d]

@@ -38,7 +38,8 @@ class _ExtractionLevel(nn.Module):
         self.register_buffer("groups", torch.tensor(groups), persistent=False)
         for t in range(len(TASKS)):
             own = range(shared + t * per_task, shared + (t + 1) * per_task)
-            self.register_buffer(f"select_{t}", torch.tensor([*range(shared), *own]), persistent=False)
+            self.register_buffer(f"select_{t}", torch.tensor([*range(shared), *own]),
+                                 persistent=False)
 
     def forward(self, shared: Tensor, tasks: list[Tensor]) -> tuple[Tensor | None, list[Tensor]]:
         if self.first:  # every expert reads the embedding: the shared-input fast path

@@ -104,7 +104,7 @@ class StagedReport:
         self.written: list[Path] = []
 
     def __enter__(self):
-        from prlbench.experiment.store import Store
+        from prlbench.store import Store
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.stage = Path(tempfile.mkdtemp(prefix=".report-", dir=self.out_dir))
@@ -136,7 +136,7 @@ class StagedReport:
 
 def clear_report(out_dir: Path) -> list[Path]:
     """Remove the tables and plots of an earlier report (when this one has nothing to show)."""
-    from prlbench.experiment.store import Store
+    from prlbench.store import Store
 
     store = Store(out_dir)
     gone = [store.tables_dir / n for n in TABLE_FILES] + [store.plots_dir / n for n in PLOT_FILES]

@@ -61,7 +61,7 @@ def read_predictions(run_dir: Path, columns, warnings: list[str], split: str = "
                      what: str = "the two-level bootstrap") -> dict | None:
     """The run's prediction columns among `columns` that it has, or None (with a warning
     naming the file and the command that writes it) when its predictions file is missing."""
-    from prlbench.experiment.store import RunFolder
+    from prlbench.store import RunFolder
 
     folder = RunFolder(run_dir)
     present = folder.prediction_columns(split)

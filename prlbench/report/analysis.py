@@ -8,10 +8,11 @@ predictions, the crossed seeds x test-rows model of the delta (prlbench.stats.cr
 two-level t-test, the default marker test, and the two-level bootstrap CI the tables show where
 the predictions are there), and the chosen test's p value adjusted (Holm or Benjamini-Hochberg)
 over every comparison of its table: the AUC metrics form one family, the loglosses another, each
-over all data sets x models x arms (the tables and their metrics: prlbench.metrics). A cell is a win / loss when it is significant and better /
-worse, "equivalent" when it is not and the equivalence test (two one-sided tests against a
-margin the user gives, corrected the same way) says it lies within the margin, and "n.s." (not
-significant) otherwise: a difference the test cannot see is not thereby absent.
+over all data sets x models x arms (the tables and their metrics: prlbench.metrics). A cell is
+a win / loss when it is significant and better / worse, "equivalent" when it is not and the
+equivalence test (two one-sided tests against a margin per metric kind, corrected the same way)
+says it lies within the margin, and "n.s." (not significant) otherwise: a difference the test
+cannot see is not thereby absent.
 
 Why the two-level t and not DeLong or a test over seeds alone decides significance: DeLong's
 test treats the trained model as fixed, so with millions of test rows it calls a 0.0001 AUC
@@ -79,7 +80,7 @@ def load_runs(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
 
 
 def _read_run(d: Path, split: str = "test") -> dict:
-    from prlbench.experiment.store import RunFolder, RunStatus
+    from prlbench.store import RunFolder, RunStatus
 
     folder = RunFolder(d)
     for name in (RunFolder.RECORD, RunFolder.CONFIG, RunFolder.metrics_name(split)):

@@ -21,7 +21,8 @@ _UNICODE = {"↑*": r"$\uparrow^{*}$", "↓*": r"$\downarrow^{*}$", "±": r"$\pm
             "Δ": r"$\Delta$", "λ": r"$\lambda$", "φ": r"$\phi$", "∈": r"$\in$",
             "×": r"$\times$", "–": "--", "—": "---", "↑": r"$\uparrow$",
             "↓": r"$\downarrow$",
-            "≥": r"$\geq$", "≈": r"$\approx$", "ε": r"$\varepsilon$", "≤": r"$\leq$", "−": r"$-$", "’": "'",
+            "≥": r"$\geq$", "≈": r"$\approx$", "ε": r"$\varepsilon$", "≤": r"$\leq$",
+            "−": r"$-$", "’": "'",
             "Δ̄": r"$\bar{\Delta}$", "√": r"$\surd$", "²": r"$^{2}$", "Φ": r"$\Phi$",
             "--": "-{}-"}  # "--equivalence", not an en dash
 _TOKENS = {**_UNICODE, **_SPECIAL}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prlbench.experiment.store import RunFolder
+from prlbench.store import RunFolder
 from prlbench.fileio import atomic_write_bytes
 from prlbench.config import BASELINE
 from prlbench.metrics import display_name, select, table_metrics

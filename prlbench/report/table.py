@@ -44,10 +44,6 @@ class Cell:
     p_adj: float = np.nan  # nan: untested
     outcome: str = ""  # analysis.OUTCOMES: win, n.s., loss, equivalent, untested ("": baseline)
 
-    @property
-    def significant(self) -> bool:
-        return self.outcome in ("win", "loss")
-
 
 @dataclass(frozen=True)
 class Row:

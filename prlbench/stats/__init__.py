@@ -1,6 +1,7 @@
 """Statistics for comparing a loss against BCE: AUCs, DeLong, a bootstrap CI, paired tests,
 multiple-comparison corrections, RelaImpr, the crossed (seeds x test rows) model with its
-two-level t-test and bootstrap, and equivalence tests (TOST). Numpy arrays in, Python floats / dataclasses out.
+two-level t-test and bootstrap, and equivalence tests (TOST). Numpy arrays in, Python floats /
+dataclasses out.
 """
 
 from prlbench.stats.auc import auc, group_auc, relaimpr

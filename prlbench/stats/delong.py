@@ -52,8 +52,9 @@ def fast_delong(y, s1, s2) -> DelongResult:
 def _placements(pos: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Per-row placement values in input order: V10 for positives, V01 for negatives.
 
-    Needs both classes present. Midranks without ranks: after one argsort, each tie block of equal scores gets the count of
-    positives and of negatives at or below it (cumulative sums); ties count 1/2.
+    Needs both classes present. Midranks without ranks: after one argsort, each tie block of
+    equal scores gets the count of positives and of negatives at or below it (cumulative sums);
+    ties count 1/2.
     """
     m = int(np.count_nonzero(pos))
     n = len(pos) - m

@@ -480,10 +480,6 @@ class RunFolder:
     def write_failure(self, failure: Failure) -> None:
         write_json(self.path / self.FAILURE, _to_json(failure))
 
-    def read_failure(self) -> Failure:
-        return _from_json(Failure, _read(self.path / self.FAILURE, self._fix()),
-                          self.path / self.FAILURE, self._fix())
-
     def drop_failure(self) -> None:
         (self.path / self.FAILURE).unlink(missing_ok=True)
 
