@@ -4,14 +4,13 @@ tests."""
 from __future__ import annotations
 
 import csv
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SAMPLES as CONFTEST_SAMPLES
 from prlbench.errors import ConfigError
 from prlbench.models import (MODEL_PRESETS, MODELS, create_model, hyperparameters,
                              model_summaries, presets)
@@ -24,9 +23,7 @@ B = 32
 NAMES = MODELS.names()
 PRESETS = list(MODEL_PRESETS)
 ALLOWED_KEYS = {"ctr", "ctcvr", "cvr", "aux_loss"}
-SAMPLES = Path(os.environ.get("PRLBENCH_SAMPLES")  # as in conftest.py
-               or Path(__file__).resolve().parents[2] / "shared" / "samples"
-               ) / "aliexpress_mtreclib_format"
+SAMPLES = CONFTEST_SAMPLES / "aliexpress_mtreclib_format"
 
 
 def make_batch(seed: int = 0, vocab=VOCAB, num=NUM, batch=B):

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from conftest import SAMPLES
 from prlbench.data.cache import SPLITS, aliexpress_schema, open_cache
 from prlbench.data.preprocess import preprocess
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.errors import ConfigError
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / \
-    "aliexpress_mtreclib_format" / "train.csv"
+SAMPLE = SAMPLES / "aliexpress_mtreclib_format" / "train.csv"
 ROWS = 5000
 
 
