@@ -521,8 +521,9 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
     # the grid record is the compare's that trained the runs, not this reading's
     assert (out / "compare.json").read_bytes() == (finished[0] / "compare.json").read_bytes()
     # ... except for the test its tables now use
-    r, text = invoke_compare(data_dir, out, "--seeds", "1,2", "--tables-only", "--test",
-                             "wilcoxon", "--equivalence", "auc=0.01,logloss=0.005")
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--tables-only", "--test", "wilcoxon", "--equivalence",
+                             "auc=0.01,logloss=0.005")
     assert r.exit_code == 0, text
     record, before = read_json(out / "compare.json"), read_json(finished[0] / "compare.json")
     assert record["test"] == {"name": "wilcoxon", "correction": "holm", "alpha": 0.05,
