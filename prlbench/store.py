@@ -241,34 +241,40 @@ def _check_types(cls, values: dict) -> None:
             raise ValueError(f"{key} is {value!r}, not {names}")
         if cls is Epoch and value is not None:
             _check_metric(key, value)
+        elif key == "best_val_score" and value is not None:  # it chooses epochs and settings
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"{key} is NaN")
+            _check_metric("val_score", value, key)
 
 
-def _check_metric(name: str, value: Any) -> None:
+def _check_metric(name: str, value: Any, label: str | None = None) -> None:
     """ValueError unless `value` lies in the range its kind (prlbench.metrics) allows; NaN is
     allowed where evaluation writes it for a metric that is undefined (e.g. no conversions).
-    Names the registry does not know are not checked (they reach no table)."""
+    Names the registry does not know are not checked (they reach no table). `label`: the
+    field named in the message (default `name`)."""
     from prlbench.metrics import METRICS
 
     if name not in METRICS:
         return
     kind = METRICS.get(name).kind
+    shown = label or name
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} is {value!r}, not a number")
+        raise ValueError(f"{shown} is {value!r}, not a number")
     if kind == "count":
         if not isinstance(value, int):
-            raise ValueError(f"{name} is {value!r}, not a whole number (a count)")
+            raise ValueError(f"{shown} is {value!r}, not a whole number (a count)")
     elif math.isnan(value):
         if kind in _UNDEFINED_OK:
             return
-        raise ValueError(f"{name} is NaN")
+        raise ValueError(f"{shown} is NaN")
     lo, hi = _RANGES[kind]
     if math.isinf(value):
-        raise ValueError(f"{name} is {value!r}, not a finite number")
+        raise ValueError(f"{shown} is {value!r}, not a finite number")
     if hi is not None and not lo <= value <= hi:
-        raise ValueError(f"{name} is {value!r}, outside [{lo}, {hi}] (the range of a {kind} "
+        raise ValueError(f"{shown} is {value!r}, outside [{lo}, {hi}] (the range of a {kind} "
                          "metric)")
     if lo is not None and value < lo:
-        raise ValueError(f"{name} is {value!r}, below {lo} (the least a {kind} metric can be)")
+        raise ValueError(f"{shown} is {value!r}, below {lo} (the least a {kind} metric can be)")
 
 
 # prlbench.metrics' kinds -> (lowest, highest) value; None: unbounded. AUCs, scores (a mean of

@@ -153,6 +153,11 @@ def test_a_small_grid_trains_every_run_and_writes_tables_plots_and_record(finish
     tex = (tables / "auc.tex").read_text()
     assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") >= 1
     cells = pd.read_csv(tables / "cells.csv")
+    # every CSV reads back as numbers where it holds numbers (lr once read np.float64(0.001))
+    for name in ("cells.csv", "runs.csv", "delong.csv"):
+        assert "np.float" not in (tables / name).read_text(), name
+    for col in ("lr", "weight_decay", "mean", "delta_mean", "p", "twolevel_p"):
+        assert pd.api.types.is_float_dtype(cells[col]), col
     ctr = cells[cells["metric"] == "ctr_auc"].set_index("arm")
     assert sorted(ctr.index) == ["bce", "pwiser"]
     # the marker's p is the two-level t's (the default test), computed from the predictions

@@ -196,6 +196,9 @@ def test_a_truncated_predictions_file_is_a_store_error_naming_the_file(tmp_path)
     ("run.json", {**V01_RUN, "threads": "two"}, "threads is 'two', not int"),
     ("run.json", {**V01_RUN, "best_epoch": 1.5}, "best_epoch is 1.5, not int"),
     ("run.json", {**V01_RUN, "test": [0.7]}, "test is [0.7], not dict"),
+    # a candidate's validation score chooses its setting: 99.0 would win every comparison
+    ("run.json", {**V01_RUN, "best_val_score": 99.0}, "best_val_score is 99.0, outside [0, 1]"),
+    ("run.json", {**V01_RUN, "best_val_score": float("nan")}, "best_val_score is NaN"),
 ])
 def test_a_record_with_a_value_of_the_wrong_type_is_refused(tmp_path, name, content, fragment):
     folder = RunFolder(tmp_path / "r")

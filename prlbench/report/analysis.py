@@ -322,7 +322,7 @@ def _cell(sub: pd.DataFrame, dataset: str, model: str, metric: str, arm: str,
            "mean": values.mean() if len(values) else np.nan,
            "std": values.std(ddof=1) if len(values) > 1 else np.nan,
            "seeds": ";".join(str(s) for s in values.index),
-           **{k: ";".join(repr(v) for v in sorted(sub[k].unique())) if k in sub else ""
+           **{k: ";".join(repr(float(v)) for v in sorted(sub[k].unique())) if k in sub else ""
               for k in ("lr", "weight_decay")}}
     if base is not None:
         row.update(_paired(values, base.set_index("seed")[metric].dropna(), metric, n_boot))
