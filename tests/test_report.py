@@ -154,6 +154,21 @@ def test_arm_labels_name_only_the_settings_that_differ(tmp_path):
     assert "PWiseR (λ=0.1) settings: λ=0.1, m1=0.05" in build_table(summary).caption
 
 
+def test_arm_labels_keep_the_digits_that_tell_two_settings_apart(tmp_path):
+    # lam=0.4285711 and lam=0.4285712 once both read "lam=0.428571": two runs of one arm per
+    # seed, and no report. The label keeps the digits that tell them apart, no more.
+    rng = np.random.default_rng(3)
+    dirs = [_write_run(tmp_path, "synthetic", "mmoe", loss, 1, rng, p)
+            for loss, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 0.4285711}),
+                            ("pwiser", {**PARAMS["pwiser"], "lam": 0.4285712}),
+                            ("ranknet", {"lam": 0.5, "score": "logit", "head": "ctr"}),
+                            ("ranknet", {"lam": 3 / 7, "score": "logit", "head": "ctr"}))]
+    runs = analysis.load_runs(dirs)
+    assert sorted(runs["arm"].unique()) == [
+        "bce", "pwiser(lam=0.4285711)", "pwiser(lam=0.4285712)", "ranknet(lam=0.428571)",
+        "ranknet(lam=0.5)"]
+
+
 def test_load_runs_errors_name_the_file_and_the_fix(tmp_path):
     rng = np.random.default_rng(2)
     d = _write_run(tmp_path, "synthetic", "mmoe", "bce", 1, rng)

@@ -272,3 +272,24 @@ def test_train_a_variant_from_the_command_line(tmp_path):
     assert config["data"]["dataset"] == canonical
     record = json.loads((run / "run.json").read_text())
     assert record["data_sha256"] == data_hash(d, canonical)
+
+
+# ------------------------------------------------------------------ sizes that cannot fit
+def test_a_synthetic_size_beyond_the_machine_is_refused_at_once_with_the_memory(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        v.check_rows_fit(40_000_000, memory=24e9)
+    assert "would need about 32.6 GB of memory" in str(e.value)
+    assert "above the 24.0 GB this machine has" in str(e.value)
+    assert "use at most 29,419,753 rows here" in str(e.value)
+    v.check_rows_fit(1_000_000, memory=24e9)  # fits
+    with pytest.raises(ConfigError, match="the bound is 100,000,000 rows"):
+        v.check_rows_fit(10**10, memory=1e15)
+    # through a spec, the CLI and a sweep flag: refused before anything is generated
+    r = CliRunner().invoke(app, ["preprocess", "synthetic[rows=1e10]", "--data-dir",
+                                 str(tmp_path / "d")])
+    text = " ".join(r.output.split())
+    assert r.exit_code != 0 and "--rows 10,000,000,000 is too large" in text
+    assert "Traceback" not in r.output and not (tmp_path / "d").exists()
+    r = CliRunner().invoke(app, ["compare", "--rows", "1000,1e10", "--data-dir",
+                                 str(tmp_path / "d"), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "is too large" in r.output and not (tmp_path / "o").exists()

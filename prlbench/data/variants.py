@@ -164,6 +164,7 @@ def check_options(rows: int, seed: int, click_rate: float, conversion_rate: floa
     does every variant spec): one place for their messages, which name the flags."""
     if isinstance(rows, bool) or not isinstance(rows, numbers.Integral) or rows < 1000:
         raise ConfigError(f"--rows must be an integer >= 1000, got {rows!r}")
+    check_rows_fit(int(rows))
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, got {seed!r}")
     for flag, value in (("--click-rate", click_rate), ("--conversion-rate", conversion_rate)):
@@ -174,6 +175,44 @@ def check_options(rows: int, seed: int, click_rate: float, conversion_rate: floa
     if conversion_rate >= 1 - noise_rate:
         raise ConfigError(f"--conversion-rate ({conversion_rate}) must be below 1 - --noise-rate "
                           f"({1 - noise_rate:g}): noise clicks never convert; lower one of them")
+
+
+# The generator's memory: about GEN_BYTES_PER_ROW per training row (its test split, a quarter
+# as large, included) above GEN_BASE_BYTES, measured at 100,000 and 400,000 rows (peak RSS of
+# prlbench preprocess: 0.25 and 0.49 GB). MAX_ROWS: the largest real data set (Ali-CCP's
+# ~42 M training and ~43 M test impressions) rounded up.
+GEN_BYTES_PER_ROW = 810
+GEN_BASE_BYTES = 170e6
+MAX_ROWS = 100_000_000
+
+
+def check_rows_fit(rows: int, memory: float | None = None) -> None:
+    """Refuse, at once, a synthetic size that is above MAX_ROWS or whose generation would not
+    fit in this machine's memory (`memory`: bytes, default the physical memory here)."""
+    need = GEN_BASE_BYTES + GEN_BYTES_PER_ROW * rows
+    if memory is None:
+        memory = physical_memory()
+    fits = int((memory - GEN_BASE_BYTES) / GEN_BYTES_PER_ROW) if memory else MAX_ROWS
+    bound = max(1000, min(MAX_ROWS, fits))
+    if rows <= bound:
+        return
+    why = (f"its generation would need about {need / 1e9:,.1f} GB of memory (about "
+           f"{GEN_BYTES_PER_ROW} bytes per row)"
+           + (f", above the {memory / 1e9:,.1f} GB this machine has" if memory and need > memory
+              else "")
+           + (f"; the bound is {MAX_ROWS:,} rows, the size of the largest real data set"
+              if rows > MAX_ROWS else ""))
+    raise ConfigError(f"--rows {rows:,} is too large: {why}; use at most {bound:,} rows here")
+
+
+def physical_memory() -> float | None:
+    """Bytes of physical memory, where the OS says (None elsewhere)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _real(value: object) -> bool:

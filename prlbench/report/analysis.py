@@ -143,14 +143,26 @@ def _arm_labels(df: pd.DataFrame) -> pd.Series:
             continue
         keys = sorted({k for s in settings.values() for k in s})
         varying = [k for k in keys if len({repr(s.get(k)) for s in settings.values()}) > 1]
+        digits = {k: _digits([s.get(k) for s in settings.values()]) for k in varying}
         for idx, p in group["params"].items():
-            inner = ",".join(f"{k}={_fmt_value(settings[p].get(k))}" for k in varying)
+            inner = ",".join(f"{k}={_fmt_value(settings[p].get(k), digits[k])}"
+                             for k in varying)
             labels[idx] = f"{df.at[idx, 'loss']}({inner})"
     return labels
 
 
-def _fmt_value(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+def _fmt_value(v, digits: int = 6) -> str:
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _digits(values: list) -> int:
+    """The fewest significant digits (6 at least) that keep distinct values distinct in a label:
+    lam=0.4285711 and lam=0.4285712 are two arms, not one "lam=0.428571" twice."""
+    distinct = {repr(v) for v in values}
+    for digits in range(6, 18):
+        if len({_fmt_value(v, digits) for v in values}) == len(distinct):
+            return digits
+    return 17
 
 
 def _check_unique(df: pd.DataFrame) -> None:
