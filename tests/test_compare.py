@@ -388,6 +388,18 @@ def test_f_a_lambda_list_is_chosen_on_the_tuning_seeds_and_reported_on_the_other
     params = cells.loc[cells["arm"] == "pwiser", "params"].unique()
     assert len(params) == 1 and json.loads(params[0])["lam"] == winner
 
+    # --tables-only with a tuning run gone: refused, naming it, never another candidate chosen
+    loser = 1.0 if winner == 0.1 else 0.1
+    shutil.rmtree(out / "runs" / pw[7, loser])
+    before = (out / "tables" / "auc.md").read_text()
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--lambda", "0.1,1", "--tune-seeds", "7,8", "--tables-only")
+    assert r.exit_code != 0
+    assert (f"--tables-only: 1 of the 4 tuning runs that choose the settings on validation have "
+            f"not finished under {out} (first: {pw[7, loser]}, pwiser seed 7)") in text, text
+    assert "run the same command without --tables-only" in text
+    assert (out / "tables" / "auc.md").read_text() == before
+
 
 # ------------------------------------------------------------- (g) two processes at once
 _COUNTING_CLI = """

@@ -77,12 +77,27 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
     tuning = [(i, j, grid.config(*arms[i], s, p)) for i in range(len(arms)) if len(cands[i]) > 1
               for j, p in enumerate(cands[i]) for s in grid.tune_seeds]
     tried = _execute([c for *_, c in tuning], executor, data_dir, out, train, on_event)
+    if not train:
+        _check_tuning_complete(tried, out)
     chosen = [_select(cands[i], [(j, o) for (a, j, _), o in zip(tuning, tried) if a == i])
               for i in range(len(arms))]
     table = [grid.config(*arms[i], s, cands[i][chosen[i]]) for i in range(len(arms))
              for s in grid.seeds]
     reported = _execute(table, executor, data_dir, out, train, on_event)
     return reported + [replace(o, role=Role.CANDIDATE) for o in tried]
+
+
+def _check_tuning_complete(tried: list[RunOutcome], out: Path) -> None:
+    """--tables-only chooses settings from the tuning runs that exist: with one missing it
+    would choose among the others and still say "tuned on validation". Refused instead."""
+    missing = [o for o in tried if o.status == Outcome.MISSING]
+    if missing:
+        first = missing[0]
+        raise ConfigError(
+            f"--tables-only: {len(missing)} of the {len(tried)} tuning runs that choose the "
+            f"settings on validation have not finished under {out} (first: {first.run_id}, "
+            f"{first.cfg.loss.name} seed {first.cfg.train.seed}); the choice would be made "
+            "without them. Train them: run the same command without --tables-only")
 
 
 def _execute(cfgs: list, executor, data_dir: Path, out: Path, train: bool,
