@@ -131,6 +131,8 @@ _LAYOUT = (
     "runs/<run-id>/              a finished run (the files below)",
     "runs/<run-id>.partial/      a run in progress, interrupted or failed",
     "runs/.locks/<run-id>.lock   held while a process trains or stores that run",
+    ".compare.lock               compare: held while compare.json and the report are written (a "
+    "second compare on this --out waits)",
     "compare.json                compare: the grid and every run's outcome",
     "tables/                     compare: auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv, "
     "delong.csv (--test-split random / both: the same with .test_random before the extension)",

@@ -23,13 +23,14 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import typing
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from prlbench.config import RunConfig
 from prlbench.errors import ConfigError, StoreError
@@ -600,6 +601,37 @@ class Store:
             raise e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    COMPARE_LOCK = ".compare.lock"
+
+    @contextmanager
+    def experiment_lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold `<out>/.compare.lock` exclusively while compare.json and the report are written,
+        so that they always come from one compare; a second compare on this folder waits, and
+        `on_wait(holder)` is told first who holds it (pid and command line, as the holder wrote
+        them into the lock file). Never a link followed."""
+        path = self.root / self.COMPARE_LOCK
+        _refuse_links(self.root, path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            if path.is_symlink():
+                raise ConfigError(_link_message(path)) from None
+            raise e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                    on_wait(holder or "another compare")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # releases the lock

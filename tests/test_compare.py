@@ -551,6 +551,35 @@ def test_h_tables_only_reports_the_finished_runs_and_trains_no_other(finished, d
 
 
 @pytest.mark.slow
+def test_h_the_record_and_the_report_are_written_under_the_experiment_lock(
+        finished, data_dir, tmp_path, monkeypatch):
+    import fcntl
+
+    from prlbench.experiment import compare as cmp
+    from prlbench.store import Store
+
+    out = copy_of(finished[0], tmp_path)
+    real, held = cmp._report, []
+
+    def report(res, run_dirs, store, cc, notes):  # could another compare take the lock now?
+        fd = os.open(store.root / Store.COMPARE_LOCK, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        return real(res, run_dirs, store, cc, notes)
+
+    monkeypatch.setattr(cmp, "_report", report)
+    r, text = invoke_compare(data_dir, out, "--models", "shared_bottom", "--seeds", "1,2",
+                             "--tables-only")
+    assert r.exit_code == 0, text
+    assert held == [True]
+
+
+@pytest.mark.slow
 def test_h_a_new_report_removes_the_files_it_did_not_write(finished, data_dir, tmp_path, fits):
     out = copy_of(finished[0], tmp_path)
     assert (out / "tables" / "auc.tex").exists()

@@ -2,6 +2,7 @@
 prlbench 0.1 (no schema) are read, later schemas and damaged files are refused with the fix."""
 
 import json
+import os
 
 import pytest
 
@@ -208,3 +209,24 @@ def test_a_record_with_a_value_of_the_wrong_type_is_refused(tmp_path, name, cont
     with pytest.raises(StoreError, match="not a valid|expected") as e:
         read()
     assert fragment in str(e.value) and str(folder.path / name) in str(e.value)
+
+
+# ------------------------------------------------------------------- the experiment lock
+def test_a_second_compare_waits_for_the_first_and_is_told_whom(tmp_path):
+    import threading
+
+    store = Store(tmp_path / "out")
+    told, order = [], []
+    with store.experiment_lock():
+        def second():
+            with Store(tmp_path / "out").experiment_lock(on_wait=told.append):
+                order.append("second")
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and order == []  # it waits while the first holds the lock
+        order.append("first done")
+    t.join(10)
+    assert order == ["first done", "second"]
+    assert len(told) == 1 and told[0].startswith(f"pid {os.getpid()}: ")

@@ -167,19 +167,27 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
         raise ConfigError(f"--tables-only: none of the {len(outcomes)} runs of this grid has "
                           f"finished under {out}; run the same command without --tables-only "
                           "to train them (or pass the --out of an earlier compare)")
-    if train:  # --tables-only leaves the record of the compare that trained the runs
-        Store(out).write_compare(_record(grid, res, time.perf_counter() - t0, cc.test_record()))
-    if done:
-        evaluate_extra_splits(done, cc.splits, data_dir, progress)
-        _report(res, done, Store(out), cc, data_notes(manifests))
-        if not train and (Path(out) / Store.COMPARE).exists():  # the test its tables now use
-            store = Store(out)
-            store.write_compare(replace(store.read_compare(), test=cc.test_record()))
-    else:
-        from prlbench.report import clear_report
+    store = Store(out)
+    # compare.json and the report are written under the experiment's lock, so that they always
+    # come from one compare; a second compare on this --out waits here (and says for whom).
+    with store.experiment_lock(on_wait=_waiting):
+        if train:  # --tables-only leaves the record of the compare that trained the runs
+            store.write_compare(_record(grid, res, time.perf_counter() - t0, cc.test_record()))
+        if done:
+            evaluate_extra_splits(done, cc.splits, data_dir, progress)
+            _report(res, done, store, cc, data_notes(manifests))
+            if not train and (Path(out) / Store.COMPARE).exists():  # the test its tables use
+                store.write_compare(replace(store.read_compare(), test=cc.test_record()))
+        else:
+            from prlbench.report import clear_report
 
-        res.removed = clear_report(out)
+            res.removed = clear_report(out)
     return res
+
+
+def _waiting(holder: str) -> None:
+    _console().print(f"waiting for the compare that is writing its report into this --out "
+                     f"({holder})", highlight=False, markup=False)
 
 
 def significance_plan(cc: CompareConfig, alpha: float = 0.05) -> tuple[str, list[str]]:
