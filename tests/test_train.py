@@ -309,3 +309,65 @@ def test_a_finished_folder_that_is_not_done_is_set_aside_and_trained_again(
     assert train_mod.train_run(_cfg(epochs=1), data_dir=data_dir, out=tmp_path,
                                progress=False) == run
     assert len(list((tmp_path / "runs").glob("*.broken-*"))) == 1
+
+
+# ------------------------------------------------------- a run scores the data it trained on
+def _small_cache(tmp_path) -> Path:
+    d = tmp_path / "data"
+    preprocess_synthetic(d, rows=6_000, seed=0, progress=False)
+    return d
+
+
+def test_preprocess_is_refused_while_a_run_holds_the_data_set(tmp_path, monkeypatch):
+    from prlbench.data.preprocess import preprocess
+    from prlbench.errors import CacheError
+
+    d = _small_cache(tmp_path)
+    real, seen = train_mod.RunContext.fit, []
+
+    def fit(self, **kw):  # a preprocess of the same data set while the run trains
+        state = real(self, **kw)
+        with pytest.raises(CacheError) as e:
+            preprocess("synthetic", d, progress=False, rows=5_000)
+        seen.append(str(e.value))
+        return state
+
+    monkeypatch.setattr(train_mod.RunContext, "fit", fit)
+    run = train_mod.train_run(_cfg(epochs=1), data_dir=d, out=tmp_path / "out", progress=False)
+    (message,) = seen
+    assert f"is in use by run {run.name} (pid " in message and "Wait for the run" in message
+    # the cache was not replaced: the run scored the data it trained on, and it says so
+    from prlbench.data.cache import data_hash
+
+    record = read_json(run / "run.json")
+    assert record["status"] == "done" and record["data_sha256"] == data_hash(d, "synthetic")
+    monkeypatch.undo()
+    preprocess("synthetic", d, progress=False, rows=5_000)  # free again once the run is done
+
+
+def test_a_run_whose_data_changed_under_it_fails_and_publishes_nothing(tmp_path, monkeypatch):
+    from prlbench.errors import CacheError
+
+    d = _small_cache(tmp_path)
+    other = tmp_path / "other"
+    preprocess_synthetic(other, rows=6_000, seed=1, progress=False)
+    real = train_mod.RunContext.fit
+
+    def fit(self, **kw):  # the test split replaced by hand (no preprocess) while it trained
+        state = real(self, **kw)
+        (d / "synthetic" / "test.parquet").write_bytes(
+            (other / "synthetic" / "test.parquet").read_bytes())
+        return state
+
+    monkeypatch.setattr(train_mod.RunContext, "fit", fit)
+    out = tmp_path / "out"
+    with pytest.raises(CacheError, match="changed while this run used it") as e:
+        train_mod.train_run(_cfg(epochs=1), data_dir=d, out=out, progress=False)
+    assert "not scored on other data than it trained with" in str(e.value)
+    runs = out / "runs"
+    assert [p.name for p in runs.iterdir() if not p.name.startswith(".")] == [
+        p.name for p in runs.glob("*.partial")]  # nothing published
+    (part,) = runs.glob("*.partial")
+    record = read_json(part / "run.json")
+    assert record["status"] == "failed" and "CacheError" in record["error"]
+    assert not (part / "metrics.json").exists()

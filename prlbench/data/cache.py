@@ -441,6 +441,105 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
         lock.close()
 
 
+# ------------------------------------------------------------------ a data set in use
+# A run holds its data set from its start to its last score: a shared lock on
+# `.<name>.inuse` beside the cache folder (never removed, so every holder locks one file), and
+# a note `.<name>.users/<pid>-<n>` naming the run. preprocess takes the lock exclusively and
+# refuses while any run holds it; a run that starts during a preprocess waits for it.
+def _inuse_paths(data_dir: Path, name: str) -> tuple[Path, Path]:
+    folder = cache_folder(data_dir, name)
+    return folder.parent / f".{folder.name}.inuse", folder.parent / f".{folder.name}.users"
+
+
+@contextlib.contextmanager
+def dataset_in_use(data_dir: Path, name: str, *, by: str) -> Iterator[None]:
+    """Hold data set `name` for a run (`by`: what to call it when a preprocess is refused)."""
+    import fcntl
+
+    path, users = _inuse_paths(data_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for the preprocess of {dataset_dir(data_dir, name)} to finish...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        users.mkdir(exist_ok=True)
+        note = users / f"{os.getpid()}-{id(path)}-{time.monotonic_ns()}"
+        note.write_text(f"{by} (pid {os.getpid()})", encoding="utf-8")
+        try:
+            yield
+        finally:
+            note.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def dataset_exclusive(data_dir: Path, name: str) -> Iterator[None]:
+    """Hold data set `name` alone, for a preprocess: a CacheError naming the runs that hold it
+    if any does (its cache is not replaced under a run that trains or scores on it)."""
+    import fcntl
+
+    path, users = _inuse_paths(data_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = _holders(users)
+            raise CacheError(
+                f"{dataset_dir(data_dir, name)} is in use by "
+                f"{'; '.join(holders[:3]) if holders else 'a run'}"
+                f"{f' and {len(holders) - 3} more' if len(holders) > 3 else ''}: a run trains "
+                "and scores on the cache it started with, so it is not replaced under it. "
+                "Wait for the run to finish (or stop it), then preprocess again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _holders(users: Path) -> list[str]:
+    """The runs holding a data set, from their notes (those of processes still alive)."""
+    out = []
+    for note in sorted(users.glob("*")) if users.is_dir() else []:
+        try:
+            pid = int(note.name.split("-")[0])
+            os.kill(pid, 0)
+            out.append(note.read_text(encoding="utf-8").strip())
+        except (ValueError, ProcessLookupError, PermissionError, OSError):
+            continue
+    return out
+
+
+def check_unchanged(manifest: "Manifest", name: str, split: str | None = None) -> None:
+    """The manifest on disk is still `manifest` (read when the run started), and the file of
+    `split` (if given: before a run is scored on it) is the one it lists, by content; a
+    CacheError otherwise (a run is not scored on data it did not train with)."""
+    fix = ("the run is not scored on other data than it trained with; preprocess the data set "
+           "as it was, or retrain the run")
+    mpath = manifest.dir / MANIFEST
+    try:
+        now = _content_hash(_read_manifest(mpath, name))
+    except (OSError, CacheError) as e:
+        raise CacheError(f"the cache of {name} changed while this run used it ({e}); {fix}") \
+            from None
+    if now != manifest.data_sha256:
+        raise CacheError(f"the cache of {name} in {manifest.dir} changed while this run used it "
+                         f"(its manifest now describes other data); {fix}")
+    entry = (None if split is None else manifest["splits"].get(split)
+             if split in manifest["splits"] else manifest.get("extra_splits", {}).get(split))
+    if entry is not None:
+        try:
+            _verify_file(manifest.dir / entry["file"], entry, name, full=True)
+        except CacheError as e:
+            raise CacheError(f"the cache of {name} changed while this run used it: {e}; "
+                             f"{fix}") from None
+
+
 def sweep_stale(target: Path) -> list[Path]:
     """Remove the staging / old folders of `target` left by a preprocess that was killed
     (SIGKILL, power loss); folders of a process still running are left alone. A swap killed

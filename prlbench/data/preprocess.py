@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prlbench.data import variants
 from prlbench.data.cache import (MANIFEST, _read_manifest, cache_folder, dataset_dir,
-                                 dataset_lock, sweep_stale)
+                                 dataset_exclusive, dataset_lock, sweep_stale)
 from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import CacheError, ConfigError
 
@@ -56,7 +56,8 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
             _check_source_outside_cache(given["source"], dataset_dir(data_dir, name))
     # One download or preprocess of a data set at a time, from before the inputs are read
     # (a download still writing raw/ is waited for) until the new cache is in place.
-    with dataset_lock(Path(data_dir), name):
+    # And never while a run trains or scores on the data set (dataset_exclusive refuses).
+    with dataset_lock(Path(data_dir), name), dataset_exclusive(Path(data_dir), name):
         sweep_stale(cache_folder(data_dir, name))  # a swap killed halfway: raw/ back first
         return spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **given)
 
@@ -107,7 +108,8 @@ def ensure_generated(data_dir: Path, name: str = DEFAULT_DATASET, *,
                 f"{name} --data-dir {shlex.quote(str(data_dir))} (with the options you built "
                 "it with), or delete the folder to get the default data set")
         extra = {**knobs, "dataset": variants.canonical(name)} if knobs else {}
-        spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **extra)
+        with dataset_exclusive(Path(data_dir), name):
+            spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **extra)
 
 
 def _check_variant(name: str, manifest: Path, folder: Path) -> None:

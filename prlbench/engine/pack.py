@@ -308,6 +308,7 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     an interrupt saves every member's checkpoint and is raised."""
     from pathlib import Path
 
+    from prlbench.data.cache import check_unchanged, dataset_in_use
     from prlbench.engine import run as solo
     from prlbench.store import DamagedCheckpoint, Store
 
@@ -333,9 +334,12 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     # From the first member's run.json on, an interrupt or error anywhere (building the other
     # members, loading the data, training) is recorded in every member not yet finished.
     unfinished = _Folders(lambda: [ctx.folder for i, _, ctx in members if results[i] is None])
+    held = dataset_in_use(data_dir, cfgs[0].data.dataset,
+                          by=f"runs {', '.join(o[1] for o in opened.values())}")
     try:
-        with solo._recorded(unfinished):
+        with solo._recorded(unfinished), held:
             for i, (_, rid, part, manifest) in opened.items():
+                check_unchanged(manifest, cfgs[0].data.dataset)  # not replaced before we held it
                 member, ctx = _member(cfgs[i], part, data_dir, manifest, resume=resume,
                                       damaged=DamagedCheckpoint)
                 members.append((i, member, ctx))

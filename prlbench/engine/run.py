@@ -20,7 +20,7 @@ import torch
 
 from prlbench import __version__, signals
 from prlbench.config import RunConfig, run_id
-from prlbench.data.cache import Manifest, open_cache
+from prlbench.data.cache import Manifest, check_unchanged, dataset_in_use, open_cache
 from prlbench.data.loader import load_side, load_split
 from prlbench.engine.evaluate import evaluate_on_test
 from prlbench.engine.loop import Loop, LoopState
@@ -103,6 +103,7 @@ class RunContext:
         (metrics.<split>.json, predictions.<split>.parquet)."""
         self.model.load_state_dict(self.folder.load_best(self.device))
         name = self.cfg.data.dataset
+        check_unchanged(self.manifest, name, split)  # the data it trained with, or no score
         data = load_split(self.data_dir, name, split, device=self.device, manifest=self.manifest)
         side = load_side(self.data_dir, name, split) if split == "test" else None
         metrics, table = evaluate_on_test(
@@ -202,7 +203,8 @@ def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False
     store, rid, part, manifest = opened
     ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
     _begin(ctx, rid)
-    with _recorded(part):
+    with _recorded(part), dataset_in_use(Path(data_dir), cfg.data.dataset, by=f"run {rid}"):
+        check_unchanged(manifest, cfg.data.dataset)  # not replaced before we held it
         state, ctx = _fit(ctx, resume=resume, progress=progress,
                           set_aside_damaged=set_aside_damaged)
         return _finish(ctx, state, store)
@@ -322,7 +324,8 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
         extra = ", ".join(ctx.manifest.get("extra_splits", {})) or "none"
         raise ConfigError(f"--split {split}: {ctx.cfg.data.dataset} has no such evaluation "
                           f"split (its splits beside test: {extra})")
-    return ctx.evaluate_and_write(split)
+    with dataset_in_use(Path(data_dir), ctx.cfg.data.dataset, by=f"evaluate {folder.path}"):
+        return ctx.evaluate_and_write(split)
 
 
 __all__ = ["PARTIAL", "RunContext", "evaluate_run", "resolve_device", "train", "train_run",
