@@ -70,8 +70,10 @@ def _texts():
 
 def test_nothing_in_the_repository_cites_notes_outside_it():
     pattern = re.compile(r"METHOD\.md|DESIGN\.md|DATASETS\.md|\.\./shared")
+    # .ci/run alone may name the samples folder beside the clone (it sets PRLBENCH_SAMPLES)
     found = [str(p.relative_to(ROOT)) for p in _texts()
-             if p.name != "development.md" and pattern.search(p.read_text(errors="ignore"))]
+             if p.relative_to(ROOT).as_posix() != ".ci/run"
+             and pattern.search(p.read_text(errors="ignore"))]
     assert found == []
 
 
