@@ -722,6 +722,26 @@ def test_an_html_page_with_a_bom_is_refused_too(server, tmp_path):
         _get(f"{base}/x.zip", tmp_path)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                                      "utf-32-le", "utf-32-be"])
+def test_an_html_page_in_utf16_or_utf32_is_refused_too(server, tmp_path, encoding):
+    base, st = server
+    st.files["/x.zip"] = "\n<!DOCTYPE html><html>log in</html>".encode(encoding)
+    with pytest.raises(DownloadError, match="sent an HTML page"):
+        _get(f"{base}/x.zip", tmp_path)
+
+
+def test_the_html_check_cannot_refuse_data():
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.csv", "x,y\n1,2\n")
+    for data in (buf.getvalue(), b"search_id,feature\n1,2\n", b"\x1f\x8b\x08\x00" + bytes(300),
+                 bytes(300), "a,b\n1,2\n".encode("utf-16")):
+        assert not dl._looks_like_html(data), data[:20]
+
+
 @pytest.mark.parametrize("page", [
     b"<!-- SSO -->\n<html><body>Please log in</body></html>",
     b"<head><title>Login</title></head><body>log in</body>",

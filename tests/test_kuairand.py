@@ -699,3 +699,39 @@ def test_test_split_random_needs_the_split_and_evaluate_names_the_valid_ones(bui
     assert metrics["rows"] == manifest["extra_splits"]["test_random"]["rows"]
     assert read_json(run / "metrics.test_random.json") == metrics
     assert read_json(run / "metrics.json")["rows"] == manifest["splits"]["test"]["rows"]
+
+
+def test_an_archive_whose_members_are_too_big_is_refused_before_reading(fx, tmp_path,
+                                                                        monkeypatch):
+    """A small archive holding a huge member (a bomb) is refused from its tar headers, before a
+    byte of it is decompressed: per input (the user file at most 64 MiB, ...) and in all (at
+    most 100 times the archive). The bounds are lowered here to fit the stand-in."""
+    read = []
+    monkeypatch.setattr(tarfile.TarFile, "extractfile",
+                        lambda self, member: read.append(member) or None)
+    monkeypatch.setitem(kr.MAX_MEMBER_BYTES, "users", 1000)
+    with pytest.raises(DataError, match=r"user_features_pure\.csv declares [\d,]+ bytes "
+                       r"uncompressed, above the 1,000 a KuaiRand-Pure user_features_pure\.csv "
+                       r"may hold"):
+        kr.preprocess_kuairand(tmp_path / "a", source=fx.archive, progress=False)
+    monkeypatch.setitem(kr.MAX_MEMBER_BYTES, "users", 64 * 2**20)
+    monkeypatch.setattr(kr, "RATIO_FLOOR", 0)
+    monkeypatch.setattr(kr, "MAX_RATIO", 1)
+    with pytest.raises(DataError, match=r"times the archive .* refused as a possible archive "
+                       "bomb, nothing read"):
+        kr.preprocess_kuairand(tmp_path / "b", source=fx.archive, progress=False)
+    assert read == [] and not (tmp_path / "a" / NAME / "manifest.json").exists()
+
+
+def test_an_archive_that_expands_far_beyond_its_size_is_not_extracted(tmp_path, monkeypatch):
+    bomb = tmp_path / "bomb.tar.gz"
+    payload = b"0" * (2 * 2**20)  # 2 MiB of one byte: ~2 KB compressed
+    with tarfile.open(bomb, "w:gz") as tf:
+        info = tarfile.TarInfo("data/users.csv")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    monkeypatch.setattr(dl, "RATIO_FLOOR", 2**20)
+    with pytest.raises(dl.ArchiveRefused, match=r"bomb\.tar\.gz declares 2,097,152 uncompressed "
+                       r"bytes, \d[\d,]* times its own size .* the limit is 100\); refused"):
+        dl.extract_archive(bomb, tmp_path / "raw")
+    assert not any((tmp_path / "raw").iterdir())

@@ -54,6 +54,11 @@ CHUNK = 1 << 20
 TIMEOUT_S = 60.0
 MAX_BACKOFF_S = 300.0
 MAX_EXTRACT_BYTES = 200 * 2**30
+# An archive may expand at most MAX_RATIO times its own size (CSV compresses 3-15x; a bomb
+# reaches thousands), once it expands to more than RATIO_FLOOR bytes (tiny test archives of
+# repeated rows compress far better than real data).
+MAX_RATIO = 100
+RATIO_FLOOR = 64 * 2**20
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_DATA_DIR = Path("datasets")  # the CLI's default; commands we print omit it
 Facts = dict[str, tuple[str, int]]  # relative path -> (sha256, bytes)
@@ -410,9 +415,40 @@ def _refuse_html(part: Path, url: str) -> None:
 
 
 def _looks_like_html(head: bytes) -> bool:
-    """True if the bytes start, after a BOM, whitespace, an XML prolog and comments, with an
-    HTML tag. No raw file (zip, tar, CSV) starts with '<', so this cannot refuse data."""
-    text = head.removeprefix(b"\xef\xbb\xbf").lower()
+    """True if the bytes, read as UTF-8 / ASCII or as UTF-16 / UTF-32 (with a byte-order mark,
+    or without one when every other byte is zero, as ASCII markup in UTF-16 is), start after
+    whitespace, an XML prolog and comments with an HTML tag. No raw file of the data sets (zip,
+    tar, CSV in UTF-8) starts with '<' in any of these readings, so this cannot refuse data."""
+    return any(_starts_with_markup(text) for text in _readings(head))
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def _readings(head: bytes) -> list[bytes]:
+    """`head` as ASCII-compatible bytes in each encoding it may be in."""
+    out = [head.removeprefix(b"\xef\xbb\xbf")]
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return out + [_ascii(head[len(bom):], encoding)]
+    sample = head[:256]
+    for width, text, encoding in ((2, 0, "utf-16-le"), (2, 1, "utf-16-be"),
+                                  (4, 0, "utf-32-le"), (4, 3, "utf-32-be")):
+        lanes = [sample[i::width] for i in range(width)]
+        zero = [lane for i, lane in enumerate(lanes) if i != text]
+        if len(sample) >= 2 * width and all(b == 0 for lane in zero for b in lane) \
+                and any(lanes[text]):
+            out.append(_ascii(head, encoding))
+    return out
+
+
+def _ascii(data: bytes, encoding: str) -> bytes:
+    return data.decode(encoding, "ignore").encode("ascii", "ignore")
+
+
+def _starts_with_markup(text: bytes) -> bool:
+    text = text.lower()
     while True:
         text = text.lstrip()
         for start, end in _PREAMBLE:
@@ -668,6 +704,12 @@ def _extract_all(archive: Path, stage: Path, max_bytes: int, progress: bool) -> 
                 raise ArchiveRefused(f"{archive.name} declares {declared} uncompressed bytes, "
                                     f"over the limit of {max_bytes}; refused as a possible "
                                     "archive bomb")
+            ratio = declared / max(archive.stat().st_size, 1)
+            if declared > RATIO_FLOOR and ratio > MAX_RATIO:
+                raise ArchiveRefused(f"{archive.name} declares {declared:,} uncompressed bytes, "
+                                    f"{ratio:,.0f} times its own size (the data sets' archives "
+                                    f"expand about 3-15 times; the limit is {MAX_RATIO}); "
+                                    "refused as a possible archive bomb, nothing extracted")
             budget = [max_bytes]
             with _bar(f"extract {archive.name}", declared, 0, progress) as advance:
                 return {_rel(e.name): _write_member(e.open, stage / _rel(e.name), budget,

@@ -277,6 +277,7 @@ def _archive_entries(archive: Path, stack: contextlib.ExitStack) -> dict[str, _T
                 and name.endswith(".csv") and name[:-4] in FILES.values():
             role = next(r for r, f in FILES.items() if f == name[:-4])
             found.setdefault(role, []).append(info)
+    _check_member_sizes(archive, found)
     missing = [f"{FILES[r]}.csv" for r in FILES if r not in found]
     if missing:
         raise DataError(f"{archive}: no complete input found; missing {', '.join(missing)} "
@@ -287,6 +288,33 @@ def _archive_entries(archive: Path, stack: contextlib.ExitStack) -> dict[str, _T
                         f"{', '.join(i.name for i in twice[0])}; which one is the data is "
                         "ambiguous")
     return {role: _TarEntry(archive, tar, infos[0]) for role, infos in found.items()}
+
+
+# What an input of the archive may hold, uncompressed, as its tar header declares it (read
+# before any byte is decompressed): about 8x the real files (logs ~120 MB, the user file ~5 MB,
+# the video file ~1 MB); and the inputs together at most MAX_RATIO times the archive (the real
+# one: ~6x). A bigger member would be read for minutes into gigabytes of memory.
+MAX_MEMBER_BYTES = {"log_train": 2**30, "log_test": 2**30, "log_random": 2**30,
+                    "users": 64 * 2**20, "videos": 64 * 2**20}
+MAX_RATIO = 100
+RATIO_FLOOR = 64 * 2**20  # below it, a small (test) archive is not held to the ratio
+
+
+def _check_member_sizes(archive: Path, found: dict[str, list[tarfile.TarInfo]]) -> None:
+    for role, infos in found.items():
+        for info in infos:
+            if info.size > MAX_MEMBER_BYTES[role]:
+                raise DataError(
+                    f"{archive}: {info.name} declares {info.size:,} bytes uncompressed, above "
+                    f"the {MAX_MEMBER_BYTES[role]:,} a KuaiRand-Pure {FILES[role]}.csv may hold "
+                    "(about 8x the real file); refused, nothing read. Fetch the archive again: "
+                    f"prlbench download {NAME}")
+    total = sum(i.size for infos in found.values() for i in infos)
+    ratio = total / max(archive.stat().st_size, 1)
+    if total > RATIO_FLOOR and ratio > MAX_RATIO:
+        raise DataError(f"{archive}: its inputs declare {total:,} bytes uncompressed, "
+                        f"{ratio:,.0f} times the archive (the real one: about 6; the limit is "
+                        f"{MAX_RATIO}); refused as a possible archive bomb, nothing read")
 
 
 def _raise_where_it_ends(archive: Path, info: tarfile.TarInfo, error: Exception) -> None:
