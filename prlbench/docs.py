@@ -131,7 +131,7 @@ _LAYOUT = (
     "runs/<run-id>/              a finished run (the files below)",
     "runs/<run-id>.partial/      a run in progress, interrupted or failed",
     "runs/.locks/<run-id>.lock   held while a process trains or stores that run",
-    ".compare.lock               compare: held while compare.json and the report are written (a "
+    "runs/.locks/.compare        compare: held while compare.json and the report are written (a "
     "second compare on this --out waits)",
     "compare.json                compare: the grid and every run's outcome",
     "tables/                     compare: auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv, "

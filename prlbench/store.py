@@ -605,17 +605,21 @@ class Store:
         finally:
             os.close(fd)  # releases the lock
 
-    COMPARE_LOCK = ".compare.lock"
+    @property
+    def compare_lock(self) -> Path:
+        """`runs/.locks/.compare`: held while compare.json and the report are written."""
+        return self.runs_dir / ".locks" / ".compare"
 
     @contextmanager
     def experiment_lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-        """Hold `<out>/.compare.lock` exclusively while compare.json and the report are written,
-        so that they always come from one compare; a second compare on this folder waits, and
-        `on_wait(holder)` is told first who holds it (pid and command line, as the holder wrote
-        them into the lock file). Never a link followed."""
-        path = self.root / self.COMPARE_LOCK
-        _refuse_links(self.root, path)
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Hold `runs/.locks/.compare` exclusively while compare.json and the report are
+        written, so that they always come from one compare; a second compare on this folder
+        waits, and `on_wait(holder)` is told first who holds it (pid and command line, as the
+        holder wrote them into the lock file). Never a link followed."""
+        path = self.compare_lock
+        _refuse_links(self.runs_dir, path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_links(self.runs_dir, path.parent, path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except OSError as e:

@@ -556,13 +556,11 @@ def test_h_the_record_and_the_report_are_written_under_the_experiment_lock(
     import fcntl
 
     from prlbench.experiment import compare as cmp
-    from prlbench.store import Store
-
     out = copy_of(finished[0], tmp_path)
     real, held = cmp._report, []
 
     def report(res, run_dirs, store, cc, notes):  # could another compare take the lock now?
-        fd = os.open(store.root / Store.COMPARE_LOCK, os.O_RDWR)
+        fd = os.open(store.compare_lock, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held.append(False)

@@ -442,13 +442,20 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ a data set in use
-# A run holds its data set from its start to its last score: a shared lock on
-# `.<name>.inuse` beside the cache folder (never removed, so every holder locks one file), and
-# a note `.<name>.users/<pid>-<n>` naming the run. preprocess takes the lock exclusively and
-# refuses while any run holds it; a run that starts during a preprocess waits for it.
-def _inuse_paths(data_dir: Path, name: str) -> tuple[Path, Path]:
-    folder = cache_folder(data_dir, name)
-    return folder.parent / f".{folder.name}.inuse", folder.parent / f".{folder.name}.users"
+# A run holds its data set from its start to its last score: a shared lock on `.inuse` inside
+# the cache folder, whose file also lists the runs that took it (a line each: pid, then what
+# the run is). preprocess takes it exclusively and refuses while any run holds it; a run that
+# starts during a preprocess waits for it. The file goes with its folder when a preprocess
+# swaps the cache, so nothing is left behind.
+INUSE = ".inuse"
+
+
+def _open_inuse(data_dir: Path, name: str) -> tuple[Path, int] | None:
+    folder = dataset_dir(data_dir, name)
+    if not folder.is_dir():
+        return None
+    path = folder / INUSE
+    return path, open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
 
 
 @contextlib.contextmanager
@@ -456,23 +463,30 @@ def dataset_in_use(data_dir: Path, name: str, *, by: str) -> Iterator[None]:
     """Hold data set `name` for a run (`by`: what to call it when a preprocess is refused)."""
     import fcntl
 
-    path, users = _inuse_paths(data_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
-    try:
+    said = False
+    while True:
+        opened = _open_inuse(data_dir, name)
+        if opened is None:  # not preprocessed: the run fails on it by itself
+            yield
+            return
+        path, fd = opened
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for the preprocess of {dataset_dir(data_dir, name)} to finish...",
-                  file=sys.stderr, flush=True)
+            if not said:
+                print(f"waiting for the preprocess of {dataset_dir(data_dir, name)} to "
+                      "finish...", file=sys.stderr, flush=True)
+                said = True
             fcntl.flock(fd, fcntl.LOCK_SH)
-        users.mkdir(exist_ok=True)
-        note = users / f"{os.getpid()}-{id(path)}-{time.monotonic_ns()}"
-        note.write_text(f"{by} (pid {os.getpid()})", encoding="utf-8")
-        try:
-            yield
-        finally:
-            note.unlink(missing_ok=True)
+        try:  # a preprocess swapped the folder while we waited: lock the new one's file
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.write(fd, f"{os.getpid()} {by}\n".encode("utf-8", "replace"))
+        yield
     finally:
         os.close(fd)
 
@@ -483,35 +497,44 @@ def dataset_exclusive(data_dir: Path, name: str) -> Iterator[None]:
     if any does (its cache is not replaced under a run that trains or scores on it)."""
     import fcntl
 
-    path, users = _inuse_paths(data_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    opened = _open_inuse(data_dir, name)
+    if opened is None:  # no cache yet: no run can hold it
+        yield
+        return
+    path, fd = opened
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holders = _holders(users)
+            holders = _holders(path)
             raise CacheError(
                 f"{dataset_dir(data_dir, name)} is in use by "
                 f"{'; '.join(holders[:3]) if holders else 'a run'}"
                 f"{f' and {len(holders) - 3} more' if len(holders) > 3 else ''}: a run trains "
                 "and scores on the cache it started with, so it is not replaced under it. "
                 "Wait for the run to finish (or stop it), then preprocess again") from None
+        os.ftruncate(fd, 0)  # every holder has gone: the list starts afresh
         yield
     finally:
         os.close(fd)
 
 
-def _holders(users: Path) -> list[str]:
-    """The runs holding a data set, from their notes (those of processes still alive)."""
+def _holders(path: Path) -> list[str]:
+    """The runs listed in a `.inuse` file whose processes are still alive, newest last."""
     out = []
-    for note in sorted(users.glob("*")) if users.is_dir() else []:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-1000:]
+    except OSError:
+        return out
+    for line in lines:
+        pid, _, what = line.partition(" ")
         try:
-            pid = int(note.name.split("-")[0])
-            os.kill(pid, 0)
-            out.append(note.read_text(encoding="utf-8").strip())
+            os.kill(int(pid), 0)
         except (ValueError, ProcessLookupError, PermissionError, OSError):
             continue
+        entry = f"{what} (pid {pid})"
+        if entry not in out:
+            out.append(entry)
     return out
 
 
