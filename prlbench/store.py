@@ -96,7 +96,10 @@ class RunRecord:
                                default=None)
     pid: int | None = _doc("the process that trained it", default=None)
     argv: list = _doc("that process's command line", default_factory=list)
-    versions: dict = _doc("prlbench, torch, numpy, python, platform", default_factory=dict)
+    versions: dict = _doc("what made its numbers: prlbench, git_commit (installed from a clone; "
+                          "-dirty with uncommitted changes), torch, cuda, numpy, python, "
+                          "platform, device, device_name (the GPU's or CPU's model), gpu_driver "
+                          "or cpu_native_bf16", default_factory=dict)
     best_epoch: int | None = _doc("the epoch chosen on validation (from 1)", default=None)
     best_val_score: float | None = _doc("its validation score (mean of CTR and CTCVR AUC)",
                                         default=None)

@@ -98,7 +98,7 @@ def test_no_private_name_is_imported_from_another_package():
 # The package order, lowest first: a module imports modules of its own level or below, never
 # above (docs/development.md). Each entry is a module or a package (with everything in it).
 LEVELS = (
-    ("prlbench", "prlbench.errors", "prlbench.fileio", "prlbench.signals"),
+    ("prlbench", "prlbench.errors", "prlbench.fileio", "prlbench.signals", "prlbench.machine"),
     ("prlbench.registry", "prlbench.stats"),
     ("prlbench.data", "prlbench.models", "prlbench.losses", "prlbench.metrics"),
     ("prlbench.config",),

@@ -46,6 +46,14 @@ def test_training_learns_and_writes_a_complete_run_folder(data_dir, tmp_path):
     assert _metrics(run)["ctr_auc"] > 0.6
     record = read_json(run / "run.json")
     assert record["status"] == "done" and record["data_sha256"]
+    # which machine made it: versions, the commit of this clone, the device
+    v = record["versions"]
+    assert v["torch"] == torch.__version__ and v["device"] == "cpu" and v["device_name"]
+    assert isinstance(v["cpu_native_bf16"], bool) and "cuda" in v
+    from prlbench.machine import git_commit
+    assert v["git_commit"] == git_commit()
+    if (Path(__file__).resolve().parents[1] / ".git").exists():
+        assert len(v["git_commit"].removesuffix("-dirty")) == 40
     state = torch.load(run / "best.pt", weights_only=True)
     assert isinstance(state, dict) and state
 

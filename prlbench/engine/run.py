@@ -9,7 +9,6 @@ checkpoint chosen on validation.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prlbench import __version__, signals
+from prlbench import signals
 from prlbench.config import RunConfig, run_id
 from prlbench.data.cache import Manifest, check_unchanged, dataset_in_use, open_cache
 from prlbench.data.loader import load_side, load_split
@@ -43,9 +42,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def versions() -> dict:
-    return {"prlbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+def versions(device: str = "cpu") -> dict:
+    """What made a run's numbers: versions, git commit, device (prlbench.machine)."""
+    from prlbench.machine import provenance
+
+    return provenance(device)
 
 
 class RunContext:
@@ -245,7 +246,8 @@ def _begin(ctx: RunContext, rid: str, **record) -> None:
     # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
     # so that a report can say when its runs were trained with different counts.
     ctx.folder.update_record(RunStatus.RUNNING, run_id=rid, data_sha256=ctx.manifest.data_sha256,
-                             versions=versions(), data_dir=str(ctx.data_dir.resolve()),
+                             versions=versions(ctx.device),
+                             data_dir=str(ctx.data_dir.resolve()),
                              pid=os.getpid(), argv=list(sys.argv),
                              threads=torch.get_num_threads(), **record)
 

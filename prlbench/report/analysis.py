@@ -99,7 +99,9 @@ def _read_run(d: Path, split: str = "test") -> dict:
            "run_dir": str(d), "best_epoch": run.best_epoch, "threads": run.threads,
            "lr": float(cfg.train.lr), "weight_decay": float(cfg.train.weight_decay),
            "embedding_optimizer": cfg.train.embedding_optimizer, "split": split,
-           "packed": run.packed_with is not None}
+           "packed": run.packed_with is not None,
+           "device_name": run.versions.get("device_name", ""),
+           "git_commit": run.versions.get("git_commit") or ""}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})  # counts stay ints
     if not _cvr_is_probability(cfg.model.name):  # a run made before 0.4 wrote it anyway
