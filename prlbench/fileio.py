@@ -19,6 +19,15 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Ctrl-C / SIGTERM wait until the file is whole or gone: a signal between mkstemp and the
+    # try below would leave the temporary file behind.
+    from prlbench.signals import deferred
+
+    with deferred():
+        _write_then_rename(path, data)
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
