@@ -368,28 +368,17 @@ def peer_source(data: TensorData, batch_size: int, device: str, workers: int):
 
 def make_pack_step(preset: str, manifest: dict, members: int, loss_name: str, device: str,
                    precision: str, name: str = "mmoe"):
-    """One step of `members` seeds of model `name` packed (prlbench.models.packed), as
-    engine.pack does it: the batch holds each member's rows in turn; returns the summed loss."""
-    from prlbench.models.packed import pack, split_outputs
-
-    models, gens = [], []
-    for seed in range(1, members + 1):
-        models.append(build(name, preset, manifest, device, seed=seed))
-        gens.append(torch.Generator().manual_seed(seed))
-    model = pack(models, gens)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = LOSSES.get(loss_name)
-    model.train()
+    """One step of a pack of `members` seeds of model `name`, as engine.pack takes it: each
+    member's solo step in turn (its own model and Adam; the batch holds each member's rows in
+    turn); returns the summed loss. A pack shares a process and the data, not arithmetic."""
+    steps = [make_step(build(name, preset, manifest, device, seed=seed), loss_name, device,
+                       precision) for seed in range(1, members + 1)]
 
     def step(cat, num, click, conversion) -> float:
-        with autocast(device, precision):
-            outs = split_outputs(model(cat, num), members)
-            c, v = click.view(members, -1), conversion.view(members, -1)
-            loss = torch.stack([loss_fn(o, c[s], v[s])[0] for s, o in enumerate(outs)]).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        rows = len(click) // members
+        return sum(fn(cat[s * rows:(s + 1) * rows], num[s * rows:(s + 1) * rows],
+                      click[s * rows:(s + 1) * rows], conversion[s * rows:(s + 1) * rows])
+                   for s, fn in enumerate(steps))
     return step
 
 

@@ -276,11 +276,11 @@ def _print_manifest(manifest, where: Path) -> None:
 # ---------------------------------------------------------------------------- train
 TrainSeeds = Annotated[Optional[str], typer.Option(
     help="Several seeds instead of --seed: a count (8 = seeds 1..8) or a list (1,2,3), trained "
-    "as one packed model (each run's folder and numbers as if trained alone, to float "
-    "tolerance); with --no-pack one after another.")]
+    "one after another, or with --pack as one pack.")]
 TrainPack = Annotated[Optional[bool], typer.Option(
-    "--pack/--no-pack", help="With --seeds: pack them (default: where it measured faster, as "
-    "for compare).")]
+    "--pack/--no-pack", help="With --seeds: train them as one pack, one process and one copy "
+    "of the data, the runs taking turns step by step; each run's files are the solo run's byte "
+    "for byte. Not faster; default --no-pack.")]
 
 
 @app.command()
@@ -314,14 +314,14 @@ def train(
     ] = Path("results"),
     quiet: Quiet = False,
 ) -> None:
-    """Train one model with one loss and seed (or several seeds, packed); evaluate it on test
+    """Train one model with one loss and seed (or several seeds); evaluate it on test
     at the end.
 
     Examples:
       prlbench train --dataset synthetic --model mmoe --loss pwiser --seed 1
       prlbench train --dataset aliexpress_nl --model ple --loss pwiser --m2 0.1 --preset paper
       prlbench train --loss ranknet --head both --lambda 0.4286   # Combined-Pair (Lin et al.)
-      prlbench train --loss pwiser --seeds 8   # seeds 1-8 as one packed model
+      prlbench train --loss pwiser --seeds 8   # seeds 1-8, one after another
     """
     from prlbench.config import resolve
     from prlbench.engine.run import train as run_train
@@ -471,10 +471,9 @@ Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(co
 RunThreads = Annotated[Optional[int], typer.Option(
     help="torch threads per run (default: cores // jobs).")]
 Pack = Annotated[Optional[bool], typer.Option(
-    "--pack/--no-pack", help="Train the runs that differ only in seed and loss as packed models "
-    "(weights stacked per run, one process; each run's files and numbers as if trained alone, "
-    "to float tolerance). Default: where it measured faster: on a GPU, and on a CPU for "
-    "batches of 512 or fewer (docs/performance.md).")]
+    "--pack/--no-pack", help="Train the runs that differ only in seed and loss as packs: one "
+    "process and one copy of the data per pack, its runs taking turns step by step; each run's "
+    "files are the solo run's byte for byte. Not faster; default --no-pack.")]
 RayAddress = Annotated[Optional[str], typer.Option(
     help="Ray cluster address (auto, ray://host:port); default: a local instance.")]
 Formats = Annotated[str, typer.Option(
@@ -535,7 +534,7 @@ def compare(
       prlbench compare --lr 5e-4,1e-3,2e-3 --tune-seeds 2 --equivalence auc=0.001
       prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
       prlbench compare --executor ray --ray-address auto
-      prlbench compare --device cuda --seeds 8   # the seeds packed into one model (default on GPU)
+      prlbench compare --device cuda --seeds 8
       prlbench compare --format latex --out results/nl_fr --tables-only
     """
     from prlbench.experiment.compare import compare as run_compare, default_out, significance_plan

@@ -105,14 +105,16 @@ class RunRecord:
                                         default=None)
     epochs_run: int | None = _doc("epochs trained (early stopping may end before the "
                                   "maximum)", default=None)
-    train_seconds: float | None = _doc("wall-clock seconds of training (a packed run: the "
-                                       "pack's, shared by its members)", default=None)
-    samples_per_s: float | None = _doc("training samples per second (a packed run: its own "
-                                       "samples; the pack trained packed_with's count times as "
-                                       "many)", default=None)
-    packed_with: list | None = _doc("the run ids trained as one packed model with it (itself "
+    train_seconds: float | None = _doc("wall-clock seconds of training (a packed run: of its "
+                                       "own steps, not its pack-mates')", default=None)
+    samples_per_s: float | None = _doc("training samples per second", default=None)
+    packed_with: list | None = _doc("the run ids trained in one pack with it (itself "
                                     "included; prlbench.engine.pack); absent for a solo run",
                                     default=None)
+    pack_mode: str | None = _doc("how its pack trained: \"turns\" (each member its solo "
+                                 "arithmetic, so its bytes are the solo run's); absent for a solo "
+                                 "run and for the stacked packs of prlbench 0.3, which agreed with "
+                                 "solo runs only to float tolerance", default=None)
     test_seconds: float | None = _doc("wall-clock seconds of the test evaluation",
                                       default=None)
     test: dict | None = _doc("the test metrics, as in metrics.json", default=None)

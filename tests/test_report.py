@@ -643,17 +643,21 @@ def test_runs_trained_with_different_thread_counts_are_flagged(tmp_path):
         analysis.load_runs(same), n_boot=200, delong=False, two_level=False).warnings)
 
 
-def test_runs_that_mix_packed_and_solo_training_are_flagged(tmp_path):
+def test_runs_of_a_stacked_pack_mixed_with_others_are_flagged(tmp_path):
+    """prlbench 0.3's stacked packs agreed with solo runs to float tolerance only; packs since
+    ("turns") train byte for byte as solo runs and are not flagged."""
     paths = make_tree(tmp_path, seeds=(1, 2), datasets=("synthetic",), models=("mmoe",),
                       losses=("bce", "pwiser"))
-    for d in paths[:2]:
+    for d, extra in zip(paths, ({}, {}, {"pack_mode": "turns"}, {"pack_mode": "turns"})):
         record = json.loads((d / "run.json").read_text())
-        (d / "run.json").write_text(json.dumps({**record, "packed_with": [record["run_id"]]}))
+        (d / "run.json").write_text(json.dumps({**record, "packed_with": [record["run_id"]],
+                                                **extra}))
     s = analysis.summarise(analysis.load_runs(paths), n_boot=200, delong=False, two_level=False)
-    assert any("2 of the 4 runs were trained packed" in w and "--no-pack" in w
+    assert any("2 of the 4 runs were trained in a stacked pack of prlbench 0.3" in w
                for w in s.warnings)
-    assert list(s.runs["packed"]).count(True) == 2
-    assert not any("packed" in w for w in analysis.summarise(
+    assert list(s.runs["packed"]).count(True) == 4
+    assert list(s.runs["stacked_pack"]).count(True) == 2
+    assert not any("stacked pack" in w for w in analysis.summarise(
         analysis.load_runs(paths[2:]), n_boot=200, delong=False, two_level=False).warnings)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -55,20 +56,31 @@ class Loop:
         self.train, self.val = train, val
 
     def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
-        cfg = self.cfg.train
-        opt = make_optimizer(self.model, cfg)  # Adam; see train.embedding_optimizer
-        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        state, epoch_gen = LoopState(), gen.get_state()
-        if resume and self.folder.has(RunFolder.STATE):
-            state, epoch_gen = self.load_state(opt)
         with StopFlag() as stop:
-            while not state.done:
-                epoch_gen = self._run_epoch(opt, gen, epoch_gen, state, stop, progress)
-        return state
+            for _ in self.steps(resume=resume, progress=progress, stop=stop):
+                pass
+        return self.state
 
-    def _run_epoch(self, opt, gen, epoch_gen, state: LoopState, stop: StopFlag, progress: bool):
+    def steps(self, *, resume: bool, progress: bool, stop: StopFlag) -> Iterator[None]:
+        """Train, yielding after every optimizer step: `fit` runs it to the end, a pack
+        (engine.pack) runs its members' steps in turn. Uses the global RNG (dropout) as it
+        finds it; `state` and `checkpoint()` are valid from the first step on."""
         cfg = self.cfg.train
-        gen.set_state(epoch_gen)  # the epoch's permutation is drawn from this state
+        self.opt = make_optimizer(self.model, cfg)  # Adam; see train.embedding_optimizer
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.state, self.epoch_gen = LoopState(), gen.get_state()
+        if resume and self.folder.has(RunFolder.STATE):
+            self.state, self.epoch_gen = self.load_state(self.opt)
+        while not self.state.done:
+            yield from self._run_epoch(gen, stop, progress)
+
+    def checkpoint(self) -> None:
+        """state.pt now (with the global RNG as it stands: a pack swaps the member's in)."""
+        self.save_state(self.opt, self.epoch_gen, self.state)
+
+    def _run_epoch(self, gen, stop: StopFlag, progress: bool) -> Iterator[None]:
+        cfg, state, opt = self.cfg.train, self.state, self.opt
+        gen.set_state(self.epoch_gen)  # the epoch's permutation is drawn from this state
         steps = -(-len(self.train) // cfg.batch_size)
         loss_fn = LOSSES.get(self.cfg.loss.name)
         self.model.train()
@@ -76,6 +88,7 @@ class Loop:
         it = itertools.islice(batches(self.train, cfg.batch_size, shuffle=True, generator=gen),
                               state.step, None)
         for batch in _progress(it, steps, state, progress, self.cfg):
+            self.model.train()  # a pack's other members may have validated in between
             with autocast(self.device, cfg.precision):
                 out = self.model(batch.categorical, batch.numerical)
                 loss, _ = loss_fn(out, batch.click, batch.conversion, **self.cfg.loss.params)
@@ -90,15 +103,17 @@ class Loop:
             if stop.requested or time.monotonic() - last_save > cfg.checkpoint_every_s:
                 state.train_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                self.save_state(opt, epoch_gen, state)
+                self.checkpoint()
                 last_save = time.monotonic()
                 if stop.requested:
                     raise Interrupted(self._interrupt_message(state))
+            t = time.perf_counter()
+            yield
+            t0 += time.perf_counter() - t  # a pack's other members' steps are not this run's
         state.train_seconds += time.perf_counter() - t0
-        next_gen = gen.get_state()
+        self.epoch_gen = gen.get_state()
         self._end_epoch(state)
-        self.save_state(opt, next_gen, state)
-        return next_gen
+        self.checkpoint()
 
     def _end_epoch(self, state: LoopState) -> None:
         cfg = self.cfg.train

@@ -75,8 +75,8 @@ def _run_one(cfg_dict: dict, data_dir: str, out: str, threads: int) -> RunResult
 
 
 def run_pack(cfg_dicts: list[dict], data_dir: str, out: str, threads: int) -> list[RunResult]:
-    """Train (or reuse) runs that differ only in seed and loss as one packed model in this
-    process (prlbench.engine.pack): one result per config, in order."""
+    """Train (or reuse) runs that differ only in seed and loss as one pack in this process
+    (prlbench.engine.pack): one result per config, in order."""
     with signals.working():
         return _run_pack(cfg_dicts, data_dir, out, threads)
 
@@ -120,20 +120,17 @@ def _run_pack(cfg_dicts: list[dict], data_dir: str, out: str, threads: int) -> l
 def pack_plan(cfgs: list[RunConfig], *, pack: bool, workers: int, max_members: int = 16
               ) -> list[list[int]]:
     """The jobs that run `cfgs`: lists of indices, one list per process. With `pack`, the runs
-    that can share a packed model (equal `pack_key`) are split into packs of at most
+    that can share a pack (equal `pack_key`) are split into packs of at most
     `max_members`, and into at least `workers` packs where there are enough runs, so that every
     worker has one; the others, and every run without `pack`, are one job each."""
-    from prlbench.engine.pack import pack_key, packable
+    from prlbench.engine.pack import pack_key
 
     if not pack:
         return [[i] for i in range(len(cfgs))]
     groups: dict = {}
-    jobs = []
+    jobs: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
-        if packable(cfg) is None:
-            groups.setdefault(pack_key(cfg), []).append(i)
-        else:
-            jobs.append([i])
+        groups.setdefault(pack_key(cfg), []).append(i)
     for members in groups.values():
         n = len(members)
         count = min(n, max(workers, -(-n // max_members)))
@@ -165,7 +162,7 @@ def _done(folder: RunFolder) -> bool:
 class LocalExecutor:
     """A process pool of `jobs` workers with `threads` torch threads each (jobs x threads <=
     cores). jobs == 1 runs in this process. With `pack`, runs that differ only in seed and
-    loss train as packed models (pack_plan)."""
+    loss train as packs (pack_plan)."""
 
     def __init__(self, jobs: int, threads: int, pack: bool = False) -> None:
         self.jobs, self.threads, self.pack = jobs, threads, pack
@@ -314,7 +311,7 @@ def _finished(cfg: RunConfig, data_dir: Path, out: Path) -> RunResult | None:
 def make_executor(kind: str, *, jobs: int | None, ray_address: str | None,
                   threads: int | None = None, gpus: float = 0.0, pack: bool = False):
     """`gpus`: what each Ray task asks for (1 when the runs train on --device cuda); `pack`:
-    train runs that differ only in seed and loss as packed models."""
+    train runs that differ only in seed and loss as packs."""
     for flag, value in (("--jobs", jobs), ("--threads", threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value} (leave it out for the default)")

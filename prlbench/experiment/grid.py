@@ -165,13 +165,13 @@ class CompareConfig:
     # Equivalence margins per metric kind ({"auc": 0.002}, metric units; --equivalence, read by
     # stats.parse_margins): two one-sided tests; None: no equivalence test.
     equivalence: dict | None = None
-    # Train runs that differ only in seed and loss as packed models (prlbench.engine.pack);
-    # None: where it is faster (see `packed`).
+    # Train runs that differ only in seed and loss as packs (prlbench.engine.pack); None: the
+    # default (`packed`).
     pack: bool | None = None
 
     @property
     def packed(self) -> bool:
-        """Whether the runs train packed: --pack / --no-pack, else where it is faster (by the
+        """Whether the runs train packed: --pack / --no-pack, else the default (by the
         device and the batch size)."""
         from prlbench.engine.pack import pack_by_default
 

@@ -7,7 +7,7 @@ is a sequence, so the click tower's representation is transferred forward to the
 against the conversion tower's own representation. A behavioural-expectation calibrator
 penalises P(conversion) > P(click): aux_loss = weight * mean(max(0, p_ctcvr - p_ctr)). The model
 returns the per-row terms weight * max(0, p_ctcvr - p_ctr) as "aux_loss" [B]; the loss adds their
-mean (so each member of a packed model, prlbench.models.packed, gets the mean of its own rows).
+mean over the batch's rows.
 Structure as in MTReclib: shared embedding, a tower (bottom MLP) per task, transfer and attention
 on the towers' outputs, then a head MLP per task.
 """

@@ -100,6 +100,7 @@ def _read_run(d: Path, split: str = "test") -> dict:
            "lr": float(cfg.train.lr), "weight_decay": float(cfg.train.weight_decay),
            "embedding_optimizer": cfg.train.embedding_optimizer, "split": split,
            "packed": run.packed_with is not None,
+           "stacked_pack": run.packed_with is not None and run.pack_mode != "turns",
            "device_name": run.versions.get("device_name", ""),
            "git_commit": run.versions.get("git_commit") or ""}
     row.update({k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
@@ -481,16 +482,17 @@ def _thread_warnings(runs: pd.DataFrame) -> list[str]:
 
 
 def _pack_warnings(runs: pd.DataFrame) -> list[str]:
-    """Packed runs agree with solo runs to float tolerance, not bit for bit: say when the
-    runs mix the two."""
-    if "packed" not in runs or runs["packed"].nunique() < 2:
+    """A pack of prlbench 0.3 (weights stacked, one batched model) agreed with solo runs only
+    to float tolerance, under the same run ids; packs since train each member with its solo
+    arithmetic, byte for byte. Say when a table mixes stacked-pack runs with the others."""
+    if "stacked_pack" not in runs or runs["stacked_pack"].nunique() < 2:
         return []
-    n = int(runs["packed"].sum())
-    return [f"{n} of the {len(runs)} runs were trained packed (several seeds or losses as one "
-            "model) and the others alone; the two agree to float tolerance, not bit for bit "
-            "(a run can stop at another epoch). For one way throughout, delete the runs of the "
-            "other kind (runs.csv lists each run's packed and run_dir) or use a fresh --out, "
-            "then rerun with --pack or --no-pack"]
+    n = int(runs["stacked_pack"].sum())
+    return [f"{n} of the {len(runs)} runs were trained in a stacked pack of prlbench 0.3 (several "
+            "seeds or losses as one batched model), the others alone or in packs since, which "
+            "train byte for byte as alone; the two agree to float tolerance only (a run can stop "
+            "at another epoch). For one way throughout, delete the stacked-pack runs (runs.csv: "
+            "stacked_pack, run_dir) and rerun"]
 
 
 def _undefined_test_warnings(cells: pd.DataFrame, test: str) -> list[str]:
