@@ -1,6 +1,7 @@
 """The docs that are generated from the code are current, and the repository's docs stand on
 their own (no reference to notes outside it)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -86,3 +87,27 @@ def test_readme_is_a_front_page_that_links_every_doc():
         if page.name != "README.md":
             assert f"docs/{page.name}" in readme or f"({page.name})" in (
                 ROOT / "docs" / "README.md").read_text(), page.name
+
+
+def test_every_relative_link_of_the_pages_reaches_a_file_the_repository_keeps():
+    """A link to a file that is missing or git-ignored (a record left out of a commit) fails
+    here, not in a reader's browser."""
+    listed = set(subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                                cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.splitlines())
+    if not listed:
+        pytest.skip("not a git checkout")
+    pages = [p for p in listed if p.endswith(".md") and (p == "README.md" or p.startswith(
+        ("docs/", "results/")))]
+    kept = listed | {str(Path(p).parent) for p in listed} | {
+        str(q) for p in listed for q in Path(p).parents}
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", (ROOT / page).read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (Path(page).parent / target.split("#")[0]).as_posix()
+            norm = str(Path(os.path.normpath(path)))
+            if norm not in kept:
+                broken.append(f"{page}: {target}")
+    assert broken == []
