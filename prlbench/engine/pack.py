@@ -180,7 +180,7 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     from pathlib import Path
 
     from prlbench.data.cache import check_unchanged, dataset_in_use
-    from prlbench.engine import run as solo
+    from prlbench.engine import session
     from prlbench.store import DamagedCheckpoint, Store
 
     if not cfgs:
@@ -188,13 +188,13 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     keys = {pack_key(c) for c in cfgs}
     if len(keys) != 1:
         raise ValueError("the runs of a pack must differ in the seed and the loss only")
-    solo._check_flags(cfgs[0], resume, restart)
+    session.check_flags(cfgs[0], resume, restart)
     data_dir, out = Path(data_dir), Path(out)
     results: list[PackResult | None] = [None] * len(cfgs)
     members: list[tuple[int, Member, object]] = []  # (index, member, its RunContext)
     opened = {}
     for i, cfg in enumerate(cfgs):
-        o = solo._open_run(cfg, data_dir, out, resume=resume, restart=restart)
+        o = session.open_run(cfg, data_dir, out, resume=resume, restart=restart)
         if isinstance(o, Path):
             results[i] = PackResult(o.name, str(o), reused=True)
         else:
@@ -205,13 +205,13 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     held = dataset_in_use(data_dir, cfgs[0].data.dataset,
                           by=f"runs {', '.join(o[1] for o in opened.values())}")
     try:
-        with solo._recorded(unfinished), held:
+        with session.recorded(unfinished), held:
             for i, (_, rid, part, manifest) in opened.items():
                 check_unchanged(manifest, cfgs[0].data.dataset)  # not replaced before we held it
                 member, ctx = _member(cfgs[i], part, data_dir, manifest, resume=resume,
                                       damaged=DamagedCheckpoint)
                 members.append((i, member, ctx))
-                solo._begin(ctx, rid)
+                session.begin(ctx, rid)
             if members:
                 _train_members(members, results, data_dir, Store(out), progress, resume)
     except (Interrupted, KeyboardInterrupt):
@@ -228,7 +228,7 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
     """Train `members` [(index, Member, RunContext)] as one pack on one copy of the data; each
     finished or failed member's PackResult goes into results[index]."""
     from prlbench.data.loader import load_split
-    from prlbench.engine import run as solo
+    from prlbench.engine import session
     from prlbench.store import RunStatus
 
     cfg = members[0][2].cfg
@@ -240,8 +240,8 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
     def done(m: Member) -> None:
         i, ctx = by_member[id(m)]
         try:
-            with solo._recorded(ctx.folder):
-                results[i] = PackResult(ctx.folder.run_id, str(solo._finish(ctx, m.state, store)))
+            with session.recorded(ctx.folder):
+                results[i] = PackResult(ctx.folder.run_id, str(session.finish(ctx, m.state, store)))
         except Exception as e:  # noqa: BLE001 - one member's failure is its result
             results[i] = PackResult(ctx.folder.run_id, error=f"{type(e).__name__}: {e}")
 
@@ -274,6 +274,7 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
     state.pt that cannot be read is set aside and the run started over (as a compare does for
     a solo run)."""
     from prlbench.engine import run as solo
+    from prlbench.engine import session
 
     ctx = solo.RunContext(cfg, part, data_dir, manifest, cfg.train.device)
     member = Member(Loop(cfg, part, ctx.model, ctx.device, None, None), torch.get_rng_state(),
@@ -289,8 +290,8 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise member.loop.damaged(e) from None
     except damaged as e:
-        aside = solo._set_aside(e.path, "damaged")
-        solo._notice(f"{e.path} is damaged or truncated ({e.reason}): moved to {aside.name} "
+        aside = session.set_aside(e.path, "damaged")
+        session.notice(f"{e.path} is damaged or truncated ({e.reason}): moved to {aside.name} "
                      "(kept) and the run started over from its first epoch")
         return _member(cfg, part, data_dir, manifest, resume=False, damaged=damaged)
     return member, ctx

@@ -1,0 +1,182 @@
+"""A run folder's life cycle, shared by solo runs (engine.run) and packs (engine.pack): open
+the folder (or find the finished one), begin its record, record an interrupt or a failure,
+finish it (the test evaluation, the record, publishing), and set aside what is damaged.
+
+A run trains in `runs/<run-id>.partial/` and is renamed to `runs/<run-id>/` only once training
+and the test evaluation have finished. `ctx` below is an engine.run.RunContext (the run's
+config, folder, manifest, model).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prlbench import signals
+from prlbench.config import RunConfig, run_id
+from prlbench.data.cache import Manifest, open_cache
+from prlbench.engine.loop import LoopState
+from prlbench.errors import ConfigError, DataError, Interrupted, StoreError, TrainingError
+from prlbench.store import RunFolder, RunStatus, Store
+
+
+def resolve_device(device: str) -> str:
+    """Check that `device` (cpu, cuda, cuda:N) exists here, before any folder is made."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is visible to torch "
+                              f"{torch.__version__} here; use --device cpu")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return device
+
+
+def versions(device: str = "cpu") -> dict:
+    """What made a run's numbers: versions, git commit, device (prlbench.machine)."""
+    from prlbench.machine import provenance
+
+    return provenance(device)
+
+
+def check_validation_split(manifest: Manifest, dataset: str) -> None:
+    """Early stopping watches the CTR and CTCVR AUC on validation: both need each class."""
+    val = manifest.get("splits", {}).get("val", {})
+    rows, clicks, conv = val.get("rows"), val.get("clicks"), val.get("conversions")
+    if rows is None or clicks is None or conv is None:
+        return
+    if not (0 < clicks < rows and 0 < conv < rows):
+        raise DataError(f"the validation split of {dataset} has {clicks:,} clicks and {conv:,} "
+                        f"conversions in {rows:,} rows: its CTR or CTCVR AUC is undefined, so no "
+                        "epoch could be chosen. Use a larger data set (synthetic: a larger "
+                        "--rows or --conversion-rate)")
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename `path` to `<path>.<why>-<UTC time>` (kept for inspection, out of the way)."""
+    aside = path.with_name(f"{path.name}.{why}-{_stamp()}")
+    n = 1
+    while aside.exists():  # twice in one second
+        aside, n = path.with_name(f"{path.name}.{why}-{_stamp()}-{n}"), n + 1
+    os.rename(path, aside)
+    return aside
+
+
+def notice(message: str) -> None:
+    """A warning on stderr: what prlbench did by itself, so that nobody wonders later."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def why_unfinished(folder: RunFolder) -> str | None:
+    """None for a finished run folder; else why it is not one."""
+    if not folder.has(RunFolder.RECORD):
+        return f"it has no {RunFolder.RECORD}"
+    try:
+        status = folder.read_record().status
+    except StoreError as e:
+        return str(e).split("; ")[0]
+    return None if status == RunStatus.DONE else f"its {RunFolder.RECORD} says {status.value!r}"
+
+
+def set_aside_unfinished(final: RunFolder) -> None:
+    """`runs/<id>/` is only ever made by renaming a complete run into place, so one that is not
+    done was damaged or edited afterwards. Left there it would be retrained by every compare
+    and never replaced (the rename into place fails on a folder that exists): it is moved
+    aside, kept, and the run trained again."""
+    why = why_unfinished(final)
+    if why is None:
+        return
+    aside = set_aside(final.path, "broken")
+    notice(f"{final.path} is not a finished run ({why}): moved to {aside.name} (kept, delete "
+            "it when you no longer need it) and trained again")
+
+
+def check_flags(cfg: RunConfig, resume: bool, restart: bool) -> None:
+    if resume and restart:
+        raise ConfigError("--resume continues an interrupted run and --restart discards it: "
+                          "give one of them")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+
+def open_run(cfg: RunConfig, data_dir: Path, out: Path, *, resume: bool, restart: bool):
+    """The finished folder of `cfg` if there is one; else (store, run id, partial folder,
+    manifest), the partial folder made (emptied first with `restart`)."""
+    manifest = open_cache(data_dir, cfg.data.dataset)
+    store, rid = Store(out), run_id(cfg, manifest.data_sha256)
+    final, part = store.finished(rid), store.partial(rid)
+    if final.path.exists():
+        set_aside_unfinished(final)
+        if final.path.exists():
+            return final.path
+    if part.path.exists() and not (resume or restart) and part.has(RunFolder.STATE):
+        raise ConfigError(f"an interrupted run of this configuration is in {part.path}; add "
+                          "--resume to continue it or --restart to discard it")
+    resolve_device(cfg.train.device)
+    check_validation_split(manifest, cfg.data.dataset)
+    if part.path.exists() and restart:
+        shutil.rmtree(part.path)
+    part.path.mkdir(parents=True, exist_ok=True)
+    return store, rid, part, manifest
+
+
+def begin(ctx: Any, rid: str, **record) -> None:
+    """config.json and a run.json that says running."""
+    ctx.folder.write_config(ctx.cfg)
+    # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
+    # so that a report can say when its runs were trained with different counts.
+    ctx.folder.update_record(RunStatus.RUNNING, run_id=rid, data_sha256=ctx.manifest.data_sha256,
+                             versions=versions(ctx.device),
+                             data_dir=str(ctx.data_dir.resolve()),
+                             pid=os.getpid(), argv=list(sys.argv),
+                             threads=torch.get_num_threads(), **record)
+
+
+class recorded:
+    """Around a run's training and test: an interrupt is recorded as interrupted (the
+    checkpoint stays for a resume), any other error as failed, and re-raised."""
+
+    def __init__(self, part: RunFolder) -> None:
+        self.part = part
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if kind is None or issubclass(kind, TrainingError):
+            return False  # a TrainingError is recorded as failed where it was raised
+        if issubclass(kind, (Interrupted, KeyboardInterrupt)):
+            with signals.deferred():  # a second signal must not leave the record running
+                self.part.update_record(RunStatus.INTERRUPTED, error=str(e) or "interrupted")
+        elif issubclass(kind, Exception):
+            self.part.update_record(RunStatus.FAILED, error=f"{kind.__name__}: {e}")
+        return False
+
+
+def finish(ctx: Any, state: LoopState, store: Store) -> Path:
+    """The test evaluation of the best checkpoint, run.json done, the folder published."""
+    t0 = time.perf_counter()
+    metrics = ctx.evaluate_and_write()
+    ctx.folder.update_record(RunStatus.DONE, best_epoch=state.best_epoch,
+                             best_val_score=state.best_score, epochs_run=state.epoch,
+                             train_seconds=state.train_seconds,
+                             samples_per_s=state.samples_seen / max(state.train_seconds, 1e-9),
+                             test_seconds=time.perf_counter() - t0, test=metrics)
+    ctx.folder.drop_state()  # the finished run needs only best.pt
+    return store.publish(ctx.folder).path
+
+
