@@ -23,7 +23,7 @@ from prlbench.fileio import read_json
 from prlbench.losses import LOSSES
 from prlbench.models import create_model
 from prlbench.report.analysis import _read_run
-from prlbench.report.table import _embedding_text
+from prlbench.report.caption import _embedding_text
 
 SPARSE = ("sparse_adam", "rowwise_adagrad")
 VOCAB = [10, 20, 30]

@@ -8,18 +8,18 @@ bce, pwiser, graded, ranknet, listce. `loss_params(name)` gives their defaults, 
 everything registered with one (its display name, one-line summary and parameters).
 """
 
-from prlbench.losses.bce import (
+from prlbench.losses.registry import (
     LOSSES,
     LossInfo,
     all_params,
     Param,
-    bce_loss,
     loss_info,
     loss_param_specs,
     loss_params,
     resolve_params,
     takes,
 )
+from prlbench.losses.bce import bce_loss
 from prlbench.losses.pwiser import HEADS, NORMS, PHIS, SCORES, pwiser_loss
 from prlbench.losses.graded import graded_loss  # imported in listing order
 from prlbench.losses.ranknet import ranknet_loss

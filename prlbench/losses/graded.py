@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from prlbench.losses.bce import Param, head_logit, outputs_bce, register_loss, single
+from prlbench.losses.bce import head_logit, outputs_bce
+from prlbench.losses.registry import Param, register_loss, single
 from prlbench.losses.pairs import logistic_pair_sum
 from prlbench.losses.pwiser import label_masks, scores
 

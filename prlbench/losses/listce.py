@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prlbench.losses.bce import Param, head_logit, outputs_bce, register_loss, single
+from prlbench.losses.bce import head_logit, outputs_bce
+from prlbench.losses.registry import Param, register_loss, single
 from prlbench.losses.pwiser import label_masks, scores
 
 

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prlbench.losses.bce import Param, compute_dtype, head_logit, outputs_bce, register_loss
+from prlbench.losses.bce import compute_dtype, head_logit, outputs_bce
+from prlbench.losses.registry import Param, register_loss
 
 
 def _squared_hinge(x: Tensor) -> Tensor:
