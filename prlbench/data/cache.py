@@ -1,4 +1,6 @@
-"""The Parquet cache: every preprocessor hands its rows to a `CacheBuilder`, which
+"""The Parquet cache, built whole and checked on every open.
+
+Every preprocessor hands its rows to a `CacheBuilder`, which
 
 1. checks the labels of each chunk (naming the source file and line of a bad row),
 2. carves the validation split out of train by whole groups (a fixed-seed hash of the group id,

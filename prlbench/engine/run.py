@@ -1,5 +1,6 @@
-"""One run's lifecycle: the run folder, the model, training (engine.loop), the test evaluation
-(engine.evaluate), the record; `train_run` and `evaluate_run` are the entry points.
+"""The entry points of one run: `train_run` (train, then evaluate on test), `train` (the CLI's,
+generating the built-in data set on first use) and `evaluate_run`; `RunContext` holds a run's
+config, folder, data and model (its folder's life cycle: engine.session).
 
 A run trains in `runs/<run-id>.partial/` and is renamed to `runs/<run-id>/` only once training
 and the test evaluation have finished. The test split is read once, at the end, from the best
