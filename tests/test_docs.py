@@ -114,13 +114,13 @@ def test_every_relative_link_of_the_pages_reaches_a_file_the_repository_keeps():
 
 
 def test_the_code_map_in_development_md_is_current():
-    text = (ROOT / "docs" / "development.md").read_text()
+    text, generated = (ROOT / "docs" / "development.md").read_text(), docs.code_map()
     start, end = text.find(docs.CODE_MAP_START), text.find(docs.CODE_MAP_END)
     assert 0 <= start < end, "docs/development.md lost its code map markers"
-    assert text[start:end + len(docs.CODE_MAP_END)] + "\n" == docs.code_map(), (
+    assert text[start:end + len(docs.CODE_MAP_END)] + "\n" == generated, (
         "the code map in docs/development.md is stale: replace the block between its markers "
         "with the output of  python -m prlbench.docs code-map")
     # every module is in it, each with a docstring
-    assert "(no docstring)" not in docs.code_map()
+    assert "(no docstring)" not in generated
     for path in (ROOT / "prlbench").rglob("*.py"):
-        assert f"prlbench/{path.relative_to(ROOT / 'prlbench').as_posix()} " in docs.code_map()
+        assert f"prlbench/{path.relative_to(ROOT / 'prlbench').as_posix()} " in generated

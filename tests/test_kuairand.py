@@ -633,6 +633,7 @@ def test_full_size_stand_in_preprocesses_in_bounded_memory(tmp_path):
     assert 0.40 < manifest["splits"]["train"]["click_rate"] < 0.52
 
 
+@pytest.mark.slow
 def test_compare_captions_name_the_label_rule_and_the_test_split(built, tmp_path):
     from prlbench.config import resolve
     from prlbench.experiment.compare import compare

@@ -156,6 +156,7 @@ def test_parameters_present_from_the_start_stay_in_the_identity():
 
 
 # ------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_compare_puts_two_readings_of_pwiser_in_one_table(data_dir, tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["compare", "--datasets", "synthetic", "--data-dir",
