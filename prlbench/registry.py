@@ -57,24 +57,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def split_specs(text: str, flag: str, example: str) -> list[str]:
-    """A comma-separated list of names that may carry settings in brackets
-    ("bce,pwiser[norm=paper,lam=1]"): commas inside brackets do not split; items stripped,
-    empty ones dropped. Unbalanced or nested brackets raise ConfigError naming `flag`."""
-    from prlbench.errors import ConfigError
-
-    parts, depth, current = [], 0, ""
-    for ch in str(text):
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth < 0 or depth > 1:
-            break
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if depth:
-        raise ConfigError(f"{flag}: unbalanced brackets in {str(text)[:200]!r}; write {example}")
-    return [p.strip() for p in parts + [current] if p.strip()]

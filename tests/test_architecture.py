@@ -99,7 +99,7 @@ def test_no_private_name_is_imported_from_another_package():
 # above (docs/development.md). Each entry is a module or a package (with everything in it).
 LEVELS = (
     ("prlbench", "prlbench.errors", "prlbench.fileio", "prlbench.signals", "prlbench.machine"),
-    ("prlbench.registry", "prlbench.stats"),
+    ("prlbench.registry", "prlbench.stats", "prlbench.specs"),
     ("prlbench.data", "prlbench.models", "prlbench.losses", "prlbench.metrics"),
     ("prlbench.config",),
     ("prlbench.store",),

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prlbench.data.datasets import DATASETS, DatasetSpec
+from prlbench import specs
 from prlbench.errors import CacheError, ConfigError, PrlbenchError, UnknownNameError
 
 
@@ -81,32 +82,34 @@ def parse_dataset(spec: str) -> tuple[str, dict[str, float | int]]:
 
 @functools.lru_cache(maxsize=512)
 def _parse(spec: str) -> tuple[str, tuple[tuple[str, float | int], ...]]:
-    text = spec.strip()
-    name, bracket, inner = text.partition("[")
-    name = name.strip()
-    if "]" in name or (bracket and not inner.endswith("]")) or "[" in inner:
-        raise ConfigError(f"data set {_q(spec)}: write a variant as name[knob=value,...], e.g. "
-                          f"{_EXAMPLE}")
+    try:
+        name, items = specs.parse(spec)
+    except specs.SpecError as e:
+        if e.reason == "brackets misplaced":
+            raise ConfigError(f"data set {_q(spec)}: write a variant as name[knob=value,...], "
+                              f"e.g. {_EXAMPLE}") from None
+        if e.reason == "empty brackets":
+            name = str(spec).partition("[")[0].strip()
+            raise ConfigError(f"data set {_q(spec)}: empty brackets; write {name}, or a variant "
+                              f"such as {_EXAMPLE}") from None
+        if e.reason.endswith("is given twice"):
+            key = e.reason.removesuffix(" is given twice")
+            raise ConfigError(f"data set {_q(spec)}: {_knob(key, spec).short} is given twice; "
+                              "give it once") from None
+        raise ConfigError(f"data set {_q(spec)}: {e.reason.replace('key=value', 'knob=value')}; "
+                          f"write e.g. {_EXAMPLE}") from None
     if name not in DATASETS:
         raise UnknownDataset(f"unknown data set {_q(name)}; valid data sets: "
                              f"{', '.join(DATASETS.names())}")
-    if not bracket:
+    if items is None:
         return name, ()
     spec_ = DATASETS.get(name)
     if not spec_.generated:
         generated = [n for n in DATASETS if DATASETS.get(n).generated]
         raise ConfigError(f"data set {_q(spec)}: knobs in brackets apply to generated data sets "
                           f"only ({', '.join(generated)}), not to {name}; write {name}")
-    body = inner[:-1].strip()
-    if not body:
-        raise ConfigError(f"data set {_q(spec)}: empty brackets; write {name}, or a variant such "
-                          f"as {_EXAMPLE}")
     knobs: dict[str, float | int] = {}
-    for item in body.split(","):
-        key, eq, value = (x.strip() for x in item.partition("="))
-        if not eq or not key or not value:
-            raise ConfigError(f"data set {_q(spec)}: {_q(item.strip())} is not knob=value; write "
-                              f"e.g. {_EXAMPLE}")
+    for key, value in items:
         knob = _knob(key, spec)
         if knob.option in knobs:
             raise ConfigError(f"data set {_q(spec)}: {knob.short} is given twice; give it once")
@@ -237,20 +240,14 @@ def _q(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------- names
-def fmt(value: float | int) -> str:
-    """A knob value written shortest: 0.5, 0.05, 1e-05, 50000; a whole float without .0."""
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    return str(value)
+fmt = specs.number  # a knob value written shortest: 0.5, 0.05, 1e-05, 50000
 
 
 def canonical(spec: str) -> str:
     """One spelling per variant: short names, sorted, numbers shortest
     ("synthetic[conversion=0.05,noise=0.5]"); a spec without knobs is the plain name."""
     base, items = _parse(str(spec))
-    if not items:
-        return base
-    return f"{base}[{','.join(f'{KNOBS[o].short}={fmt(v)}' for o, v in items)}]"
+    return specs.write(base, [(KNOBS[o].short, v) for o, v in items])
 
 
 def is_variant(dataset_id: str) -> bool:
@@ -305,9 +302,7 @@ def display_name(dataset_id: str) -> str:
 def split_datasets(text: str) -> list[str]:
     """A --datasets value: commas inside brackets do not split; each id written canonically,
     repeats dropped; "all" -> every registered data set."""
-    from prlbench.registry import split_specs
-
-    parts = split_specs(text, "--datasets", f"a variant as {_EXAMPLE}")
+    parts = specs.split_list(text, "--datasets", f"a variant as {_EXAMPLE}")
     if parts == ["all"]:
         return DATASETS.names()
     return list(dict.fromkeys(canonical(p) for p in parts))

@@ -26,7 +26,7 @@ from prlbench.config import (BASELINE, MAX_SEED, RunConfig, complete, load_yaml,
                              validate)
 from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
-from prlbench.registry import split_specs
+from prlbench import specs
 
 TESTS = ("twolevel", "wilcoxon", "ttest", "bootstrap")  # report.analysis.TESTS
 TEST_SPLITS = ("standard", "random", "both")
@@ -254,9 +254,9 @@ def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
     for axis in GRID_AXES:  # an empty shell variable ("--models $MODELS") means no grid
         if not _names(_given(flags, axis)):
             raise ConfigError(_empty(axis))
-    specs = parse_losses(_given(flags, "losses"))
-    loss_names = tuple(dict.fromkeys(split_loss(x)[0] for x in specs))
-    if BASELINE not in specs:
+    loss_specs = parse_losses(_given(flags, "losses"))
+    loss_names = tuple(dict.fromkeys(split_loss(x)[0] for x in loss_specs))
+    if BASELINE not in loss_specs:
         raise ConfigError(f"--losses must include {BASELINE}, the baseline every loss is "
                           "compared to")
     loss_grid = _flag_params(flags, loss_names)
@@ -264,7 +264,7 @@ def _grid(flags: Mapping[str, Any], base: RunConfig, file_params: dict,
     seeds = parse_seeds(_given(flags, "seeds"))
     return Grid(datasets=_datasets(flags),
                 models=tuple(MODELS.resolve(_given(flags, "models"))),
-                losses=(BASELINE,) + tuple(x for x in specs if x != BASELINE),
+                losses=(BASELINE,) + tuple(x for x in loss_specs if x != BASELINE),
                 seeds=seeds, loss_grid=loss_grid, base=base, train_grid=_train_grid(flags),
                 tune_seeds=parse_tune_seeds(flags.get("tune_seeds"), seeds))
 
@@ -293,7 +293,8 @@ def parse_losses(text: str) -> tuple[str, ...]:
     ("pwiser[lam=1,norm=paper]"); "all" -> every registered loss; repeats dropped."""
     from prlbench.losses import LOSSES
 
-    parts = split_specs(text, "--losses", "a loss's own settings as pwiser[norm=paper,lam=1]")
+    parts = specs.split_list(text, "--losses",
+                             "a loss's own settings as pwiser[norm=paper,lam=1]")
     if parts == ["all"]:
         return tuple(LOSSES.names())
     return tuple(dict.fromkeys(_canonical(p) for p in parts))
@@ -304,22 +305,21 @@ def split_loss(spec: str) -> tuple[str, dict]:
     checked against the loss's parameters."""
     from prlbench.losses import LOSSES, loss_param_specs, resolve_params
 
-    name, _, inner = spec.partition("[")
-    name = name.strip()
+    try:
+        name, items = specs.parse(spec)
+    except specs.SpecError as e:
+        name = str(spec).partition("[")[0].strip()
+        LOSSES.get(name)  # an unknown loss names the valid ones
+        if e.reason in ("brackets misplaced", "empty brackets"):
+            raise ConfigError(f"--losses: {shown(spec)}: write a loss's own settings as "
+                              "name[key=value,...], e.g. pwiser[norm=paper]") from None
+        raise ConfigError(f"--losses: {shown(spec)}: {e.reason}") from None
     LOSSES.get(name)  # an unknown loss names the valid ones
-    if not inner:
+    if items is None:
         return name, {}
-    if not inner.endswith("]") or not inner[:-1].strip():
-        raise ConfigError(f"--losses: {shown(spec)}: write a loss's own settings as "
-                          "name[key=value,...], e.g. pwiser[norm=paper]")
-    specs, fixed = loss_param_specs(name), {}
-    for item in inner[:-1].split(","):
-        key, eq, value = (x.strip() for x in item.partition("="))
-        if not eq or not key or not value:
-            raise ConfigError(f"--losses: {shown(spec)}: {shown(item)} is not key=value")
-        if key in fixed:
-            raise ConfigError(f"--losses: {shown(spec)}: {key} is given twice")
-        if key in specs and not specs[key].choices:
+    params, fixed = loss_param_specs(name), {}
+    for key, value in items:
+        if key in params and not params[key].choices:
             try:
                 value = float(value)
             except ValueError:
@@ -332,11 +332,7 @@ def split_loss(spec: str) -> tuple[str, dict]:
 
 def _canonical(spec: str) -> str:
     name, fixed = split_loss(spec)
-    if not fixed:
-        return name
-    inner = ",".join(f"{k}={v!r}".removesuffix(".0") if isinstance(v, float) else f"{k}={v}"
-                     for k, v in sorted(fixed.items()))
-    return f"{name}[{inner}]"
+    return specs.write(name, sorted(fixed.items()))
 
 
 def _product(grid: dict) -> list[dict]:
