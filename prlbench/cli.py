@@ -12,6 +12,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from prlbench import __version__
+from prlbench.data.variants import KNOBS, knob_help
 from prlbench.errors import ConfigError, Interrupted, PrlbenchError
 from prlbench.experiment.grid import DEFAULTS as GRID_DEFAULTS
 from prlbench.signals import cli_signals
@@ -211,19 +212,17 @@ def preprocess(
     source: Annotated[Optional[Path], typer.Option(
         "--source", help="Raw archive or folder, or a processed CSV folder (default: "
         "DATA_DIR/NAME/raw).")] = None,
-    # The defaults named are preprocess_synthetic's and csvio.MAX_UNMATCHED (a test checks);
-    # None means "not given", so the library's defaults apply.
-    rows: Annotated[Optional[int], typer.Option(
-        help="synthetic: training impressions, the validation split included (default "
-        "100000).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="synthetic: generator seed (default 0).")
-                    ] = None,
+    # The generator's options and their defaults come from variants.KNOBS, the default named
+    # for --max-unmatched is csvio.MAX_UNMATCHED (a test checks); None means "not given", so
+    # the library's defaults apply.
+    rows: Annotated[Optional[int], typer.Option(help=knob_help("rows") + ".")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=knob_help("seed") + ".")] = None,
     click_rate: Annotated[Optional[float], typer.Option(
-        help="synthetic: P(click) (default 0.05).")] = None,
+        help=knob_help("click_rate") + ".")] = None,
     conversion_rate: Annotated[Optional[float], typer.Option(
-        help="synthetic: P(conversion | click) (default 0.1).")] = None,
+        help=knob_help("conversion_rate") + ".")] = None,
     noise_rate: Annotated[Optional[float], typer.Option(
-        help="synthetic: share of clicks that are noise (default 0.3).")] = None,
+        help=knob_help("noise_rate") + ".")] = None,
     max_unmatched: Annotated[Optional[float], typer.Option(
         metavar="SHARE", help="Real data: the share of rows that may be dropped for want of "
         "their user row (AliExpress) or common features (Ali-CCP); more is an error (default "
@@ -458,14 +457,11 @@ TuneSeeds = Annotated[Optional[str], typer.Option(
     "never reported: a count (2 = seeds 1001, 1002; the default) or a list disjoint from "
     "--seeds.")]
 NoiseRates, ClickRates, ConversionRates, RowCounts = (
-    Annotated[Optional[str], typer.Option(f"--{flag}", help=f"synthetic: {what}; a "
-              "comma-separated list sweeps it, one data set variant per value "
-              f"(synthetic[{short}=...]), each its own cache and its own rows in the tables.")]
-    for flag, short, what in (
-        ("noise-rate", "noise", "share of clicks that are noise (default 0.3)"),
-        ("click-rate", "click", "P(click) (default 0.05)"),
-        ("conversion-rate", "conversion", "P(conversion | click) (default 0.1)"),
-        ("rows", "rows", "training impressions (default 100000)")))
+    Annotated[Optional[str], typer.Option(
+        KNOBS[option].flag, help=f"{knob_help(option)}; a comma-separated list sweeps it, one "
+        f"data set variant per value (synthetic[{KNOBS[option].short}=...]), each its own cache "
+        "and its own rows in the tables.")]
+    for option in ("noise_rate", "click_rate", "conversion_rate", "rows"))
 Executor = Annotated[str, typer.Option(help="local (process pool) or ray.")]
 Jobs = Annotated[Optional[int], typer.Option(help="Runs at once (default: min(cores, 2)).")]
 RunThreads = Annotated[Optional[int], typer.Option(

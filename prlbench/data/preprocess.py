@@ -12,7 +12,7 @@ from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import CacheError, ConfigError
 
 # The synthetic generator's options (preprocess_synthetic's), refused for downloaded data.
-SYNTHETIC_OPTIONS = ("rows", "seed", "click_rate", "conversion_rate", "noise_rate")
+SYNTHETIC_OPTIONS = tuple(variants.KNOBS)  # the generator's options (variants.KNOBS)
 # Options of one data set's preprocessor, refused for every other data set.
 DATASET_OPTIONS = {"kuairand_pure": ("conversion", "drop_unclicked_deep")}
 

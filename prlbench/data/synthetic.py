@@ -93,9 +93,14 @@ X_SIN, X_QUAD, X_PROD_A, X_PROD_B, X_PRICE, X_POSITION = 2, 23, 29, 40, 54, 62
 _INFORMATIVE_NUM = (X_SIN, X_QUAD, X_PROD_A, X_PROD_B, X_PRICE, X_POSITION)
 
 
-def preprocess_synthetic(data_dir: Path, *, rows: int = 100_000, seed: int = 0,
-                         click_rate: float = 0.05, conversion_rate: float = 0.1,
-                         noise_rate: float = 0.3, progress: bool = True,
+_K = variants.KNOBS  # the knobs' one home: names, defaults, help
+
+
+def preprocess_synthetic(data_dir: Path, *, rows: int = _K["rows"].default,
+                         seed: int = _K["seed"].default,
+                         click_rate: float = _K["click_rate"].default,
+                         conversion_rate: float = _K["conversion_rate"].default,
+                         noise_rate: float = _K["noise_rate"].default, progress: bool = True,
                          dataset: str = "synthetic") -> dict:
     """Generate the synthetic data set into `data_dir/synthetic` and return its manifest.
 

@@ -47,20 +47,34 @@ class Knob:
     option: str     # the generator's keyword argument (and flag, with dashes)
     integer: bool
     meaning: str    # an axis label
+    default: float | int  # the generator's default (preprocess_synthetic's signature reads it)
+    help: str       # what the flags' help says it is
+    sweep: bool = True  # a compare may sweep it (--noise-rate 0,0.3,...)
 
     @property
     def flag(self) -> str:
         return "--" + self.option.replace("_", "-")
 
 
-# The synthetic generator's options, in canonical (short-name) order.
+# The synthetic generator's options, in canonical (short-name) order: the one home of their
+# names, defaults and help. The generator's signature, preprocess's and compare's flags, the
+# sweeps and the variant specs are all read from here; check_options checks the values.
 KNOBS: dict[str, Knob] = {k.option: k for k in (
-    Knob("click", "click_rate", False, "P(click)"),
-    Knob("conversion", "conversion_rate", False, "P(conversion | click)"),
-    Knob("noise", "noise_rate", False, "noise clicks / all clicks"),
-    Knob("rows", "rows", True, "training impressions"),
-    Knob("seed", "seed", True, "generator seed"),
+    Knob("click", "click_rate", False, "P(click)", 0.05, "P(click)"),
+    Knob("conversion", "conversion_rate", False, "P(conversion | click)", 0.1,
+         "P(conversion | click)"),
+    Knob("noise", "noise_rate", False, "noise clicks / all clicks", 0.3,
+         "share of clicks that are noise"),
+    Knob("rows", "rows", True, "training impressions", 100_000,
+         "training impressions, the validation split included"),
+    Knob("seed", "seed", True, "generator seed", 0, "generator seed", sweep=False),
 )}
+
+
+def knob_help(option: str) -> str:
+    """"synthetic: P(click) (default 0.05)": a flag's help, from KNOBS."""
+    knob = KNOBS[option]
+    return f"synthetic: {knob.help} (default {specs.number(knob.default)})"
 class UnknownDataset(ConfigError, UnknownNameError):
     """A name that is not a registered data set (caught as either kind of error)."""
 

@@ -27,6 +27,7 @@ from prlbench.config import (BASELINE, MAX_SEED, RunConfig, complete, load_yaml,
 from prlbench.data.datasets import DEFAULT_DATASET
 from prlbench.errors import ConfigError
 from prlbench import specs
+from prlbench.data import variants
 
 TESTS = ("twolevel", "wilcoxon", "ttest", "bootstrap")  # report.analysis.TESTS
 TEST_SPLITS = ("standard", "random", "both")
@@ -38,8 +39,7 @@ FORMAT_ALIASES = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "c
 DEFAULTS = {"datasets": DEFAULT_DATASET, "models": "mmoe", "losses": f"{BASELINE},pwiser,ranknet",
             "seeds": "8", "format": "md,latex"}
 # The synthetic generator's knobs a compare can sweep: flag name -> knob of a data-set variant.
-SWEEP_FLAGS = {"noise_rate": "noise", "click_rate": "click", "conversion_rate": "conversion",
-               "rows": "rows"}
+SWEEP_FLAGS = {k.option: k.short for k in variants.KNOBS.values() if k.sweep}
 TUNE_SEED_BASE = 1000  # "--tune-seeds 2" = seeds 1001, 1002: clear of the reported 1..N
 DEFAULT_TUNE_SEEDS = 2
 # Training settings a compare may give as candidate lists, chosen per arm like loss settings.
