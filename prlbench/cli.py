@@ -377,7 +377,7 @@ def _print_metrics(run_dir: Path, split: str = "test") -> None:
 
 def _train_seeds(cfg, seed: int | None, seeds: str, *, pack: bool | None, data_dir: Path,
                  out: Path, resume: bool, restart: bool, quiet: bool) -> None:
-    from prlbench.engine.pack import train_seeds
+    from prlbench.engine.run import train_seeds
     from prlbench.experiment.grid import parse_seeds
 
     if seed is not None:

@@ -26,6 +26,7 @@ from prlbench.config import resolve, run_id
 from prlbench.data.cache import data_hash
 from prlbench.engine import loop as loop_mod
 from prlbench.engine import run as train_mod
+from prlbench.engine import session as session_mod
 from prlbench.errors import ConfigError, Interrupted
 from prlbench.losses import LOSSES
 from prlbench.experiment.compare import compare
@@ -75,13 +76,13 @@ def invoke_compare(data_dir: Path, out: Path, *args: str):
 def fits(monkeypatch) -> list[str]:
     """Run ids whose training loop ran in this process, in order."""
     seen: list[str] = []
-    real = train_mod.RunContext.fit
+    real = loop_mod.Loop.steps
 
-    def counted(self, **kw):
-        seen.append(self.dir.name.removesuffix(PARTIAL))
-        return real(self, **kw)
+    def counted(self, **kw):  # the one training loop, alone or in a pack
+        seen.append(self.folder.path.name.removesuffix(PARTIAL))
+        yield from real(self, **kw)
 
-    monkeypatch.setattr(train_mod.RunContext, "fit", counted)
+    monkeypatch.setattr(loop_mod.Loop, "steps", counted)
     return seen
 
 
@@ -242,7 +243,7 @@ def test_d_an_interrupted_compare_stops_and_then_continues_where_it_stopped(
 # ------------------------------------------------------------------------ (e) failures
 def _mmoe_explodes_at_batch_4(monkeypatch) -> None:
     """Every mmoe run raises in its 4th forward pass (mid-epoch); other models train."""
-    real = train_mod.create_model
+    real = session_mod.create_model
 
     def create_model(name, **kw):
         model = real(name, **kw)
@@ -257,7 +258,7 @@ def _mmoe_explodes_at_batch_4(monkeypatch) -> None:
             model.forward = exploding
         return model
 
-    monkeypatch.setattr(train_mod, "create_model", create_model)
+    monkeypatch.setattr(session_mod, "create_model", create_model)
 
 
 @pytest.mark.slow
@@ -404,13 +405,13 @@ def test_f_a_lambda_list_is_chosen_on_the_tuning_seeds_and_reported_on_the_other
 # ------------------------------------------------------------- (g) two processes at once
 _COUNTING_CLI = """
 import os, sys
-import prlbench.engine.run as t
-real = t.RunContext.fit
-def fit(self, **kw):
+import prlbench.engine.loop as t
+real = t.Loop.steps
+def steps(self, **kw):
     with open(os.environ["FIT_LOG"], "a") as f:  # one short O_APPEND write per run
-        f.write(self.dir.name + "\\n")
-    return real(self, **kw)
-t.RunContext.fit = fit
+        f.write(self.folder.path.name + "\\n")
+    yield from real(self, **kw)
+t.Loop.steps = steps
 from prlbench.cli import app
 app()
 """

@@ -10,7 +10,7 @@ import pytest
 
 from prlbench.config import resolve
 from prlbench.data.synthetic import preprocess_synthetic
-from prlbench.engine import pack as pack_mod
+from prlbench.engine import loop as loop_mod
 from prlbench.engine import run as run_mod
 from prlbench.engine.pack import pack_key, train_pack
 from prlbench.errors import Interrupted
@@ -80,7 +80,7 @@ def test_an_interrupted_pack_resumes_to_the_uninterrupted_numbers(data_dir, tmp_
     cfgs = [_cfg(seed=s, epochs=2) for s in (1, 2)]
     whole = train_pack(cfgs, data_dir=data_dir, out=tmp_path / "whole", progress=False)
     with monkeypatch.context() as m:
-        m.setattr(pack_mod, "StopFlag", lambda: stop_after(45))  # mid-epoch 2 (~18 steps each)
+        m.setattr(loop_mod, "StopFlag", lambda: stop_after(45))  # mid-epoch 2 (~18 steps each)
         with pytest.raises(Interrupted, match="--resume"):
             train_pack(cfgs, data_dir=data_dir, out=tmp_path / "cut", progress=False)
     parts = sorted((tmp_path / "cut" / "runs").glob("*.partial"))
@@ -94,7 +94,7 @@ def test_an_interrupted_pack_resumes_to_the_uninterrupted_numbers(data_dir, tmp_
         assert read_json(Path(b.run_dir) / "run.json")["status"] == "done"
     # a member's state.pt is a solo run's: one member resumes alone, to the same bytes
     with monkeypatch.context() as m:
-        m.setattr(pack_mod, "StopFlag", lambda: stop_after(45))
+        m.setattr(loop_mod, "StopFlag", lambda: stop_after(45))
         with pytest.raises(Interrupted):
             train_pack(cfgs, data_dir=data_dir, out=tmp_path / "solo", progress=False)
     alone = run_mod.train_run(cfgs[0], data_dir=data_dir, out=tmp_path / "solo", resume=True,

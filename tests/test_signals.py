@@ -14,6 +14,7 @@ import pytest
 from prlbench import signals
 from prlbench.config import resolve
 from prlbench.engine import run as run_mod
+from prlbench.engine.loop import Loop
 from prlbench.errors import Interrupted
 from prlbench.store import RunFolder, RunStatus
 from prlbench.fileio import read_json
@@ -97,6 +98,7 @@ def test_a_sigterm_during_the_interrupted_record_leaves_it_interrupted(
 
     def stopped(self, **kw):  # the loop saved its checkpoint and stopped (a first signal)
         raise Interrupted("stopped")
+        yield  # a generator, as the loop's steps are
 
     real = RunFolder.write_record
 
@@ -105,7 +107,7 @@ def test_a_sigterm_during_the_interrupted_record_leaves_it_interrupted(
             os.kill(os.getpid(), signal.SIGTERM)  # the second signal lands mid-write
         real(self, record)
 
-    monkeypatch.setattr(run_mod.RunContext, "fit", stopped)
+    monkeypatch.setattr(Loop, "steps", stopped)
     monkeypatch.setattr(RunFolder, "write_record", write_record)
     with pytest.raises((Interrupted, KeyboardInterrupt)):
         with signals.working():

@@ -331,16 +331,15 @@ def test_preprocess_is_refused_while_a_run_holds_the_data_set(tmp_path, monkeypa
     from prlbench.errors import CacheError
 
     d = _small_cache(tmp_path)
-    real, seen = train_mod.RunContext.fit, []
+    real, seen = loop_mod.Loop.steps, []
 
-    def fit(self, **kw):  # a preprocess of the same data set while the run trains
-        state = real(self, **kw)
+    def steps(self, **kw):  # a preprocess of the same data set while the run trains
+        yield from real(self, **kw)
         with pytest.raises(CacheError) as e:
             preprocess("synthetic", d, progress=False, rows=5_000)
         seen.append(str(e.value))
-        return state
 
-    monkeypatch.setattr(train_mod.RunContext, "fit", fit)
+    monkeypatch.setattr(loop_mod.Loop, "steps", steps)
     run = train_mod.train_run(_cfg(epochs=1), data_dir=d, out=tmp_path / "out", progress=False)
     (message,) = seen
     assert f"is in use by run {run.name} (pid " in message and "Wait for the run" in message
@@ -359,15 +358,14 @@ def test_a_run_whose_data_changed_under_it_fails_and_publishes_nothing(tmp_path,
     d = _small_cache(tmp_path)
     other = tmp_path / "other"
     preprocess_synthetic(other, rows=6_000, seed=1, progress=False)
-    real = train_mod.RunContext.fit
+    real = loop_mod.Loop.steps
 
-    def fit(self, **kw):  # the test split replaced by hand (no preprocess) while it trained
-        state = real(self, **kw)
+    def steps(self, **kw):  # the test split replaced by hand (no preprocess) while it trained
+        yield from real(self, **kw)
         (d / "synthetic" / "test.parquet").write_bytes(
             (other / "synthetic" / "test.parquet").read_bytes())
-        return state
 
-    monkeypatch.setattr(train_mod.RunContext, "fit", fit)
+    monkeypatch.setattr(loop_mod.Loop, "steps", steps)
     out = tmp_path / "out"
     with pytest.raises(CacheError, match="changed while this run used it") as e:
         train_mod.train_run(_cfg(epochs=1), data_dir=d, out=out, progress=False)

@@ -17,14 +17,14 @@ or alone, as it stood).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 
+from prlbench.engine import loop as training
 from prlbench.engine.loop import Loop
 from prlbench.errors import Interrupted, TrainingError
-from prlbench.signals import StopFlag
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Member:
     cuda_rng: torch.Tensor | None = None  # and the CUDA one, on a GPU
     steps: Iterator[None] | None = None
     failed: str = ""
+    error: BaseException | None = None  # what failed it (a TrainingError on a non-finite loss)
 
     @property
     def cfg(self):
@@ -82,15 +83,16 @@ class PackLoop:
         self.members, self.on_done, self.on_failed = list(members), on_done, on_failed
 
     def fit(self, *, progress: bool = True, resume: bool = True) -> None:
-        with StopFlag() as stop, _PackProgress(self.members, progress) as bar:
+        alone = len(self.members) == 1  # a run trained alone shows its own bar
+        with training.StopFlag() as stop, _PackProgress(self.members, progress) as bar:
             for m in self.members:
-                m.steps = m.loop.steps(resume=resume, progress=False, stop=stop)
+                m.steps = m.loop.steps(resume=resume, progress=progress and alone, stop=stop)
             while self.members:
                 for m in list(self.members):
                     self._step(m, stop)
                 bar.update(self.members)
 
-    def _step(self, m: Member, stop: StopFlag) -> None:
+    def _step(self, m: Member, stop) -> None:
         m.swap_in()
         try:
             next(m.steps)
@@ -101,12 +103,14 @@ class PackLoop:
             return
         except TrainingError as e:  # recorded as failed by its loop
             m.swap_out()
-            m.failed = str(e)
+            m.failed, m.error = str(e), e
             self.members.remove(m)
             self.on_failed(m)
             return
         except Interrupted:  # its checkpoint is saved; save the others' where they stand
             m.swap_out()
+            if len(self.members) == 1:
+                raise  # a run alone: its own message (epoch, batch, folder)
             self._save_others(m)
             raise Interrupted(self._interrupt_message()) from None
         m.swap_out()
@@ -168,15 +172,18 @@ class PackResult:
     run_dir: str | None = None
     error: str = ""
     reused: bool = False
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool = False,
-               progress: bool = True) -> list[PackResult]:
+               progress: bool = True, set_aside_damaged: bool = True) -> list[PackResult]:
     """Train the runs `cfgs` (equal `pack_key`s) as one pack and evaluate each on test, as
     `train_run` does one by one, with the same numbers: one result per config, in order. A
     finished run is reused; with `resume`, an interrupted one continues from its state.pt
     (members may stand at different points of training). A member's failure is its result, the
-    others go on; an interrupt saves every member's checkpoint and is raised."""
+    others go on; an interrupt saves every member's checkpoint and is raised. A state.pt that
+    cannot be read is set aside and its run started over (`set_aside_damaged`), or refused
+    (its DamagedCheckpoint is the result's exception)."""
     from pathlib import Path
 
     from prlbench.data.cache import check_unchanged, dataset_in_use
@@ -202,14 +209,15 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     # From the first member's run.json on, an interrupt or error anywhere (building the other
     # members, loading the data, training) is recorded in every member not yet finished.
     unfinished = _Folders(lambda: [ctx.folder for i, _, ctx in members if results[i] is None])
+    ids = [o[1] for o in opened.values()]
     held = dataset_in_use(data_dir, cfgs[0].data.dataset,
-                          by=f"runs {', '.join(o[1] for o in opened.values())}")
+                          by=f"run{'s' if len(ids) > 1 else ''} {', '.join(ids)}")
     try:
         with session.recorded(unfinished), held:
             for i, (_, rid, part, manifest) in opened.items():
                 check_unchanged(manifest, cfgs[0].data.dataset)  # not replaced before we held it
                 member, ctx = _member(cfgs[i], part, data_dir, manifest, resume=resume,
-                                      damaged=DamagedCheckpoint)
+                                      damaged=DamagedCheckpoint if set_aside_damaged else ())
                 members.append((i, member, ctx))
                 session.begin(ctx, rid)
             if members:
@@ -217,9 +225,9 @@ def train_pack(cfgs: list, *, data_dir, out, resume: bool = True, restart: bool 
     except (Interrupted, KeyboardInterrupt):
         raise  # every member's checkpoint is saved; the record says interrupted
     except Exception as e:  # noqa: BLE001 - recorded as failed; the results say why
-        for i, m, ctx in members:
+        for i, (_, rid, _, _) in opened.items():
             if results[i] is None:
-                results[i] = PackResult(ctx.folder.run_id, error=f"{type(e).__name__}: {e}")
+                results[i] = PackResult(rid, error=f"{type(e).__name__}: {e}", exception=e)
     return results
 
 
@@ -243,16 +251,20 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
             with session.recorded(ctx.folder):
                 results[i] = PackResult(ctx.folder.run_id, str(session.finish(ctx, m.state, store)))
         except Exception as e:  # noqa: BLE001 - one member's failure is its result
-            results[i] = PackResult(ctx.folder.run_id, error=f"{type(e).__name__}: {e}")
+            results[i] = PackResult(ctx.folder.run_id, error=f"{type(e).__name__}: {e}",
+                                    exception=e)
 
     def failed(m: Member) -> None:
         i, ctx = by_member[id(m)]
-        results[i] = PackResult(ctx.folder.run_id, error=f"TrainingError: {m.failed}")
+        results[i] = PackResult(ctx.folder.run_id, error=f"TrainingError: {m.failed}",
+                                exception=m.error)
 
     packed_with = [ctx.folder.run_id for *_, ctx in members]
     for _, m, ctx in members:
         m.loop.train, m.loop.val = train, val
-        ctx.folder.update_record(RunStatus.RUNNING, packed_with=packed_with, pack_mode="turns")
+        if len(members) > 1:  # a run trained alone records no pack
+            ctx.folder.update_record(RunStatus.RUNNING, packed_with=packed_with,
+                                     pack_mode="turns")
     PackLoop([m for _, m, _ in members], on_done=done, on_failed=failed).fit(
         progress=progress, resume=resume)
 
@@ -273,10 +285,9 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
     """A member's RunContext (its solo model, seeded as the solo run's) and its Member; a
     state.pt that cannot be read is set aside and the run started over (as a compare does for
     a solo run)."""
-    from prlbench.engine import run as solo
     from prlbench.engine import session
 
-    ctx = solo.RunContext(cfg, part, data_dir, manifest, cfg.train.device)
+    ctx = session.RunContext(cfg, part, data_dir, manifest, cfg.train.device)
     member = Member(Loop(cfg, part, ctx.model, ctx.device, None, None), torch.get_rng_state(),
                     torch.cuda.get_rng_state(ctx.device)
                     if torch.device(ctx.device).type == "cuda" else None)
@@ -295,45 +306,3 @@ def _member(cfg, part, data_dir, manifest, *, resume: bool, damaged: type):
                      "(kept) and the run started over from its first epoch")
         return _member(cfg, part, data_dir, manifest, resume=False, damaged=damaged)
     return member, ctx
-
-
-def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: bool = False,
-                restart: bool = False, progress: bool = True) -> list:
-    """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (`pack`; None:
-    where it is faster, `pack_by_default`), else one after another (also for a config that
-    cannot be packed); the finished run folders, in seed order. Every run's lock is held while
-    the pack trains. A run that fails raises a TrainingError naming it, after the others have
-    finished."""
-    import contextlib
-    from dataclasses import replace
-    from pathlib import Path
-
-    from prlbench.config import run_id
-    from prlbench.data.cache import open_cache
-    from prlbench.data.preprocess import ensure_generated
-    from prlbench.data.variants import canonical
-    from prlbench.engine import run as solo
-    from prlbench.errors import ConfigError, TrainingError
-    from prlbench.store import Store
-
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
-    cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
-    cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
-    if pack is None:
-        pack = pack_by_default(cfg.train.device, cfg.train.batch_size)
-    if not pack or len(cfgs) == 1:
-        return [solo.train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,
-                           progress=progress) for c in cfgs]
-    ensure_generated(data_dir, cfg.data.dataset, progress=progress)
-    sha = open_cache(data_dir, cfg.data.dataset, verify=False).data_sha256
-    store = Store(out)
-    with contextlib.ExitStack() as locks:
-        for rid in sorted(run_id(c, sha) for c in cfgs):
-            locks.enter_context(store.lock(rid))
-        results = train_pack(cfgs, data_dir=Path(data_dir), out=Path(out), resume=resume,
-                             restart=restart, progress=progress)
-    failed = [r for r in results if r.error]
-    if failed:
-        raise TrainingError("; ".join(f"{r.run_id}: {r.error}" for r in failed))
-    return [Path(r.run_dir) for r in results]

@@ -1,6 +1,8 @@
-"""The entry points of one run: `train_run` (train, then evaluate on test), `train` (the CLI's,
-generating the built-in data set on first use) and `evaluate_run`; `RunContext` holds a run's
-config, folder, data and model (its folder's life cycle: engine.session).
+"""The entry points of training and evaluation: `train_run` (one run: train, then evaluate on
+test), `train` (the CLI's, generating the built-in data set on first use), `train_seeds`
+(`train --seeds`: one after another, or as one pack) and `evaluate_run`. Every run trains through
+engine.pack.train_pack (a run alone is a pack of one); a run folder's life cycle and a run's
+`RunContext` are engine.session's.
 
 A run trains in `runs/<run-id>.partial/` and is renamed to `runs/<run-id>/` only once training
 and the test evaluation have finished. The test split is read once, at the end, from the best
@@ -11,123 +13,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from prlbench.config import RunConfig, run_id
-from prlbench.data.cache import Manifest, check_unchanged, dataset_in_use, open_cache
-from prlbench.data.loader import load_side, load_split
-from prlbench.engine.evaluate import evaluate_on_test
-from prlbench.engine.loop import Loop, LoopState
-from prlbench.engine.session import (check_flags, finish, notice, open_run, recorded,
-                                     resolve_device, set_aside, versions)
-from prlbench.engine.session import begin as begin_record
-from prlbench.errors import ConfigError
-from prlbench.store import (PARTIAL, DamagedCheckpoint, RunFolder, Store)
-from prlbench.models import create_model
-
-
-class RunContext:
-    """One run: its config, folder, data and model; `fit()` then `evaluate_and_write()`."""
-
-    def __init__(self, cfg: RunConfig, folder: RunFolder, data_dir: Path, manifest: Manifest,
-                 device: str) -> None:
-        self.cfg, self.folder, self.data_dir, self.manifest = cfg, folder, data_dir, manifest
-        self.device = resolve_device(device)
-        cols = manifest["columns"]
-        torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed alone
-        np.random.seed(cfg.train.seed % 2**32)
-        self.model = create_model(
-            cfg.model.name,
-            vocab_sizes=[manifest["vocab_sizes"][c] for c in cols["categorical"]],
-            num_numerical=len(cols["numerical"]), preset=cfg.model.preset,
-            **cfg.model.overrides).to(self.device)
-        if cfg.train.init_bias:
-            rates = manifest["splits"]["train"]
-            self.model.init_output_bias({"ctr": rates["click_rate"], "ctcvr": rates["ctcvr_rate"],
-                                         "cvr": rates["cvr_rate"]})
-
-    @property
-    def dir(self) -> Path:
-        return self.folder.path
-
-    @classmethod
-    def open(cls, folder: RunFolder, data_dir: Path, *, device: str | None = None
-             ) -> "RunContext":
-        """A finished run's context, on the cache it was trained on (checked by content)."""
-        cfg = folder.read_config()
-        manifest = open_cache(data_dir, cfg.data.dataset)
-        record = folder.read_record()
-        if record.data_sha256 is None and record.manifest_sha256 is not None:
-            raise ConfigError(f"{folder.path} was trained by an earlier prlbench, whose run ids "
-                              "hashed the manifest file rather than the data; retrain it (its "
-                              "numbers stay readable in metrics.json)")
-        if record.data_sha256 != manifest.data_sha256:
-            raise ConfigError(f"{folder.path} was trained on a different version of "
-                              f"{cfg.data.dataset!r} than the one in {data_dir}; preprocess it "
-                              "again as it was, or retrain")
-        return cls(cfg, folder, data_dir, manifest, device or cfg.train.device)
-
-    def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
-        name = self.cfg.data.dataset
-        train = load_split(self.data_dir, name, "train", device=self.device,
-                           manifest=self.manifest)
-        val = load_split(self.data_dir, name, "val", device=self.device, manifest=self.manifest)
-        loop = Loop(self.cfg, self.folder, self.model, self.device, train, val)
-        return loop.fit(resume=resume, progress=progress)
-
-    def evaluate_and_write(self, split: str = "test") -> dict:
-        """Best checkpoint -> the metrics and predictions of `split`: the test split
-        (metrics.json, predictions.parquet) or an extra evaluation split of the data set
-        (metrics.<split>.json, predictions.<split>.parquet)."""
-        self.model.load_state_dict(self.folder.load_best(self.device))
-        name = self.cfg.data.dataset
-        check_unchanged(self.manifest, name, split)  # the data it trained with, or no score
-        data = load_split(self.data_dir, name, split, device=self.device, manifest=self.manifest)
-        side = load_side(self.data_dir, name, split) if split == "test" else None
-        metrics, table = evaluate_on_test(
-            self.model, data, self.manifest, side=side,
-            precision=self.cfg.train.precision, batch_size=self.cfg.train.eval_batch_size)
-        self.folder.write_predictions(table, split)
-        self.folder.write_metrics(metrics, split)
-        return metrics
-
-
-def _fit(ctx: "RunContext", *, resume: bool, progress: bool, set_aside_damaged: bool):
-    """ctx.fit, and the context that fitted. A state.pt that cannot be read is refused
-    (`prlbench train --resume`: the user chooses --restart), or, for a compare, which always
-    resumes and has no --restart, set aside as state.pt.damaged-<time> and the run started
-    over with a fresh model (the numbers of a run never interrupted)."""
-    try:
-        return ctx.fit(resume=resume, progress=progress), ctx
-    except DamagedCheckpoint as e:
-        if not set_aside_damaged or e.path.name != RunFolder.STATE:
-            raise
-        aside = set_aside(e.path, "damaged")
-        notice(f"{e.path} is damaged or truncated ({e.reason}): moved to {aside.name} (kept) "
-                "and the run started over from its first epoch")
-    fresh = RunContext(ctx.cfg, ctx.folder, ctx.data_dir, ctx.manifest, ctx.device)
-    return fresh.fit(resume=False, progress=progress), fresh
+from prlbench.data.cache import dataset_in_use, open_cache
+from prlbench.engine.pack import pack_by_default, train_pack
+from prlbench.engine.session import RunContext, resolve_device, versions
+from prlbench.errors import ConfigError, TrainingError
+from prlbench.store import PARTIAL, RunFolder, Store
 
 
 def train_run(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
               restart: bool = False, progress: bool = True,
               set_aside_damaged: bool = True) -> Path:
     """Train and evaluate one run; returns its finished folder (reused if already finished).
-    `set_aside_damaged`: with `resume`, a state.pt that cannot be read is set aside and the run
-    started over (as prlbench compare needs), rather than refused (prlbench train)."""
-    check_flags(cfg, resume, restart)
-    opened = open_run(cfg, data_dir, out, resume=resume, restart=restart)
-    if isinstance(opened, Path):
-        return opened
-    store, rid, part, manifest = opened
-    ctx = RunContext(cfg, part, Path(data_dir), manifest, cfg.train.device)
-    begin_record(ctx, rid)
-    with recorded(part), dataset_in_use(Path(data_dir), cfg.data.dataset, by=f"run {rid}"):
-        check_unchanged(manifest, cfg.data.dataset)  # not replaced before we held it
-        state, ctx = _fit(ctx, resume=resume, progress=progress,
-                          set_aside_damaged=set_aside_damaged)
-        return finish(ctx, state, store)
+    One run is a pack of one (engine.pack.train_pack: the one training path); its failure is
+    raised. `set_aside_damaged`: with `resume`, a state.pt that cannot be read is set aside and
+    the run started over (as prlbench compare needs), rather than refused (prlbench train)."""
+    (result,) = train_pack([cfg], data_dir=Path(data_dir), out=Path(out), resume=resume,
+                           restart=restart, progress=progress,
+                           set_aside_damaged=set_aside_damaged)
+    if result.exception is not None:
+        raise result.exception
+    if result.error:
+        raise TrainingError(result.error)
+    return Path(result.run_dir)
 
 
 def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
@@ -175,4 +83,45 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
 
 
 __all__ = ["PARTIAL", "RunContext", "evaluate_run", "resolve_device", "train", "train_run",
-           "versions"]
+           "train_seeds", "versions"]
+
+
+def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: bool = False,
+                restart: bool = False, progress: bool = True) -> list:
+    """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (`pack`; None:
+    where it is faster, `pack_by_default`), else one after another (also for a config that
+    cannot be packed); the finished run folders, in seed order. Every run's lock is held while
+    the pack trains. A run that fails raises a TrainingError naming it, after the others have
+    finished."""
+    import contextlib
+    from dataclasses import replace
+    from pathlib import Path
+
+    from prlbench.config import run_id
+    from prlbench.data.cache import open_cache
+    from prlbench.data.preprocess import ensure_generated
+    from prlbench.data.variants import canonical
+    from prlbench.errors import ConfigError, TrainingError
+    from prlbench.store import Store
+
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
+    cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
+    cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
+    if pack is None:
+        pack = pack_by_default(cfg.train.device, cfg.train.batch_size)
+    if not pack or len(cfgs) == 1:
+        return [train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,
+                           progress=progress) for c in cfgs]
+    ensure_generated(data_dir, cfg.data.dataset, progress=progress)
+    sha = open_cache(data_dir, cfg.data.dataset, verify=False).data_sha256
+    store = Store(out)
+    with contextlib.ExitStack() as locks:
+        for rid in sorted(run_id(c, sha) for c in cfgs):
+            locks.enter_context(store.lock(rid))
+        results = train_pack(cfgs, data_dir=Path(data_dir), out=Path(out), resume=resume,
+                             restart=restart, progress=progress)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise TrainingError("; ".join(f"{r.run_id}: {r.error}" for r in failed))
+    return [Path(r.run_dir) for r in results]

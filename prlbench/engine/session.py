@@ -3,8 +3,8 @@ the folder (or find the finished one), begin its record, record an interrupt or 
 finish it (the test evaluation, the record, publishing), and set aside what is damaged.
 
 A run trains in `runs/<run-id>.partial/` and is renamed to `runs/<run-id>/` only once training
-and the test evaluation have finished. `ctx` below is an engine.run.RunContext (the run's
-config, folder, manifest, model).
+and the test evaluation have finished., and `RunContext`: a run's config, folder, data set and
+model (seeded as the run's seed says).
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+import numpy as np
+
 from prlbench import signals
 from prlbench.config import RunConfig, run_id
-from prlbench.data.cache import Manifest, open_cache
-from prlbench.engine.loop import LoopState
+from prlbench.data.cache import Manifest, check_unchanged, open_cache
+from prlbench.data.loader import load_side, load_split
+from prlbench.engine.evaluate import evaluate_on_test
+from prlbench.engine.loop import Loop, LoopState
+from prlbench.models import create_model
 from prlbench.errors import ConfigError, DataError, Interrupted, StoreError, TrainingError
 from prlbench.store import RunFolder, RunStatus, Store
 
@@ -134,7 +138,7 @@ def open_run(cfg: RunConfig, data_dir: Path, out: Path, *, resume: bool, restart
     return store, rid, part, manifest
 
 
-def begin(ctx: Any, rid: str, **record) -> None:
+def begin(ctx: "RunContext", rid: str, **record) -> None:
     """config.json and a run.json that says running."""
     ctx.folder.write_config(ctx.cfg)
     # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
@@ -167,7 +171,7 @@ class recorded:
         return False
 
 
-def finish(ctx: Any, state: LoopState, store: Store) -> Path:
+def finish(ctx: "RunContext", state: LoopState, store: Store) -> Path:
     """The test evaluation of the best checkpoint, run.json done, the folder published."""
     t0 = time.perf_counter()
     metrics = ctx.evaluate_and_write()
@@ -180,3 +184,67 @@ def finish(ctx: Any, state: LoopState, store: Store) -> Path:
     return store.publish(ctx.folder).path
 
 
+class RunContext:
+    """One run: its config, folder, data and model; `fit()` then `evaluate_and_write()`."""
+
+    def __init__(self, cfg: RunConfig, folder: RunFolder, data_dir: Path, manifest: Manifest,
+                 device: str) -> None:
+        self.cfg, self.folder, self.data_dir, self.manifest = cfg, folder, data_dir, manifest
+        self.device = resolve_device(device)
+        cols = manifest["columns"]
+        torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed alone
+        np.random.seed(cfg.train.seed % 2**32)
+        self.model = create_model(
+            cfg.model.name,
+            vocab_sizes=[manifest["vocab_sizes"][c] for c in cols["categorical"]],
+            num_numerical=len(cols["numerical"]), preset=cfg.model.preset,
+            **cfg.model.overrides).to(self.device)
+        if cfg.train.init_bias:
+            rates = manifest["splits"]["train"]
+            self.model.init_output_bias({"ctr": rates["click_rate"], "ctcvr": rates["ctcvr_rate"],
+                                         "cvr": rates["cvr_rate"]})
+
+    @property
+    def dir(self) -> Path:
+        return self.folder.path
+
+    @classmethod
+    def open(cls, folder: RunFolder, data_dir: Path, *, device: str | None = None
+             ) -> "RunContext":
+        """A finished run's context, on the cache it was trained on (checked by content)."""
+        cfg = folder.read_config()
+        manifest = open_cache(data_dir, cfg.data.dataset)
+        record = folder.read_record()
+        if record.data_sha256 is None and record.manifest_sha256 is not None:
+            raise ConfigError(f"{folder.path} was trained by an earlier prlbench, whose run ids "
+                              "hashed the manifest file rather than the data; retrain it (its "
+                              "numbers stay readable in metrics.json)")
+        if record.data_sha256 != manifest.data_sha256:
+            raise ConfigError(f"{folder.path} was trained on a different version of "
+                              f"{cfg.data.dataset!r} than the one in {data_dir}; preprocess it "
+                              "again as it was, or retrain")
+        return cls(cfg, folder, data_dir, manifest, device or cfg.train.device)
+
+    def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
+        name = self.cfg.data.dataset
+        train = load_split(self.data_dir, name, "train", device=self.device,
+                           manifest=self.manifest)
+        val = load_split(self.data_dir, name, "val", device=self.device, manifest=self.manifest)
+        loop = Loop(self.cfg, self.folder, self.model, self.device, train, val)
+        return loop.fit(resume=resume, progress=progress)
+
+    def evaluate_and_write(self, split: str = "test") -> dict:
+        """Best checkpoint -> the metrics and predictions of `split`: the test split
+        (metrics.json, predictions.parquet) or an extra evaluation split of the data set
+        (metrics.<split>.json, predictions.<split>.parquet)."""
+        self.model.load_state_dict(self.folder.load_best(self.device))
+        name = self.cfg.data.dataset
+        check_unchanged(self.manifest, name, split)  # the data it trained with, or no score
+        data = load_split(self.data_dir, name, split, device=self.device, manifest=self.manifest)
+        side = load_side(self.data_dir, name, split) if split == "test" else None
+        metrics, table = evaluate_on_test(
+            self.model, data, self.manifest, side=side,
+            precision=self.cfg.train.precision, batch_size=self.cfg.train.eval_batch_size)
+        self.folder.write_predictions(table, split)
+        self.folder.write_metrics(metrics, split)
+        return metrics
