@@ -34,7 +34,7 @@ def preprocess(name: str, data_dir: Path, *, source: Path | None = None, progres
             raise ConfigError(f"{flag}: the variant {variants.canonical(name)} takes its "
                               "generator options from its name; write them in its brackets "
                               f"(e.g. {base}[{variants.KNOBS[wrong[0]].short}=...,...])")
-        given = {**given, **knobs, "dataset": variants.canonical(name)}
+        given = {**given, "dataset": variants.canonical(name)}  # the knobs travel in its name
     for owner, own in DATASET_OPTIONS.items():
         wrong = [k for k in given if k in own and owner != base]
         if wrong:
@@ -107,7 +107,7 @@ def ensure_generated(data_dir: Path, name: str = DEFAULT_DATASET, *,
                 f"not replaced by the default data; rebuild it with: prlbench preprocess "
                 f"{name} --data-dir {shlex.quote(str(data_dir))} (with the options you built "
                 "it with), or delete the folder to get the default data set")
-        extra = {**knobs, "dataset": variants.canonical(name)} if knobs else {}
+        extra = {"dataset": variants.canonical(name)} if knobs else {}
         with dataset_exclusive(Path(data_dir), name):
             spec.preprocess_fn()(Path(data_dir), progress=progress, **spec.options, **extra)
 

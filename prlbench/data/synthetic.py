@@ -104,22 +104,28 @@ def preprocess_synthetic(data_dir: Path, *, rows: int = _K["rows"].default,
                          dataset: str = "synthetic") -> dict:
     """Generate the synthetic data set into `data_dir/synthetic` and return its manifest.
 
-    `dataset` a variant such as "synthetic[noise=0.5]" (prlbench.data.variants): written into
-    its own folder (`data_dir/synthetic-noise0.5`), the manifest's "dataset" its canonical id
-    and its params the knobs too; the options given must be the ones its name says (the
-    others at their defaults), so that a variant's folder always holds that variant."""
-    variants.check_options(rows, seed, click_rate, conversion_rate, noise_rate)
+    `dataset` a variant such as "synthetic[noise=0.5]" (prlbench.data.variants): generated with
+    the options its name says (the others at their defaults) into its own folder
+    (`data_dir/synthetic-noise0.5`), the manifest's "dataset" its canonical id and its params
+    the knobs too; an option also given here is refused (it belongs in the brackets), so that
+    a variant's folder always holds that variant."""
     options = {"rows": rows, "seed": seed, "click_rate": click_rate,
                "conversion_rate": conversion_rate, "noise_rate": noise_rate}
     if variants.base_name(dataset) != "synthetic":
         raise ConfigError(f"preprocess_synthetic generates synthetic or a variant of it, not "
                           f"{dataset!r}")
     dataset = variants.canonical(dataset)
-    wrong = {k: v for k, v in variants.params(dataset).items() if options[k] != v}
-    if variants.is_variant(dataset) and wrong:
-        given = ", ".join(f"{k}={options[k]!r}" for k in wrong)
-        raise ConfigError(f"{dataset} takes its options from its name (the others at their "
-                          f"defaults), but {given} was given: write them in its brackets")
+    if variants.is_variant(dataset):  # its options come from its name, and from there only
+        given = {k: v for k, v in options.items() if v != _K[k].default}
+        if given:
+            shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+            raise ConfigError(f"{dataset} takes its options from its name (the others at their "
+                              f"defaults), but {shown} was given: write them in its brackets")
+        options = variants.params(dataset)
+    variants.check_options(**options)
+    rows, seed = options["rows"], options["seed"]
+    click_rate, conversion_rate = options["click_rate"], options["conversion_rate"]
+    noise_rate = options["noise_rate"]
     start = time.perf_counter()
     rates = {"click_rate": click_rate, "conversion_rate": conversion_rate,
              "noise_rate": noise_rate}

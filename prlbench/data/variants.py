@@ -26,7 +26,6 @@ generator is imported only to validate a variant's values and read its defaults.
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 import math
 import numbers
@@ -238,15 +237,9 @@ def _real(value: object) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def _defaults(base: str) -> tuple[tuple[str, Any], ...]:
-    # the registry imports the generator by name (no import edge: synthetic imports this module)
-    params = inspect.signature(DATASETS.get(base).preprocess_fn()).parameters
-    return tuple((o, params[o].default) for o in KNOBS if o in params)
-
-
 def generator_defaults(base: str = "synthetic") -> dict[str, float | int]:
-    """The knobs' defaults, read from the generator's signature (preprocess_synthetic's)."""
-    return dict(_defaults(base))
+    """The knobs' defaults (KNOBS; the generator's signature reads them from there too)."""
+    return {o: k.default for o, k in KNOBS.items()}
 
 
 def _q(text: str) -> str:
