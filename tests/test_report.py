@@ -147,10 +147,10 @@ def test_arm_labels_name_only_the_settings_that_differ(tmp_path):
     dirs += [_write_run(tmp_path, "synthetic", "ple", loss, s, rng, p) for s in (1, 2)
              for loss, p in (("bce", {}), ("pwiser", {**PARAMS["pwiser"], "lam": 2.0}))]
     runs = analysis.load_runs(dirs)
-    assert sorted(runs["arm"].unique()) == ["bce", "pwiser", "pwiser(lam=0.1)", "pwiser(lam=1)"]
+    assert sorted(runs["arm"].unique()) == ["bce", "pwiser", "pwiser[lam=0.1]", "pwiser[lam=1]"]
     summary = analysis.summarise(runs, n_boot=200, delong=False, two_level=False)
     assert summary.settings["pwiser"]["lam"] == [2.0]
-    assert summary.settings["pwiser(lam=0.1)"]["lam"] == [0.1]
+    assert summary.settings["pwiser[lam=0.1]"]["lam"] == [0.1]
     assert "PWiseR (λ=0.1) settings: λ=0.1, m1=0.05" in build_table(summary).caption
 
 
@@ -165,8 +165,8 @@ def test_arm_labels_keep_the_digits_that_tell_two_settings_apart(tmp_path):
                             ("ranknet", {"lam": 3 / 7, "score": "logit", "head": "ctr"}))]
     runs = analysis.load_runs(dirs)
     assert sorted(runs["arm"].unique()) == [
-        "bce", "pwiser(lam=0.4285711)", "pwiser(lam=0.4285712)", "ranknet(lam=0.428571)",
-        "ranknet(lam=0.5)"]
+        "bce", "pwiser[lam=0.4285711]", "pwiser[lam=0.4285712]", "ranknet[lam=0.428571]",
+        "ranknet[lam=0.5]"]
 
 
 def test_load_runs_errors_name_the_file_and_the_fix(tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prlbench import stats
+from prlbench import specs, stats
 from prlbench.config import BASELINE
 from prlbench.errors import DataError
 from prlbench.metrics import METRICS, REPORTED, family, is_auc, lower_is_better
@@ -63,7 +63,8 @@ def load_runs(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
     run_dir, best_epoch and every number in metrics.json.
 
     `arm` is the loss name, plus the parameters that differ between runs of that loss within
-    one (data set, model), e.g. "pwiser(lam=1)" next to "pwiser(lam=0.5)"; parameters chosen on
+    one (data set, model), e.g. "pwiser[lam=1]" next to "pwiser[lam=0.5]" (the loss-spec
+    grammar, prlbench.specs); parameters chosen on
     validation (one setting per data set and model) keep the plain loss name.
     """
     if not run_dirs:
@@ -147,10 +148,9 @@ def _arm_labels(df: pd.DataFrame) -> pd.Series:
         keys = sorted({k for s in settings.values() for k in s})
         varying = [k for k in keys if len({repr(s.get(k)) for s in settings.values()}) > 1]
         digits = {k: _digits([s.get(k) for s in settings.values()]) for k in varying}
-        for idx, p in group["params"].items():
-            inner = ",".join(f"{k}={_fmt_value(settings[p].get(k), digits[k])}"
-                             for k in varying)
-            labels[idx] = f"{df.at[idx, 'loss']}({inner})"
+        for idx, p in group["params"].items():  # the spec grammar: pwiser[lam=1]
+            labels[idx] = specs.write(df.at[idx, "loss"], [
+                (k, _fmt_value(settings[p].get(k), digits[k])) for k in varying])
     return labels
 
 

@@ -309,11 +309,13 @@ def loss_name(loss: str) -> str:
 
 
 def arm_name(arm: str) -> str:
-    """"pwiser(lam=1,m1=0.1)" -> "PWiseR (λ=1, m1=0.1)"."""
-    if "(" not in arm:
-        return loss_name(arm)
-    loss, inner = arm[:-1].split("(", 1)
-    items = [kv.split("=", 1) for kv in inner.split(",")]
+    """"pwiser[lam=1,m1=0.1]" -> "PWiseR (λ=1, m1=0.1)": an arm's display name, made from its
+    spec (prlbench.specs)."""
+    from prlbench import specs
+
+    loss, items = specs.parse(arm)
+    if not items:
+        return loss_name(loss)
     return f"{loss_name(loss)} ({', '.join(f'{PARAM_NAMES.get(k, k)}={v}' for k, v in items)})"
 
 
