@@ -594,21 +594,8 @@ class Store:
     def lock(self, run_id: str) -> Iterator[None]:
         """Hold `runs/.locks/<id>.lock` exclusively: one process at a time trains or stores a
         run; another waits for it. The file is never truncated and never a link followed."""
-        path = self.runs_dir / ".locks" / f"{run_id}.lock"
-        _refuse_links(self.runs_dir, path.parent)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _refuse_links(self.runs_dir, path.parent)  # made by another process meanwhile
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            if path.is_symlink():  # ELOOP; FreeBSD and macOS say EMLINK
-                raise ConfigError(_link_message(path)) from None
-            raise e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._locked(self.runs_dir / ".locks" / f"{run_id}.lock"):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     @property
     def compare_lock(self) -> Path:
@@ -620,15 +607,23 @@ class Store:
         """Hold `runs/.locks/.compare` exclusively while compare.json and the report are
         written, so that they always come from one compare; a second compare on this folder
         waits, and `on_wait(holder)` is told first who holds it (pid and command line, as the
-        holder wrote them into the lock file). Never a link followed."""
-        path = self.compare_lock
+        holder wrote them into the lock file)."""
+        with self._locked(self.compare_lock, on_wait=on_wait) as fd:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}\n".encode(), 0)
+            yield
+
+    @contextmanager
+    def _locked(self, path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[int]:
+        """An exclusive flock on `path` under runs/.locks/ (made if need be, never a link
+        followed); `on_wait(what the file says)` first if another process holds it."""
         _refuse_links(self.runs_dir, path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _refuse_links(self.runs_dir, path.parent, path)
+        _refuse_links(self.runs_dir, path.parent)  # made by another process meanwhile
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            if path.is_symlink():
+            if path.is_symlink():  # ELOOP; FreeBSD and macOS say EMLINK
                 raise ConfigError(_link_message(path)) from None
             raise e
         try:
@@ -636,12 +631,10 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if on_wait is not None:
-                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                    on_wait(holder or "another compare")
+                    on_wait(os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                            or "another compare")
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}\n".encode(), 0)
-            yield
+            yield fd
         finally:
             os.close(fd)  # releases the lock
 

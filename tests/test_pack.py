@@ -160,10 +160,7 @@ def test_compare_packed_gives_the_runs_of_compare_solo_byte_for_byte(data_dir, t
 
 
 def test_runs_are_not_packed_unless_asked():
-    from prlbench.engine.pack import pack_by_default
     from prlbench.experiment.grid import CompareConfig, Grid
-
-    assert not pack_by_default("cuda", 2048) and not pack_by_default("cpu", 256)
 
     def cc(batch_size, pack=None):
         base = resolve(None, {"train": {"batch_size": batch_size}}, finish=False)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -409,6 +409,33 @@ def cache_folder(data_dir: Path, name: str) -> Path:
     return _resolved(dataset_dir(data_dir, name))
 
 
+def _flock_at(where: Callable[[], Path], mode: int, flags: int, waiting: str) -> int:
+    """A file descriptor holding a flock (`mode`) on the file at `where()` as it is once the
+    lock is had: a holder before us may remove or replace the file (dataset_lock's holder
+    removes it on leaving; a preprocess swaps the cache folder), so the lock is taken again
+    until the file locked is the one at the path (lstat: a link put there is not it). Says
+    `waiting` on stderr once if another process holds it."""
+    import fcntl
+
+    said = False
+    while True:
+        path = where()
+        fd = open_nofollow(path, flags)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not said:
+                print(waiting, file=sys.stderr, flush=True)
+                said = True
+            fcntl.flock(fd, mode)
+        try:
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
     """Hold `data_dir/.name.lock` exclusively: one download or preprocess of a data set at a
@@ -418,24 +445,10 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
     folder = cache_folder(data_dir, name)  # two links to one store share its lock
     path = folder.parent / f".{folder.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    said = False
-    while True:
-        lock = os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT), "wb")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not said:
-                print(f"waiting for another prlbench download or preprocess of "
-                      f"{dataset_dir(data_dir, name)} to finish...", file=sys.stderr, flush=True)
-                said = True
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:  # the holder before us removes the file on leaving: lock the file at the path
-            # (lstat: a link put there since is not the file we hold)
-            if os.lstat(path).st_ino == os.fstat(lock.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        lock.close()
+    fd = _flock_at(lambda: path, fcntl.LOCK_EX, os.O_WRONLY | os.O_CREAT,
+                   f"waiting for another prlbench download or preprocess of "
+                   f"{dataset_dir(data_dir, name)} to finish...")
+    lock = os.fdopen(fd, "wb")
     try:
         yield
     finally:
@@ -465,27 +478,14 @@ def dataset_in_use(data_dir: Path, name: str, *, by: str) -> Iterator[None]:
     """Hold data set `name` for a run (`by`: what to call it when a preprocess is refused)."""
     import fcntl
 
-    said = False
-    while True:
-        opened = _open_inuse(data_dir, name)
-        if opened is None:  # not preprocessed: the run fails on it by itself
-            yield
-            return
-        path, fd = opened
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not said:
-                print(f"waiting for the preprocess of {dataset_dir(data_dir, name)} to "
-                      "finish...", file=sys.stderr, flush=True)
-                said = True
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        try:  # a preprocess swapped the folder while we waited: lock the new one's file
-            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+    folder = dataset_dir(data_dir, name)
+    if not folder.is_dir():  # not preprocessed: the run fails on it by itself
+        yield
+        return
+    # a preprocess may swap the folder while we wait: then the new one's file is locked
+    fd = _flock_at(lambda: dataset_dir(data_dir, name) / INUSE, fcntl.LOCK_SH,
+                   os.O_RDWR | os.O_CREAT | os.O_APPEND,
+                   f"waiting for the preprocess of {folder} to finish...")
     try:
         os.write(fd, f"{os.getpid()} {by}\n".encode("utf-8", "replace"))
         yield

@@ -54,6 +54,7 @@ class Loop:
                  train: TensorData, val: TensorData) -> None:
         self.cfg, self.folder, self.model, self.device = cfg, folder, model, device
         self.train, self.val = train, val
+        self.opt = None  # made when training starts (steps), with state and epoch_gen
 
     def fit(self, *, resume: bool, progress: bool = True) -> LoopState:
         with StopFlag() as stop:
@@ -88,7 +89,6 @@ class Loop:
         it = itertools.islice(batches(self.train, cfg.batch_size, shuffle=True, generator=gen),
                               state.step, None)
         for batch in _progress(it, steps, state, progress, self.cfg):
-            self.model.train()  # a pack's other members may have validated in between
             with autocast(self.device, cfg.precision):
                 out = self.model(batch.categorical, batch.numerical)
                 loss, _ = loss_fn(out, batch.click, batch.conversion, **self.cfg.loss.params)

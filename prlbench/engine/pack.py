@@ -67,13 +67,6 @@ def pack_key(cfg) -> tuple:
     return repr(same.to_dict())
 
 
-def pack_by_default(device: str, batch_size: int) -> bool:
-    """Whether runs are packed without --pack / --no-pack: never. A pack's members take turns
-    with their solo arithmetic (bit for bit), so it is not faster than the same runs one after
-    another; what it saves is a process and a copy of the data per run (--pack)."""
-    return False
-
-
 class PackLoop:
     """`fit()` trains `members` in turns, one optimizer step each, until every member is done;
     `on_done(member)` for each member that finishes (best.pt, state.pt and history.json written),
@@ -90,7 +83,7 @@ class PackLoop:
             while self.members:
                 for m in list(self.members):
                     self._step(m, stop)
-                bar.update(self.members)
+                bar.advance()
 
     def _step(self, m: Member, stop) -> None:
         m.swap_in()
@@ -117,7 +110,7 @@ class PackLoop:
 
     def _save_others(self, interrupted: Member) -> None:
         for other in self.members:
-            if other is interrupted or other.steps is None or not hasattr(other.loop, "opt"):
+            if other is interrupted or other.loop.opt is None:  # not started: nothing to save
                 continue
             other.swap_in()
             try:
@@ -155,7 +148,7 @@ class _PackProgress:
             self.task = self.bar.add_task(label, total=None)
         return self
 
-    def update(self, members: list[Member]) -> None:
+    def advance(self) -> None:
         if self.bar is not None:
             self.bar.advance(self.task)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from prlbench.config import RunConfig, run_id
 from prlbench.data.cache import dataset_in_use, open_cache
-from prlbench.engine.pack import pack_by_default, train_pack
-from prlbench.engine.session import RunContext, resolve_device, versions
+from prlbench.engine.pack import train_pack
+from prlbench.engine.session import RunContext, resolve_device
 from prlbench.errors import ConfigError, TrainingError
 from prlbench.store import PARTIAL, RunFolder, Store
 
@@ -82,37 +82,25 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, *,
         return ctx.evaluate_and_write(split)
 
 
-__all__ = ["PARTIAL", "RunContext", "evaluate_run", "resolve_device", "train", "train_run",
-           "train_seeds", "versions"]
-
-
 def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: bool = False,
                 restart: bool = False, progress: bool = True) -> list:
-    """`prlbench train --seeds`: `cfg` on each of `seeds`, packed into one model (`pack`; None:
-    where it is faster, `pack_by_default`), else one after another (also for a config that
-    cannot be packed); the finished run folders, in seed order. Every run's lock is held while
-    the pack trains. A run that fails raises a TrainingError naming it, after the others have
-    finished."""
+    """`prlbench train --seeds`: `cfg` on each of `seeds`, one after another, or with `pack` as
+    one pack (engine.pack); the finished run folders, in seed order. Every run's lock is held
+    while the pack trains. A run that fails raises a TrainingError naming it, after the others
+    have finished."""
     import contextlib
     from dataclasses import replace
-    from pathlib import Path
 
-    from prlbench.config import run_id
-    from prlbench.data.cache import open_cache
     from prlbench.data.preprocess import ensure_generated
     from prlbench.data.variants import canonical
-    from prlbench.errors import ConfigError, TrainingError
-    from prlbench.store import Store
 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
     cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
     cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
-    if pack is None:
-        pack = pack_by_default(cfg.train.device, cfg.train.batch_size)
     if not pack or len(cfgs) == 1:
         return [train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,
-                           progress=progress) for c in cfgs]
+                      progress=progress) for c in cfgs]
     ensure_generated(data_dir, cfg.data.dataset, progress=progress)
     sha = open_cache(data_dir, cfg.data.dataset, verify=False).data_sha256
     store = Store(out)
@@ -125,3 +113,7 @@ def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: 
     if failed:
         raise TrainingError("; ".join(f"{r.run_id}: {r.error}" for r in failed))
     return [Path(r.run_dir) for r in results]
+
+
+__all__ = ["PARTIAL", "RunContext", "evaluate_run", "resolve_device", "train", "train_run",
+           "train_seeds"]

@@ -20,6 +20,7 @@ import torch
 import numpy as np
 
 from prlbench import signals
+from prlbench.machine import provenance
 from prlbench.config import RunConfig, run_id
 from prlbench.data.cache import Manifest, check_unchanged, open_cache
 from prlbench.data.loader import load_side, load_split
@@ -41,13 +42,6 @@ def resolve_device(device: str) -> str:
             raise ConfigError(f"--device {device}: this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
     return device
-
-
-def versions(device: str = "cpu") -> dict:
-    """What made a run's numbers: versions, git commit, device (prlbench.machine)."""
-    from prlbench.machine import provenance
-
-    return provenance(device)
 
 
 def check_validation_split(manifest: Manifest, dataset: str) -> None:
@@ -144,7 +138,7 @@ def begin(ctx: "RunContext", rid: str, **record) -> None:
     # On CPU the numbers depend on the thread count too (the order of float sums): recorded,
     # so that a report can say when its runs were trained with different counts.
     ctx.folder.update_record(RunStatus.RUNNING, run_id=rid, data_sha256=ctx.manifest.data_sha256,
-                             versions=versions(ctx.device),
+                             versions=provenance(ctx.device),
                              data_dir=str(ctx.data_dir.resolve()),
                              pid=os.getpid(), argv=list(sys.argv),
                              threads=torch.get_num_threads(), **record)

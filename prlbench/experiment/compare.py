@@ -176,7 +176,7 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
         if done:
             evaluate_extra_splits(done, cc.splits, data_dir, progress)
             _report(res, done, store, cc, data_notes(manifests))
-            if not train and (Path(out) / Store.COMPARE).exists():  # the test its tables use
+            if not train and (store.root / Store.COMPARE).exists():  # the test its tables use
                 store.write_compare(replace(store.read_compare(), test=cc.test_record()))
         else:
             from prlbench.report import clear_report

@@ -165,19 +165,14 @@ class CompareConfig:
     # Equivalence margins per metric kind ({"auc": 0.002}, metric units; --equivalence, read by
     # stats.parse_margins): two one-sided tests; None: no equivalence test.
     equivalence: dict | None = None
-    # Train runs that differ only in seed and loss as packs (prlbench.engine.pack); None: the
-    # default (`packed`).
+    # Train runs that differ only in seed and loss as packs (prlbench.engine.pack); None: not
+    # given, the default: no packs (a pack is not faster, docs/training.md).
     pack: bool | None = None
 
     @property
     def packed(self) -> bool:
-        """Whether the runs train packed: --pack / --no-pack, else the default (by the
-        device and the batch size)."""
-        from prlbench.engine.pack import pack_by_default
-
-        train = self.grid.base.train
-        return self.pack if self.pack is not None else pack_by_default(train.device,
-                                                                       train.batch_size)
+        """Whether the runs train packed: --pack, else not."""
+        return bool(self.pack)
 
     @property
     def splits(self) -> tuple[str, ...]:

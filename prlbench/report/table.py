@@ -12,9 +12,8 @@ import numpy as np
 from prlbench.metrics import display_name, lower_is_better, table_metrics
 from prlbench.report.analysis import Summary
 from prlbench.report.caption import (  # noqa: F401  (the names renderers and reports use)
-    CORRECTION_NAMES, PARAM_NAMES, PARAM_ORDER, TEST_HOW, TEST_NAMES, VALUE_NAMES, arm_name,
-    caption, ci_kind, ci_name, dataset_name, loss_name, loss_note, model_name, seed_list,
-    table_margins)
+    CORRECTION_NAMES, TEST_NAMES, arm_name, caption, ci_name, dataset_name, loss_name,
+    model_name, seed_list, table_margins)
 
 DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown ties are both bold
 

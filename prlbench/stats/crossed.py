@@ -59,7 +59,13 @@ class Crossed(NamedTuple):
 
     def tail(self, x: float) -> float:
         """One-sided p: P(T > x) for T ~ t_nu (the normal at nu = inf)."""
-        return float(stats.norm.sf(x) if np.isinf(self.nu) else stats.t.sf(x, self.nu))
+        return t_sf(x, self.nu)
+
+
+def t_sf(x: float, nu: float) -> float:
+    """P(T > x) for T ~ t_nu; the normal's at nu = inf (Satterthwaite's nu when the seeds do
+    not vary, or one seed)."""
+    return float(stats.norm.sf(x) if np.isinf(nu) else stats.t.sf(x, nu))
 
 
 def crossed(deltas, cov, name: str = "crossed") -> Crossed:

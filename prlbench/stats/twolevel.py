@@ -30,7 +30,7 @@ from scipy import stats
 from prlbench.errors import DataError
 from prlbench.stats import _checks
 from prlbench.stats.bootstrap import _check_boot
-from prlbench.stats.crossed import Crossed, check_inputs, crossed
+from prlbench.stats.crossed import Crossed, check_inputs, crossed, t_sf
 from prlbench.stats.delong import _placements
 
 METHODS = ("crossed", "pigeonhole")
@@ -318,7 +318,7 @@ class _Level(NamedTuple):
         if u >= 1:
             return 1.0
         z = stats.norm.isf(u) / self.factor
-        return float(stats.norm.sf(z) if np.isinf(self.nu) else stats.t.sf(z, self.nu))
+        return t_sf(z, self.nu)
 
 
 def _t_isf(q: float, nu: float) -> float:
@@ -360,7 +360,7 @@ class _TailModel(NamedTuple):
         if self.se <= 0:
             return 0.0 if (self.mean > bound) == upper and self.mean != bound else 1.0
         x = (self.mean - bound) / self.se * (1.0 if upper else -1.0)
-        return float(stats.norm.sf(x) if np.isinf(self.nu) else stats.t.sf(x, self.nu))
+        return t_sf(x, self.nu)
 
 
 def _pigeonhole_scale(reps: np.ndarray, level: _Level) -> tuple[float, float]:
