@@ -475,6 +475,10 @@ RayAddress = Annotated[Optional[str], typer.Option(
 Formats = Annotated[str, typer.Option(
     "--format", help="Tables to write: md, latex (the CSVs of every number behind them are "
     "always written).")]
+Cells = Annotated[str, typer.Option(
+    help="What each cell of the paper-layout tables (auc.tex, auc.md) shows beside its mean "
+    "and marker: std (mean ± std), ci (the CI of its difference to bce, under the mean) or mean "
+    "(the mean alone). The detail tables (auc_detail.*) always show everything.")]
 TablesOnly = Annotated[bool, typer.Option(
     "--tables-only", metavar="", help="Train nothing: tables from the finished runs only.")]
 Test = Annotated[str, typer.Option(
@@ -514,8 +518,9 @@ def compare(
     embedding_optimizer: EmbeddingOptimizer = None,
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, pack: Pack = None, ray_address: RayAddress = None,
-    fmt: Formats = GRID_DEFAULTS["format"], tables_only: TablesOnly = False,
-    test: Test = "twolevel", correction: Correction = "holm", equivalence: Equivalence = None,
+    fmt: Formats = GRID_DEFAULTS["format"], cells: Cells = "std",
+    tables_only: TablesOnly = False, test: Test = "twolevel", correction: Correction = "holm",
+    equivalence: Equivalence = None,
     test_split: TestSplit = "standard", config: CompareConfigFile = None,
     data_dir: DataDir = Path("datasets"), out: ExperimentDir = None, quiet: Quiet = False,
 ) -> None:
@@ -532,6 +537,7 @@ def compare(
       prlbench compare --executor ray --ray-address auto
       prlbench compare --device cuda --seeds 8
       prlbench compare --format latex --out results/nl_fr --tables-only
+      prlbench compare --tables-only --cells ci
     """
     from prlbench.experiment.compare import compare as run_compare, default_out, significance_plan
     from prlbench.experiment.grid import CompareConfig

@@ -176,3 +176,13 @@ def _drawn_texts(fig) -> list:
 
 def _figures(fig) -> list:
     return [fig] + [g for sf in fig.subfigs for g in _figures(sf)]
+
+
+def pdf_width_in(path: Path) -> float:
+    """The width of a one-page PDF's page (its MediaBox), in inches, to 2 decimals."""
+    import re
+
+    box = re.search(rb"/MediaBox \[ *([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) *\]",
+                    Path(path).read_bytes())
+    assert box, f"{path}: no MediaBox"
+    return round((float(box.group(3)) - float(box.group(1))) / 72, 2)

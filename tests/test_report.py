@@ -25,7 +25,7 @@ from prlbench.errors import DataError
 from prlbench.report import analysis, build_table, to_csv, to_latex, to_markdown, write_report
 from prlbench.report import plots
 
-from _reference import delong_slow, overlapping_texts
+from _reference import delong_slow, overlapping_texts, pdf_width_in
 
 GOLDEN = Path(__file__).parent / "golden"
 DATASETS, MODELS, LOSSES, SEEDS = ("synthetic", "aliexpress_nl"), ("mmoe", "ple"), \
@@ -299,7 +299,8 @@ def test_one_seed_warns_and_tests_nothing(runs):
     other = s.cells[~s.cells["is_baseline"]]
     assert other[["p", "p_adj", "ttest_p", "wilcoxon_p", "delta_lo", "std"]].isna().all().all()
     assert (other["outcome"] == "untested").all() and s.n_comparisons == 0
-    md, tex = to_markdown(build_table(s)), to_latex(build_table(s))
+    md = to_markdown(build_table(s), layout="detail")
+    tex = to_latex(build_table(s), layout="detail")
     assert "no test (1 seed)" in md and "no test (1 seed)" in tex
     assert "No significance test" in md and "±" not in md.split("\n\n")[0]
 
@@ -348,12 +349,16 @@ def _golden(name: str, text: str) -> None:
         "PRLBENCH_UPDATE_GOLDEN=1 and review the diff")
 
 
-def test_markdown_matches_the_golden_file():
-    _golden("auc.md", to_markdown(build_table(small_summary())))
+@pytest.mark.parametrize("layout", ["paper", "detail"])
+def test_markdown_matches_the_golden_file(layout):
+    name = "auc.md" if layout == "paper" else "auc_detail.md"
+    _golden(name, to_markdown(build_table(small_summary()), layout=layout))
 
 
-def test_latex_matches_the_golden_file():
-    _golden("auc.tex", to_latex(build_table(small_summary())))
+@pytest.mark.parametrize("layout", ["paper", "detail"])
+def test_latex_matches_the_golden_file(layout):
+    name = "auc.tex" if layout == "paper" else "auc_detail.tex"
+    _golden(name, to_latex(build_table(small_summary()), layout=layout))
 
 
 def test_csv_matches_the_golden_file():
@@ -376,8 +381,8 @@ def test_csv_holds_every_number_at_full_precision():
 
 
 def test_markdown_shows_the_win_the_tie_the_loss_and_the_best():
-    md = to_markdown(build_table(small_summary()))
-    ll = to_markdown(build_table(small_summary(), kind="logloss"))
+    md = to_markdown(build_table(small_summary()), layout="detail")
+    ll = to_markdown(build_table(small_summary(), kind="logloss"), layout="detail")
     assert md.count("↑\\*") == 3 and "↓\\*" not in md  # MMoE x 3 AUC metrics
     # PLE worse, MMoE better, on CTR and CTCVR logloss (no CVR logloss: no CVR tower)
     assert ll.count("↓\\*") == 2 and ll.count("↑\\*") == 2 and "| CVR logloss" not in ll
@@ -409,20 +414,45 @@ def _check_latex_structure(tex: str) -> None:
         assert len(re.split(r"(?<!\\)&", line)) == len(spec), line
 
 
-def test_latex_structure_and_caption():
+def test_latex_structure_and_captions():
     s = small_summary()
-    tex = to_latex(build_table(s))
-    _check_latex_structure(tex)
-    caption = re.search(r"\\caption\{(.*)\}\n\\label\{tab:prlbench-auc\}", tex).group(1)
-    for needed in ("over 6 seeds", "seeds: 1--6", "paired t-test", "Holm correction",
-                   "all 6 comparisons of this table", "Test-split", r"$\lambda$=0.5", "m1=0.05",
-                   "m2=0.1",
-                   r"$\phi$=squared hinge", "s=probability", "head=ctr", "norm=pairs",
-                   "publishes none",
-                   r"95 \% bootstrap CI"):
+    table = build_table(s)
+    detail = to_latex(table, layout="detail")
+    _check_latex_structure(detail)
+    caption = re.search(r"\\caption\{(.*)\}\n\\label\{tab:prlbench-auc-detail\}", detail).group(1)
+    for needed in ("over 6 seeds (1--6)", "RelaImpr", "Test-split",
+                   r"95 \% bootstrap CI over seeds", "unadjusted"):
         assert needed in caption, needed
-    assert tex.count(r"\textbf{") == 3 and tex.count(r"$\uparrow^{*}$") >= 3
-    _check_latex_structure(to_latex(build_table(s), standalone=True))
+    paper = to_latex(table)
+    caption = re.search(r"\\caption\{(.*)\}\n\\label\{tab:prlbench-auc\}", paper).group(1)
+    for needed in ("mean $\\pm$ std over 6 seeds (1--6)", "paired t-test over seeds",
+                   "Holm-corrected over the table's 6 comparisons", "not significant",
+                   "Bold: best mean per column"):
+        assert needed in caption, needed
+    assert r"\resizebox" not in paper + detail and "graphicx" not in paper + detail
+    # the best mean per column in bold, the three MMoE wins marked
+    assert paper.count(r"\textbf{") == 3 and paper.count(r"\,$\uparrow^{*}$") == 3
+    _check_latex_structure(to_latex(table, standalone=True, layout="detail"))
+
+
+def test_short_captions_stay_short_and_the_setup_says_the_rest():
+    from prlbench.report.caption import words
+    from prlbench.report.setup import setup_text
+
+    s = small_summary()
+    for kind in ("auc", "logloss"):
+        for cells in ("std", "ci", "mean"):
+            t = build_table(s, kind=kind, cells=cells)
+            for text in (t.paper_caption, t.paper_caption_split, t.detail_caption):
+                assert 15 <= words(text) <= 65, (kind, cells, words(text), text)
+    long = build_table(s).caption
+    assert words(long) > 150  # the detail Markdown's caption: the whole protocol
+    setup = setup_text(s)
+    # what the short captions leave out is in the setup paragraph
+    for needed in ("λ=0.5", "m1=0.05", "m2=0.1", "φ=squared hinge", "s=probability",
+                   "norm=pairs", "publishes none", "RelaImpr", "Holm correction [@holm1979simple]",
+                   "[@durmus2024pwiser]", "MMoE [@ma2018mmoe]", "PLE [@tang2020ple]"):
+        assert needed in setup, needed
 
 
 def test_latex_escapes_specials_and_symbols():
@@ -458,9 +488,9 @@ def test_latex_compiles_standalone_and_inside_a_plain_paper(tmp_path):
     # (the two-level captions, with the crossed model's symbols: test_protocol's noise sweep)
     for kind in ("auc", "logloss"):
         table = build_table(small_summary(), kind=kind)
-        _pdflatex(tmp_path, f"{kind}-standalone", to_latex(table, standalone=True))
+        _pdflatex(tmp_path, f"{kind}-standalone", to_latex(table, standalone=True, layout="detail"))
         # A paper's preamble with no fontenc (OT1): a text-mode "<" would print as "¡".
-        (tmp_path / f"{kind}.tex").write_text(to_latex(table))
+        (tmp_path / f"{kind}.tex").write_text(to_latex(table, layout="detail"))
         text = _pdflatex(tmp_path, f"{kind}-paper", "\\documentclass{article}\n"
                          "\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
                          f"\\begin{{document}}\n\\input{{{kind}.tex}}\n\\end{{document}}\n")
@@ -473,8 +503,10 @@ def test_latex_compiles_standalone_and_inside_a_plain_paper(tmp_path):
 def test_write_report_writes_every_table(summary_t, tmp_path):
     paths = write_report(summary_t, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["auc.md", "auc.tex", "cells.csv", "delong.csv", "logloss.md",
-                     "logloss.tex", "runs.csv"]
+    assert names == ["auc.md", "auc.tex", "auc_detail.md", "auc_detail.tex", "cells.csv",
+                     "delong.csv", "logloss.md", "logloss.tex", "logloss_detail.md",
+                     "logloss_detail.tex", "references.bib", "runs.csv", "setup.md",
+                     "setup.tex"]
     assert all(p.parent == tmp_path / "tables" and p.stat().st_size > 100 for p in paths)
     assert not list((tmp_path / "tables").glob(".*"))  # no temporary files left
     runs_table = pd.read_csv(tmp_path / "tables" / "runs.csv")
@@ -482,9 +514,11 @@ def test_write_report_writes_every_table(summary_t, tmp_path):
     assert runs_table["rows"].dtype.kind == "i"  # counts written as counts (2000, not 2000.0)
     only_md = write_report(summary_t, tmp_path / "md", formats=("md",))
     # the CSVs come whatever the formats: the captions refer to cells.csv
-    assert sorted(p.name for p in only_md) == ["auc.md", "cells.csv", "delong.csv", "logloss.md",
-                                               "runs.csv"]
-    auc, logloss = (tmp_path / "md" / "tables" / n for n in ("auc.md", "logloss.md"))
+    assert sorted(p.name for p in only_md) == [
+        "auc.md", "auc_detail.md", "cells.csv", "delong.csv", "logloss.md", "logloss_detail.md",
+        "runs.csv", "setup.md"]
+    auc, logloss = (tmp_path / "md" / "tables" / n for n in ("auc_detail.md",
+                                                             "logloss_detail.md"))
     assert "cells.csv" in auc.read_text()
     assert "DeLong" in auc.read_text() and "DeLong" not in logloss.read_text()  # AUC-only test
     umask = os.umask(0)
@@ -507,6 +541,17 @@ def test_forest_plot_is_written_and_nothing_overlaps(summary_t, tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[0] == "Synthetic · MMoE" and len(labels) == 4
     _check_image(plots.save(fig, tmp_path / "forest"))
+    # for papers: one column (3.3 in, the panels stacked) and the full width (7 in)
+    paths = plots.forest_plot(summary_t, tmp_path / "paper")
+    assert [p.name for p in paths] == ["paper.png", "paper.pdf", "paper-wide.pdf"]
+    assert [pdf_width_in(p) for p in paths[1:]] == [3.3, 7.0]
+    with plots._plt().rc_context(plots.PAPER_RC):
+        for width in ("column", "wide"):
+            fig = plots.forest_figure(summary_t, width=width)
+            assert overlapping_texts(fig) == []
+            assert fig.axes[0].get_title() == "Δ CTR AUC"  # the tables' labels
+            assert fig.axes[0].title.get_fontsize() == 10.0  # a 10 pt paper's body size
+            plots._plt().close(fig)
 
 
 @pytest.mark.slow
@@ -553,20 +598,21 @@ def test_relaimpr_is_left_out_for_a_baseline_at_or_below_random():
     ctr = c[c["metric"] == "ctr_auc"].iloc[0]
     assert np.isnan(ctr["relaimpr"])  # base 0.45
     assert (c[c["metric"] != "ctr_auc"]["relaimpr"] > 0).all()  # bases 0.55, 0.65
-    md = to_markdown(build_table(s))
+    md = to_markdown(build_table(s), layout="detail")
     assert "RelaImpr is left out where BCE's AUC is 0.5 or below" in md
-    assert "left out" not in to_markdown(build_table(small_summary()))
+    assert "left out" not in to_markdown(build_table(small_summary()), layout="detail")
 
 
 def test_capped_cvr_share_is_stated_under_tables_with_a_cvr_column():
     s = small_summary()
-    assert "in up to" not in to_markdown(build_table(s, kind="logloss"))  # no share recorded
+    assert "in up to" not in to_markdown(build_table(s, kind="logloss"),
+                                         layout="detail")  # no share recorded
     runs = s.runs.copy()
     runs["cvr_clipped_share"] = np.where(runs["model"] == "mmoe", 0.0123, 0.0)
     s2 = analysis.summarise(runs, test="ttest", n_boot=200, delong=False, two_level=False)
     assert "capped at 1 where p_CTCVR exceeds p_CTR: in up to 1.2% of a run's clicked" in \
-        to_markdown(build_table(s2))  # the AUC table's CVR AUC column
-    no_cvr = to_markdown(build_table(s2, metrics=("ctr_auc", "ctcvr_auc")))
+        to_markdown(build_table(s2), layout="detail")  # the AUC table's CVR AUC column
+    no_cvr = to_markdown(build_table(s2, metrics=("ctr_auc", "ctcvr_auc")), layout="detail")
     assert "in up to" not in no_cvr
 
 
@@ -604,7 +650,7 @@ def test_a_baseline_only_report_says_so():
     s = small_summary()
     base_only = analysis.summarise(s.runs[s.runs["arm"] == "bce"], test="ttest", n_boot=200,
                                    delong=False, two_level=False)
-    md = to_markdown(build_table(base_only))
+    md = to_markdown(build_table(base_only), layout="detail")
     assert "Only BCE was run: no loss to compare with it." in md
     assert "Δ" not in md and "2 seeds or more" not in md
     assert plots._forest_xlabel(base_only) == "only BCE was run: no difference to show"
@@ -615,7 +661,7 @@ def test_a_text_setting_chosen_on_validation_is_named_in_the_caption():
     s.selection = {"seeds": [1001, 1002], "train": {"lr": [0.0005, 0.001]},
                    "losses": {"pwiser": {"phi": ["hinge", "squared_hinge"]}},
                    "budget": {"bce": 2, "pwiser": 4}}
-    text = " ".join(to_markdown(build_table(s)).split())
+    text = " ".join(to_markdown(build_table(s), layout="detail").split())
     assert ("over tuning seeds 1001, 1002 (never reported): lr ∈ {0.0005, 0.001} for every "
             "arm; φ ∈ {hinge, squared hinge} for PWiseR; settings tried per arm (each on 2 "
             "seeds): BCE 2, PWiseR 4.") in text

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from _reference import overlapping_texts, pdf_width_in
 
 from prlbench.report.sweep import COLUMNS, knob_label, sweep_figure, sweep_frame, sweep_plot
 
@@ -78,6 +79,7 @@ def test_rows_sweep_reads_the_knob_as_a_number():
 def test_the_plot_writes_png_and_pdf_with_a_panel_per_metric(tmp_path):
     frame, _ = sweep_frame(_cells(SWEEP, models=("mmoe", "ple")))
     fig = sweep_figure(frame)  # what sweep_plot saves
+    import matplotlib.pyplot as plt  # after prlbench chose the Agg backend
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert len(axes) == 2 * 3  # two models x ctr, ctcvr, noise-free (cvr_auc is not drawn)
     ax = axes[0]
@@ -86,13 +88,22 @@ def test_the_plot_writes_png_and_pdf_with_a_panel_per_metric(tmp_path):
         "noise clicks / all clicks (--noise-rate)"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.3", "0.5"]
     assert any(np.allclose(line.get_ydata(), 0) for line in ax.get_lines())  # the zero line
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     one, _ = sweep_frame(_cells(SWEEP))
     paths = sweep_plot(one, tmp_path / "sweep")
-    assert [p.name for p in paths] == ["sweep.png", "sweep.pdf"]
+    assert [p.name for p in paths] == ["sweep.png", "sweep.pdf", "sweep-wide.pdf"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+    # for papers: one column (3.3 in) and the full width (7 in), text at the body size
+    assert [pdf_width_in(p) for p in paths[1:]] == [3.3, 7.0]
+    from prlbench.report.plots import PAPER_RC
+
+    with plt.rc_context(PAPER_RC):
+        for width in ("column", "wide"):
+            fig = sweep_figure(frame, width=width)
+            assert overlapping_texts(fig) == []
+            assert {t.get_fontsize() for ax in fig.axes for t in (ax.title, ax.xaxis.label)} \
+                == {10.0}
+            plt.close(fig)
 
 
 @pytest.mark.parametrize("case", ["single_value", "nan_ci", "empty"])
@@ -104,5 +115,5 @@ def test_the_plot_does_not_fail_on_degenerate_frames(tmp_path, case):
         if case == "single_value":
             frame = frame[frame["value"] == 0.3]
     paths = sweep_plot(frame, tmp_path / f"s.{case}")
-    assert [p.name for p in paths] == [f"s.{case}.png", f"s.{case}.pdf"]
+    assert [p.name for p in paths] == [f"s.{case}.png", f"s.{case}.pdf", f"s-wide.{case}.pdf"]
     assert all(p.exists() for p in paths)

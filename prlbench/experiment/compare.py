@@ -295,14 +295,23 @@ def _report(res: CompareResult, run_dirs: list[Path], store: Store, cc: CompareC
     # damaged history.json) leaves the previous report whole, never new tables by old plots.
     report = StagedReport(store.root)
     with report as stage:
+        protocol = _to_json_dict(store)
         for summary in summaries:
-            write_tables(summary, stage.tables_dir, cc.formats)
+            write_tables(summary, stage.tables_dir, cc.formats, cells=cc.cells,
+                         protocol=protocol)
             plots.forest_plot(summary, stage.plots_dir / f"forest{split_suffix(summary.split)}")
             _sweep(summary, cc, stage)
         plots.validation_curves(summaries[0].runs, stage.plots_dir / "validation")
     res.warnings = [w for s in summaries for w in s.warnings]
     res.written = report.written
-    res.markdown = to_markdown(build_table(summaries[0]))
+    res.markdown = to_markdown(build_table(summaries[0], cells=cc.cells))
+
+
+def _to_json_dict(store: Store) -> dict | None:
+    """compare.json's content, for the setup paragraph (None where there is none)."""
+    from dataclasses import asdict
+
+    return asdict(store.read_compare()) if (store.root / Store.COMPARE).exists() else None
 
 
 def _sweep(summary, cc: CompareConfig, stage) -> None:

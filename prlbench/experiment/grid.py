@@ -152,6 +152,7 @@ class CompareConfig:
 
     grid: Grid
     formats: tuple[str, ...] = ("md", "tex")  # the CSVs are always written
+    cells: str = "std"  # what a paper-layout table cell shows beside its mean (--cells)
     test: str = "twolevel"
     correction: str = "holm"
     executor: str = "local"
@@ -194,7 +195,7 @@ class CompareConfig:
         grid = _grid(flags, base, file_params, config_file)
         options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",
                                          "ray_address", "tables_only", "test_split",
-                                         "equivalence", "pack")
+                                         "equivalence", "pack", "cells")
                    if flags.get(k) is not None}
         if "equivalence" in options:
             options["equivalence"] = margins(options["equivalence"])
@@ -204,6 +205,8 @@ class CompareConfig:
         return cc
 
     def check(self) -> None:
+        from prlbench.report.caption import CELLS
+
         margins(self.equivalence)
         checks = [(self.test in TESTS,
                    f"--test must be {', '.join(TESTS[:-1])} or {TESTS[-1]}, got {self.test!r}"),
@@ -212,7 +215,9 @@ class CompareConfig:
                   (self.correction in CORRECTIONS,
                    f"--correction must be holm or bh, got {self.correction!r}"),
                   (self.executor in EXECUTORS,
-                   f"--executor must be local or ray, got {self.executor!r}")]
+                   f"--executor must be local or ray, got {self.executor!r}"),
+                  (self.cells in CELLS, f"--cells must be {', '.join(CELLS[:-1])} or "
+                   f"{CELLS[-1]}, got {self.cells!r}")]
         for flag, value in (("--jobs", self.jobs), ("--threads", self.threads)):
             checks.append((value is None or value >= 1,
                            f"{flag} must be >= 1, got {value} (leave it out for the default)"))

@@ -4,7 +4,7 @@
     summary = analysis.summarise(runs)             # every cell's statistics + how computed
     table = build_table(summary)                   # the one table model
     to_markdown(table), to_latex(table), to_csv(summary)
-    write_report(summary, out)                     # out/tables/{auc,logloss}.{md,tex}, *.csv
+    write_report(summary, out)                     # out/tables/: see write_tables
 """
 
 from __future__ import annotations
@@ -27,26 +27,26 @@ FORMATS = ("md", "tex", "csv")
 # The tables of an extra evaluation split (compare --test-split both) carry its name:
 # auc.test_random.md, cells.test_random.csv, forest.test_random.png.
 SPLIT_SUFFIXES = ("", ".test_random")
-TABLE_FILES = tuple(f"{t}{x}.{ext}" for x in SPLIT_SUFFIXES for t in TABLES
-                    for ext in ("md", "tex")) + tuple(
-    f"{name}{x}.csv" for x in SPLIT_SUFFIXES for name in ("cells", "runs", "delong", "sweep"))
+TABLE_FILES = tuple(f"{t}{d}{x}.{ext}" for x in SPLIT_SUFFIXES for t in TABLES
+                    for d in ("", "_detail") for ext in ("md", "tex")) + tuple(
+    f"{name}{x}.csv" for x in SPLIT_SUFFIXES for name in ("cells", "runs", "delong", "sweep")) \
+    + ("setup.md", "setup.tex", "references.bib")
 PLOT_FILES = tuple(f"{p}{x}.{ext}" for x in SPLIT_SUFFIXES
-                   for p in ("forest", "validation", "sweep") for ext in ("png", "pdf"))
+                   for p in ("forest", "validation", "sweep") for ext in ("png", "pdf")) + tuple(
+    f"{p}-wide{x}.pdf" for x in SPLIT_SUFFIXES for p in ("forest", "sweep"))
 
 __all__ = ["FORMATS", "StagedReport", "Summary", "Table", "build_table", "clear_report",
            "load_runs", "summarise", "to_csv", "to_latex", "to_markdown", "write_report",
            "write_tables"]
 
 
-def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FORMATS
-                 ) -> list[Path]:
-    """Write out_dir/tables/: auc.{md,tex} and logloss.{md,tex} (where the summary has those
-    metrics, in the `formats` asked for), and always cells.csv, runs.csv and delong.csv, which
-    the tables' captions refer to; staged, then swapped in together (StagedReport). Returns
-    the paths."""
+def write_report(summary: Summary, out_dir: Path, formats: tuple[str, ...] = FORMATS, *,
+                 cells: str = "std", protocol: dict | None = None) -> list[Path]:
+    """Write out_dir/tables/ (write_tables), staged, then swapped in together (StagedReport).
+    Returns the paths."""
     report = StagedReport(out_dir)
     with report as stage:
-        write_tables(summary, stage.tables_dir, formats)
+        write_tables(summary, stage.tables_dir, formats, cells=cells, protocol=protocol)
     return report.written
 
 
@@ -58,9 +58,16 @@ def split_suffix(split: str) -> str:
     return suffix
 
 
-def write_tables(summary: Summary, tables: Path, formats: tuple[str, ...] = FORMATS) -> None:
-    """The table files (see write_report) into the folder `tables`; those of an extra
-    evaluation split carry its name (auc.test_random.md)."""
+def write_tables(summary: Summary, tables: Path, formats: tuple[str, ...] = FORMATS, *,
+                 cells: str = "std", protocol: dict | None = None) -> None:
+    """Into the folder `tables`, in the `formats` asked for: auc.{md,tex} and logloss.{md,tex}
+    in the paper layout (`cells`: what a cell shows beside its mean), auc_detail.{md,tex} and
+    logloss_detail.{md,tex} in the long layout (the deltas, their CIs, the whole protocol in
+    the Markdown caption), setup.{md,tex} (the experimental-setup paragraph, from the summary
+    and `protocol`, compare.json's content) and references.bib (what setup.tex cites); and
+    always cells.csv, runs.csv and delong.csv, the numbers behind the tables. The files of
+    an extra evaluation split carry its name (auc.test_random.md); the setup is written with
+    the test split's tables."""
     from prlbench.errors import ConfigError
     from prlbench.fileio import atomic_write_bytes
 
@@ -71,13 +78,23 @@ def write_tables(summary: Summary, tables: Path, formats: tuple[str, ...] = FORM
     files: dict[str, str] = {}
     suffix = split_suffix(summary.split)
     for kind in TABLES:
-        table = build_table(summary, kind=kind)
+        table = build_table(summary, kind=kind, cells=cells)
         if not table.metrics:
             continue
+        for layout, name in (("paper", kind), ("detail", f"{kind}_detail")):
+            if "md" in formats:
+                files[f"{name}{suffix}.md"] = to_markdown(table, layout=layout)
+            if "tex" in formats:
+                files[f"{name}{suffix}.tex"] = to_latex(table, layout=layout)
+    if not suffix:
+        from prlbench.report import setup
+
         if "md" in formats:
-            files[f"{kind}{suffix}.md"] = to_markdown(table)
+            files["setup.md"] = setup.setup_markdown(summary, protocol)
         if "tex" in formats:
-            files[f"{kind}{suffix}.tex"] = to_latex(table)
+            files["setup.tex"] = setup.setup_latex(summary, protocol)
+            files["references.bib"] = setup.bibtex(
+                setup.cited(setup.setup_text(summary, protocol)))
     # The captions cite cells.csv: the numbers behind the tables are written whatever `formats`.
     files[f"cells{suffix}.csv"] = to_csv(summary)
     files[f"runs{suffix}.csv"] = runs_csv(summary)

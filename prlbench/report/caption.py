@@ -40,27 +40,27 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     else:
         parts = [f"{_split_text(summary)} {what}, mean ± std over {_seed_text(summary)}.",
                  f"Δ: mean paired difference to {base} over seeds with "
-                 f"{_ci_text(summary, metrics)}{relaimpr}"]
+                 f"{ci_text(summary, metrics)}{relaimpr}"]
     if summary.cells["is_baseline"].all():  # nothing to take a difference to
         parts = [parts[0].replace(": no std, CI or test with one seed.", ": no std with one "
                                   "seed.")]
-    parts.append(_test_text(summary, base, metrics))
+    parts.append(test_text(summary, base, metrics))
     if kind == "auc":
         c = summary.cells[~summary.cells["is_baseline"] & summary.cells["metric"].isin(metrics)]
         if (c["base_mean_paired"] <= 0.5).any():
             parts.append(f"RelaImpr is left out where {base}'s AUC is 0.5 or below (no lift over "
                          "random to compare against).")
     parts.append("Bold: best mean per data set and column.")
-    parts.append(_clipped_text(summary, metrics))
+    parts.append(clipped_text(summary, metrics))
     if kind == "logloss":
         parts.append(_cvr_logloss_text(summary))
-    parts.append(_tuning_text(summary))
+    parts.append(tuning_text(summary))
     parts.append(_embedding_text(summary))
     if not summary.delong.empty and kind == "auc":  # DeLong compares AUCs only
         parts.append(f"DeLong's test on each seed's test predictions is in {_cells(summary)}; "
                      "it does not "
                      "set the marker, because it ignores training randomness.")
-    parts += [_settings_text(summary, arm) for arm in sorted(summary.settings)
+    parts += [settings_text(summary, arm) for arm in sorted(summary.settings)
               if arm != summary.baseline and summary.settings[arm]]
     shown = set(summary.cells["dataset"])
     parts += [f"{dataset_name(d)}: {note}." for d, note in summary.data_notes.items()
@@ -68,7 +68,7 @@ def caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
+def ci_text(summary: Summary, metrics: tuple[str, ...]) -> str:
     """Which CI the Δ rows show: two-level (seeds and test rows resampled) where every
     compared cell has it, else seed-only, or a mix (each cell's `ci` in cells.csv)."""
     conf = f"{(1 - summary.alpha) * 100:g} %"
@@ -120,7 +120,7 @@ def _cvr_logloss_text(summary: Summary) -> str:
             "(ESMM).")
 
 
-def _tuning_text(summary: Summary) -> str:
+def tuning_text(summary: Summary) -> str:
     """What was chosen on validation, on which seeds, with what budget per arm."""
     sel = summary.selection
     if not sel or not sel.get("budget"):
@@ -167,7 +167,7 @@ def _split_text(summary: Summary) -> str:
     return "Test-split" if summary.split == "test" else f"{summary.split}-split"
 
 
-def _clipped_text(summary: Summary, metrics: tuple[str, ...]) -> str:
+def clipped_text(summary: Summary, metrics: tuple[str, ...]) -> str:
     """Say how often p_cvr = p_ctcvr / p_ctr was capped at 1, where that shapes a CVR column."""
     runs = summary.runs
     cvr = any(m in METRICS and METRICS.get(m).task == "cvr" for m in metrics)
@@ -196,7 +196,7 @@ def seed_list(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-def _test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
+def test_text(summary: Summary, base: str, metrics: tuple[str, ...]) -> str:
     k = summary.n_comparisons_in(metrics)
     if k == 0:
         others = summary.cells[~summary.cells["is_baseline"]]
@@ -271,7 +271,7 @@ def _value(v) -> str:
     return VALUE_NAMES.get(v, str(v)) if isinstance(v, str) else f"{v:g}"
 
 
-def _settings_text(summary: Summary, arm: str) -> str:
+def settings_text(summary: Summary, arm: str) -> str:
     loss = summary.losses.get(arm, arm)
     items = []
     varied = False
@@ -337,3 +337,90 @@ def model_name(name: str) -> str:
     from prlbench.models import MODELS  # torch: imported when a report is drawn
 
     return (getattr(MODELS.get(name), "display_name", "") if name in MODELS else "") or name
+
+
+# ------------------------------------------------------------- the short captions (papers)
+# What each test counts, in a few words, for the short captions.
+TEST_SHORT = {"twolevel": "a two-level t-test (seeds and test set)",
+              "bootstrap": "a two-level bootstrap test (seeds and test set)",
+              "wilcoxon": "a Wilcoxon signed-rank test over seeds",
+              "ttest": "a paired t-test over seeds"}
+CELLS = ("std", "ci", "mean")  # what a paper-layout cell shows next to its mean (--cells)
+
+
+def paper_caption(summary: Summary, metrics: tuple[str, ...], kind: str, cells: str = "std",
+                  parts: int = 1) -> str:
+    """The paper layout's caption, at most about 60 words: what the cells are, the seeds, the
+    marker's test and correction, the bold rule. Everything else is in the setup paragraph
+    (prlbench.report.setup). `parts`: how many tables the layout was split into."""
+    base = loss_name(summary.baseline)
+    what = "AUC" if kind == "auc" else "logloss (lower is better)"
+    c = summary.cells[summary.cells["metric"].isin(metrics)]
+    if c.empty:
+        return ""
+    if c["n"].max() <= 1:
+        text = (f"{_split_text(summary)} {what} of each model and loss, one run per cell (seed "
+                f"{seed_list(summary.seeds)}): no std and no test with one seed.")
+    else:
+        spread = "mean ± std" if cells == "std" else "mean"
+        text = f"{_split_text(summary)} {what} of each model and loss, {spread} over " \
+               f"{_seeds_short(summary, c)}"
+        if cells == "ci" and not summary.cells["is_baseline"].all():
+            conf = f"{(1 - summary.alpha) * 100:g} %"
+            which = {"two-level": "two-level CI (seeds and test set)",
+                     "seeds": "bootstrap CI over seeds",
+                     "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}
+            text += (f"; under a mean, Δ: the {conf} {which[ci_kind(summary, metrics)]} of its "
+                     f"difference to {base}")
+        text += "."
+    k = summary.n_comparisons_in(metrics)
+    if k:
+        correction = CORRECTION_NAMES[summary.correction].split()[0]
+        every = " (all parts)" if parts > 1 else ""
+        text += (f" ↑* / ↓*: better / worse than {base} by {TEST_SHORT[summary.test]} at p < "
+                 f"{summary.alpha:g}, {correction}-corrected over the table's {k} comparisons"
+                 f"{every}; unmarked: not significant.")
+        margins = table_margins(summary, metrics)
+        if margins:
+            shown = ", ".join(f"±{v:g}" + (f" {kd.replace('auc', 'AUC')}" if len(margins) > 1
+                                           else "") for kd, v in margins.items())
+            text += f" ≈: equivalent within {shown} (two one-sided tests)."
+    elif not c["is_baseline"].all() and c["n"].max() > 1:
+        text += " No significance test: fewer than 2 paired seeds."
+    if k and (c["outcome"] == "untested").any():
+        text += " †: not tested (fewer than 2 paired seeds)."
+    return text + " Bold: best mean per column."
+
+
+def detail_caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
+    """The appendix (detail) table's caption, at most about 60 words."""
+    base = loss_name(summary.baseline)
+    what = "AUC" if kind == "auc" else "logloss (lower is better)"
+    c = summary.cells[summary.cells["metric"].isin(metrics)]
+    if c.empty:
+        return ""
+    if c["n"].max() <= 1:
+        return (f"{_split_text(summary)} {what} per data set, model and loss, one run per cell "
+                f"(seed {seed_list(summary.seeds)}); Δ: the difference to {base}. Bold: best "
+                "mean per column.")
+    conf = f"{(1 - summary.alpha) * 100:g} %"
+    ci = {"two-level": "two-level CI (seeds and test set)", "seeds": "bootstrap CI over seeds",
+          "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}[ci_kind(summary, metrics)]
+    rel = " and RelaImpr" if kind == "auc" else ""
+    return (f"{_split_text(summary)} {what} per data set, model and loss, mean ± std over "
+            f"{_seeds_short(summary, c)}. Δ: the mean paired difference to {base}{rel}, the "
+            f"marker of the main table (n.s.: not significant) and, below, its {conf} {ci}, "
+            "unadjusted. Bold: best mean per column.")
+
+
+def _seeds_short(summary: Summary, c) -> str:
+    """"8 seeds (1–8)", or "6–8 seeds per cell (1–8)"."""
+    ns = c["n"][c["n"] > 0]
+    many = f"{ns.min()}–{ns.max()} seeds per cell" if ns.nunique() > 1 else \
+        f"{ns.iloc[0]} seed{'s' if ns.iloc[0] != 1 else ''}"
+    return f"{many} ({seed_list(summary.seeds)})"
+
+
+def words(text: str) -> int:
+    """A caption's length in words (whitespace-separated tokens)."""
+    return len(text.split())

@@ -1,4 +1,7 @@
-"""Plots (matplotlib, Agg backend), each written as PNG and PDF:
+"""Plots (matplotlib, Agg backend). The forest and sweep plots are written three times
+(`save_for_papers`): `stem.png` for screens, `stem.pdf` one column wide (3.3 in) and
+`stem-wide.pdf` across the page (7 in), the PDFs with text at a 10 pt paper's body size and
+the tables' labels; the validation curves as PNG and PDF of one size:
 
 - `forest_plot`: the delta AUC of every arm against the baseline, one row per (data set, model),
   one panel per AUC metric, 95 % bootstrap CI bars, a zero line; significant deltas filled.
@@ -28,6 +31,13 @@ from prlbench.report.analysis import Summary
 # The validation AUCs of history.json, one panel each: (column, axis label).
 VAL_METRICS = tuple((m.name, m.display_name) for m in select(split="val", kind="auc"))
 MAX_COLS = 4
+# Paper sizes: one column, and the full text width, of the usual two-column formats (inches).
+PAPER_WIDTH_IN = {"column": 3.3, "wide": 7.0}
+# Text at a 10 pt paper's body size (ticks and legend one point smaller), in a serif face.
+PAPER_RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+            "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9,
+            "legend.title_fontsize": 9, "figure.titlesize": 10, "font.family": "serif",
+            "mathtext.fontset": "cm", "pdf.fonttype": 42}
 
 
 def _plt():
@@ -52,8 +62,9 @@ def _styles(arms: list[str], baseline: str) -> dict[str, dict]:
     return out
 
 
-def save(fig, path_stem: Path) -> list[Path]:
-    """PNG (150 dpi) and PDF next to each other, atomically; closes the figure."""
+def save(fig, path_stem: Path, exts: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """PNG (150 dpi) and PDF next to each other (those of `exts`), atomically; closes the
+    figure."""
     import io
 
     plt = _plt()
@@ -61,6 +72,8 @@ def save(fig, path_stem: Path) -> list[Path]:
     fig.set_layout_engine("none")
     paths = []
     for ext, kw in (("png", {"dpi": 150}), ("pdf", {})):
+        if ext not in exts:
+            continue
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, **kw)
         path = Path(path_stem).with_name(f"{Path(path_stem).name}.{ext}")  # keeps "forest.x"
@@ -70,12 +83,45 @@ def save(fig, path_stem: Path) -> list[Path]:
     return paths
 
 
+def save_for_papers(make_figure, path_stem: Path) -> list[Path]:
+    """`stem.png` of make_figure(None) (for screens), `stem.pdf` of make_figure("column") and
+    `stem-wide.pdf` of make_figure("wide"), the two drawn with PAPER_RC (10 pt text). A split's
+    suffix stays last: forest.test_random -> forest-wide.test_random.pdf."""
+    plt = _plt()
+    stem = Path(path_stem)
+    head, dot, rest = stem.name.partition(".")
+    paths = save(make_figure(None), stem, exts=("png",))
+    with plt.rc_context(PAPER_RC):
+        paths += save(make_figure("column"), stem, exts=("pdf",))
+        paths += save(make_figure("wide"), stem.with_name(f"{head}-wide{dot}{rest}"),
+                      exts=("pdf",))
+    return paths
+
+
+def paper_size(width: str, height: float) -> tuple[float, float]:
+    """(width, height) in inches of a paper figure: `width` "column" or "wide"."""
+    return PAPER_WIDTH_IN[width], height
+
+
+def wrap(text: str, width: str | None, share: float = 1.0) -> str:
+    """A label wrapped to `share` of the paper figure's width (10 pt: about 11 characters an
+    inch); as it is for a screen figure (`width` None)."""
+    import textwrap
+
+    if width is None:
+        return text
+    chars = max(12, int(PAPER_WIDTH_IN[width] * share * 11))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
 # ------------------------------------------------------------------------------ forest
 def forest_plot(summary: Summary, path_stem: Path) -> list[Path]:
-    return save(forest_figure(summary), path_stem)
+    return save_for_papers(lambda width: forest_figure(summary, width=width), path_stem)
 
 
-def forest_figure(summary: Summary):
+def forest_figure(summary: Summary, *, width: str | None = None):
+    """The forest plot; `width` None: sized for a screen, "column" (3.3 in: the metrics'
+    panels stacked) or "wide" (7 in: side by side), for papers."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
@@ -85,11 +131,18 @@ def forest_figure(summary: Summary):
     groups = list(dict.fromkeys(zip(cells["dataset"], cells["model"])))
     arms = sorted(cells["arm"].unique())
     styles = _styles(arms, summary.baseline)
-    height = 1.5 + 0.28 * len(groups) * max(1, len(arms))
-    fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False, layout="constrained",
-                             figsize=(2.2 + 3.2 * len(metrics), height))
+    rows_h = 0.28 * len(groups) * max(1, len(arms))
+    if width is None:
+        shape, size = (1, len(metrics)), (2.2 + 3.2 * len(metrics), 1.5 + rows_h)
+    elif width == "column":
+        shape = (len(metrics), 1)
+        size = paper_size(width, 1.3 + len(metrics) * (0.55 + 0.7 * rows_h))
+    else:
+        shape, size = (1, len(metrics)), paper_size(width, 1.5 + 0.75 * rows_h)
+    fig, axes = plt.subplots(*shape, sharey=True, squeeze=False, layout="constrained",
+                             figsize=size)
     step = 0.7 / max(1, len(arms))  # arms spread over 70 % of a row's height
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes.flat, metrics):
         sub = cells[cells["metric"] == metric]
         for j, arm in enumerate(arms):
             _forest_points(ax, sub[sub["arm"] == arm], groups, styles[arm],
@@ -98,14 +151,15 @@ def forest_figure(summary: Summary):
         _dataset_separators(ax, groups)
         ax.set_title(f"Δ {display_name(metric)}")
         ax.grid(axis="x", color="0.9", lw=0.6)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few, level labels: no overlap
+        # few, level labels: no overlap (fewer on a paper's narrow panels)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if width is None else 3))
     ax0 = axes[0][0]
     ax0.set_yticks(range(len(groups)),
                    [f"{tm.dataset_name(d)} · {tm.model_name(m)}" for d, m in groups])
     ax0.set_ylim(max(len(groups), 1) - 0.5, -0.5)  # first group on top (an empty plot: one row)
-    fig.supxlabel(_forest_xlabel(summary), fontsize="medium")
+    fig.supxlabel(wrap(_forest_xlabel(summary), width), fontsize="medium")
     fig.legend(handles=_forest_legend(arms, styles), loc="outside upper center",
-               ncols=min(len(arms) + 2, 5), frameon=False)
+               ncols=min(len(arms) + 2, 2 if width == "column" else 5), frameon=False)
     return fig
 
 

@@ -3,9 +3,10 @@
 
 - `sweep_frame(cells)`: the report's cells frame -> one row per (variant, model, metric, arm)
   of every data set whose variants differ in exactly one knob, with the knob's value.
-- `sweep_plot(frame, stem)`: `stem.png` and `stem.pdf`, one panel per AUC metric (columns) and
-  per (data set, knob, model) (rows), x = the knob's value, y = Δ with its CI as error bars,
-  one line per arm, a zero line.
+- `sweep_plot(frame, stem)`: `stem.png` (screens), `stem.pdf` (one column) and
+  `stem-wide.pdf` (full width; plots.save_for_papers), one panel per AUC metric (columns; in
+  one column, stacked) and per (data set, knob, model) (rows), x = the knob's value, y = Δ
+  with its CI as error bars, one line per arm, a zero line.
 
 The plain data set (`synthetic`) counts as the generator's defaults (preprocess_synthetic's
 signature); a variant that spells the defaults out takes its place.
@@ -23,7 +24,7 @@ from prlbench.data import variants
 from prlbench.errors import PrlbenchError
 from prlbench.metrics import display_name
 from prlbench.report import table as tm
-from prlbench.report.plots import _plt, _styles, save
+from prlbench.report.plots import _plt, _styles, paper_size, save_for_papers, wrap
 
 # The panels, in this order, those present in the frame.
 SWEEP_METRICS = ("ctr_auc", "ctcvr_auc", "ctr_auc_noise_free")
@@ -91,13 +92,17 @@ def knob_label(knob: str) -> str:
 
 def sweep_plot(frame: pd.DataFrame, stem: Path, *, baseline: str = BASELINE,
                confidence: float = 0.95, ci: str = "bootstrap CI") -> list[Path]:
-    """Write `stem.png` and `stem.pdf` (see the module doc); an empty frame draws one empty
-    panel that says so. `confidence`: the level of the cells' CIs, for the legend."""
-    return save(sweep_figure(frame, baseline=baseline, confidence=confidence, ci=ci), stem)
+    """Write `stem.png`, `stem.pdf` and `stem-wide.pdf` (see the module doc); an empty frame
+    draws one empty panel that says so. `confidence`: the level of the cells' CIs, for the
+    legend."""
+    return save_for_papers(lambda width: sweep_figure(
+        frame, baseline=baseline, confidence=confidence, ci=ci, width=width), stem)
 
 
 def sweep_figure(frame: pd.DataFrame, *, baseline: str = BASELINE, confidence: float = 0.95,
-                 ci: str = "bootstrap CI"):
+                 ci: str = "bootstrap CI", width: str | None = None):
+    """The sweep plot; `width` None: sized for a screen, "column" (3.3 in, the metrics'
+    panels stacked) or "wide" (7 in), for papers."""
     plt = _plt()
     metrics = [m for m in SWEEP_METRICS if m in set(frame["metric"])] if len(frame) else []
     if len(frame) and not metrics:
@@ -107,8 +112,16 @@ def sweep_figure(frame: pd.DataFrame, *, baseline: str = BASELINE, confidence: f
     arms = sorted(frame["arm"].unique()) if len(frame) else []
     styles = _styles(arms, baseline)
     ncols, nrows = max(1, len(metrics)), max(1, len(rows))
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
-                             figsize=(1.0 + 3.6 * ncols, 1.2 + 2.9 * nrows))
+    if width == "column":  # one panel per row: metrics stacked under each other
+        size = paper_size(width, 1.4 + 2.1 * ncols * nrows)
+        fig, flat = plt.subplots(ncols * nrows, 1, squeeze=False, layout="constrained",
+                                 figsize=size)
+        axes = flat.reshape(nrows, ncols)
+    else:
+        size = (1.0 + 3.6 * ncols, 1.2 + 2.9 * nrows) if width is None else \
+            paper_size(width, 1.3 + 2.3 * nrows)
+        fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                                 figsize=size)
     if not rows:
         ax = axes[0][0]
         ax.text(0.5, 0.5, "no data set varied in one knob alone: nothing to plot",
@@ -126,19 +139,21 @@ def sweep_figure(frame: pd.DataFrame, *, baseline: str = BASELINE, confidence: f
             ax.axhline(0.0, color="0.3", lw=0.8, ls="--", zorder=0)
             ax.grid(color="0.92", lw=0.6)
             _x_axis(ax, values, knob)
-            ax.set_title(f"{variants.display_name(base)} · {tm.model_name(model)}\n"
-                         f"Δ {display_name(metric)} vs {tm.loss_name(baseline)}",
-                         fontsize="medium")
-            if c == 0:
+            share = 0.9 if width == "column" else 0.8 / ncols  # less the axis labels
+            ax.set_title(wrap(f"{variants.display_name(base)} · {tm.model_name(model)}\n"
+                              f"Δ {display_name(metric)} vs {tm.loss_name(baseline)}",
+                              width, share), fontsize="medium")
+            if c == 0 or width == "column":
                 ax.set_ylabel(f"Δ AUC vs {tm.loss_name(baseline)}")
-            ax.set_xlabel(knob_label(knob))
+            ax.set_xlabel(wrap(knob_label(knob), width, share))
     handles = [plt.Line2D([], [], label=tm.arm_name(a), **styles[a]) for a in arms]
     handles += [plt.Line2D([], [], ls="none", marker="o", color="0.3", label="significant"),
                 plt.Line2D([], [], ls="none", marker="o", markerfacecolor="white", color="0.3",
                            label="not significant")] if "significant" in frame else []
-    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5),
-               frameon=False,
-               title=f"mean Δ over the paired seeds, bars: {confidence * 100:g} % {ci}")
+    fig.legend(handles=handles, loc="outside upper center",
+               ncols=min(len(handles), 2 if width == "column" else 5), frameon=False,
+               title=wrap(f"mean Δ over the paired seeds, bars: {confidence * 100:g} % {ci}",
+                          width))
     return fig
 
 

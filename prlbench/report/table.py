@@ -12,8 +12,8 @@ import numpy as np
 from prlbench.metrics import display_name, lower_is_better, table_metrics
 from prlbench.report.analysis import Summary
 from prlbench.report.caption import (  # noqa: F401  (the names renderers and reports use)
-    CORRECTION_NAMES, TEST_NAMES, arm_name, caption, ci_name, dataset_name, loss_name,
-    model_name, seed_list, table_margins)
+    CELLS, CORRECTION_NAMES, TEST_NAMES, arm_name, caption, ci_name, dataset_name,
+    detail_caption, loss_name, model_name, paper_caption, seed_list, table_margins)
 
 DISPLAY = 4  # decimals shown; "best" is judged on the shown value, so shown ties are both bold
 
@@ -54,6 +54,11 @@ class Table:
     wtl: tuple[tuple, ...]  # (arm, metric, wins, n.s., losses, equivalent, untested)
     notes: tuple[str, ...]  # the summary's warnings
     equivalence: dict | None = None  # the equivalence margins per metric kind, if tested
+    cells: str = "std"  # what a paper-layout cell shows beside its mean: CELLS
+    paper_caption: str = ""  # the paper layout's short caption (one table)
+    paper_caption_split: str = ""  # the same for a layout split into several tables
+    detail_caption: str = ""  # the appendix (detail) table's short caption
+    tested: bool = True  # whether any cell was tested (else no "untested" marks in papers)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -61,15 +66,19 @@ class Table:
 
 
 def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
-                kind: str = "auc") -> Table:
+                kind: str = "auc", cells: str = "std") -> Table:
     """The table of `kind` ("auc" or "logloss": its metrics present in the summary), or of the
-    given `metrics`."""
+    given `metrics`; `cells`: what a paper-layout cell shows beside its mean (CELLS)."""
+    if cells not in CELLS:
+        from prlbench.errors import ConfigError
+
+        raise ConfigError(f"--cells {cells}: not a cell layout; valid: {', '.join(CELLS)}")
     if metrics is None:
         metrics = tuple(m for m in table_metrics(kind) if m in summary.metrics)
-    cells = summary.cells[summary.cells["metric"].isin(metrics)]
-    best = _best_flags(cells)
+    frame = summary.cells[summary.cells["metric"].isin(metrics)]
+    best = _best_flags(frame)
     rows = []
-    for (dataset, model, arm), g in cells.groupby(["dataset", "model", "arm"], sort=False):
+    for (dataset, model, arm), g in frame.groupby(["dataset", "model", "arm"], sort=False):
         by_metric = {r.metric: r for r in g.itertuples()}
         rows.append(Row(dataset, model, arm, bool(g["is_baseline"].iloc[0]),
                         tuple(_cell(by_metric.get(m), best) for m in metrics)))
@@ -80,7 +89,11 @@ def build_table(summary: Summary, *, metrics: tuple[str, ...] | None = None,
                  caption=caption(summary, metrics, kind), label=f"tab:prlbench-{kind}",
                  baseline=summary.baseline, wtl=tuple(wtl.itertuples(index=False, name=None)),
                  notes=tuple(summary.warnings),
-                 equivalence=table_margins(summary, metrics) or None)
+                 equivalence=table_margins(summary, metrics) or None, cells=cells,
+                 paper_caption=paper_caption(summary, metrics, kind, cells),
+                 paper_caption_split=paper_caption(summary, metrics, kind, cells, parts=2),
+                 detail_caption=detail_caption(summary, metrics, kind),
+                 tested=summary.n_comparisons_in(metrics) > 0)
 
 
 def _best_flags(cells) -> set:
@@ -168,6 +181,36 @@ def marker(c: Cell) -> str:
     if c.outcome == "untested":
         return f"no test ({c.n_pairs} seed{'s' if c.n_pairs != 1 else ''})"
     return "n.s." if c.outcome == "n.s." else ""
+
+
+def paper_marker(c: Cell, tested: bool = True) -> str:
+    """The paper layout's marker: "↑*" / "↓*" significant, "≈" equivalent, "†" untested in a
+    table where other cells were tested (`tested`), none for not significant (the caption
+    says so)."""
+    marks = {"win": "↑*", "loss": "↓*", "equivalent": "≈", "untested": "†" if tested else ""}
+    return marks.get(c.outcome, "")
+
+
+def paper_parts(c: Cell, cells: str) -> tuple[str, str]:
+    """A paper-layout cell as (mean, what goes beside or under it): ("0.7234", "± 0.0012"),
+    ("0.7250", "Δ [+0.0003, +0.0019]") or (mean, "") as `cells` asks; no std with one seed,
+    no CI for the baseline or with fewer than 2 pairs."""
+    mean = f"{c.mean:.{DISPLAY}f}"
+    if cells == "std" and not np.isnan(c.std):
+        return mean, f"± {c.std:.{DISPLAY}f}"
+    if cells == "ci" and c.outcome and not np.isnan(c.lo):
+        return mean, f"Δ [{bound(c.lo, DISPLAY)}, {bound(c.hi, DISPLAY)}]"
+    return mean, ""
+
+
+def metric_short(metric: str) -> str:
+    """A column head under its data set: "CTR" for CTR AUC in the AUC table (the caption names
+    the metric kind)."""
+    name = display_name(metric)
+    for suffix in (" AUC", " logloss"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def wtl_text(wins: int, ns: int, losses: int, equivalent: int = 0, untested: int = 0) -> str:
