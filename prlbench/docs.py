@@ -136,10 +136,14 @@ _LAYOUT = (
     "runs/.locks/.compare        compare: held while compare.json and the report are written (a "
     "second compare on this --out waits)",
     "compare.json                compare: the grid and every run's outcome",
-    "tables/                     compare: auc.{md,tex}, logloss.{md,tex}, cells.csv, runs.csv, "
-    "delong.csv (--test-split random / both: the same with .test_random before the extension)",
-    "plots/                      compare: forest.{png,pdf}, validation.{png,pdf} (forest"
-    ".test_random.*)",
+    "tables/                     compare: auc.{md,tex} and logloss.{md,tex} (the paper layout), "
+    "auc_detail.{md,tex} and logloss_detail.{md,tex} (the detail layout), setup.{md,tex} and "
+    "references.bib (the experimental-setup paragraph and what it cites), cells.csv, runs.csv, "
+    "delong.csv, sweep.csv (a sweep) (--test-split random / both: the tables and CSVs again with "
+    ".test_random before the extension)",
+    "plots/                      compare: forest.png, forest.pdf (one column), forest-wide.pdf "
+    "(full width), validation.{png,pdf}, sweep.png / sweep.pdf / sweep-wide.pdf (a sweep) "
+    "(forest.test_random.png ...)",
 )
 def _run_files() -> tuple[tuple[str, str], ...]:
     from prlbench.store import RunFolder as F

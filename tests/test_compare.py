@@ -379,10 +379,12 @@ def test_f_a_lambda_list_is_chosen_on_the_tuning_seeds_and_reported_on_the_other
     # every tuning run, the winner's included, is a candidate: never in the tables
     assert {i for i, x in listed.items() if x["role"] == "candidate"} == {
         pw[s, lam] for s in (7, 8) for lam in (0.1, 1.0)}
-    caption = " ".join((out / "tables" / "auc.md").read_text().split())
+    caption = " ".join((out / "tables" / "auc_detail.md").read_text().split())
     assert "over tuning seeds 7, 8 (never reported): λ ∈ {0.1, 1} for PWiseR" in caption
     assert "settings tried per arm (each on 2 seeds): PWiseR 2; not tuned (one setting): BCE" \
         in caption
+    setup = " ".join((out / "tables" / "setup.md").read_text().split())
+    assert "chosen on the tuning seeds 7, 8, which are never reported" in setup
     cells = pd.read_csv(out / "tables" / "cells.csv")
     assert sorted(cells["arm"].unique()) == ["bce", "pwiser"]
     assert set(cells["seeds"].astype(str)) == {"1;2"}  # the tuning seeds are not reported
@@ -586,7 +588,9 @@ def test_h_a_new_report_removes_the_files_it_did_not_write(finished, data_dir, t
                              "--format", "md", "--tables-only")
     assert r.exit_code == 0, text
     names = sorted(p.name for p in (out / "tables").iterdir())
-    assert names == ["auc.md", "cells.csv", "delong.csv", "logloss.md", "runs.csv"]
+    # the LaTeX tables (auc.tex, auc_detail.tex, setup.tex, references.bib) are gone
+    assert names == ["auc.md", "auc_detail.md", "cells.csv", "delong.csv", "logloss.md",
+                     "logloss_detail.md", "runs.csv", "setup.md"]
     assert "over 2 seeds" not in (out / "tables" / "auc.md").read_text()
 
 
