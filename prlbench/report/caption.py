@@ -353,9 +353,7 @@ def paper_caption(summary: Summary, metrics: tuple[str, ...], kind: str, cells: 
     """The paper layout's caption, at most about 60 words: what the cells are, the seeds, the
     marker's test and correction, the bold rule. Everything else is in the setup paragraph
     (prlbench.report.setup). `parts`: how many tables the layout was split into."""
-    base = loss_name(summary.baseline)
-    what = "AUC" if kind == "auc" else "logloss (lower is better)"
-    c = summary.cells[summary.cells["metric"].isin(metrics)]
+    base, what, c = _short_parts(summary, metrics, kind)
     if c.empty:
         return ""
     if c["n"].max() <= 1:
@@ -366,12 +364,8 @@ def paper_caption(summary: Summary, metrics: tuple[str, ...], kind: str, cells: 
         text = f"{_split_text(summary)} {what} of each model and loss, {spread} over " \
                f"{_seeds_short(summary, c)}"
         if cells == "ci" and not summary.cells["is_baseline"].all():
-            conf = f"{(1 - summary.alpha) * 100:g} %"
-            which = {"two-level": "two-level CI (seeds and test set)",
-                     "seeds": "bootstrap CI over seeds",
-                     "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}
-            text += (f"; under a mean, Δ: the {conf} {which[ci_kind(summary, metrics)]} of its "
-                     f"difference to {base}")
+            text += (f"; under a mean, Δ: the {_short_ci(summary, metrics)} of its difference "
+                     f"to {base}")
         text += "."
     k = summary.n_comparisons_in(metrics)
     if k:
@@ -394,23 +388,34 @@ def paper_caption(summary: Summary, metrics: tuple[str, ...], kind: str, cells: 
 
 def detail_caption(summary: Summary, metrics: tuple[str, ...], kind: str) -> str:
     """The appendix (detail) table's caption, at most about 60 words."""
-    base = loss_name(summary.baseline)
-    what = "AUC" if kind == "auc" else "logloss (lower is better)"
-    c = summary.cells[summary.cells["metric"].isin(metrics)]
+    base, what, c = _short_parts(summary, metrics, kind)
     if c.empty:
         return ""
     if c["n"].max() <= 1:
         return (f"{_split_text(summary)} {what} per data set, model and loss, one run per cell "
                 f"(seed {seed_list(summary.seeds)}); Δ: the difference to {base}. Bold: best "
                 "mean per column.")
-    conf = f"{(1 - summary.alpha) * 100:g} %"
-    ci = {"two-level": "two-level CI (seeds and test set)", "seeds": "bootstrap CI over seeds",
-          "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}[ci_kind(summary, metrics)]
     rel = " and RelaImpr" if kind == "auc" else ""
     return (f"{_split_text(summary)} {what} per data set, model and loss, mean ± std over "
             f"{_seeds_short(summary, c)}. Δ: the mean paired difference to {base}{rel}, the "
-            f"marker of the main table (n.s.: not significant) and, below, its {conf} {ci}, "
-            "unadjusted. Bold: best mean per column.")
+            f"marker of the main table (n.s.: not significant) and, below, its "
+            f"{_short_ci(summary, metrics)}, unadjusted. Bold: best mean per column.")
+
+
+def _short_parts(summary: Summary, metrics: tuple[str, ...], kind: str):
+    """(the baseline's name, what the table reports, its cells) for the short captions."""
+    what = "AUC" if kind == "auc" else "logloss (lower is better)"
+    return (loss_name(summary.baseline), what,
+            summary.cells[summary.cells["metric"].isin(metrics)])
+
+
+def _short_ci(summary: Summary, metrics: tuple[str, ...]) -> str:
+    """"95 % two-level CI (seeds and test set)": the Δs' CI in a few words."""
+    conf = f"{(1 - summary.alpha) * 100:g} %"
+    return conf + " " + {"two-level": "two-level CI (seeds and test set)",
+                         "seeds": "bootstrap CI over seeds",
+                         "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}[
+        ci_kind(summary, metrics)]
 
 
 def _seeds_short(summary: Summary, c) -> str:

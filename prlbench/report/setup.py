@@ -130,7 +130,8 @@ REFERENCES: dict[str, tuple[str, dict[str, str]]] = {
         "howpublished": "Software, version {version}", "year": "2026"}),
 }
 MODEL_REFS = {"single_task": "caruana1997multitask", "shared_bottom": "caruana1997multitask",
-              "esmm": "ma2018esmm", "omoe": "ma2018mmoe", "mmoe": "ma2018mmoe",
+              "esmm": "ma2018esmm", "omoe": "jacobs1991adaptive; @ma2018mmoe",
+              "mmoe": "ma2018mmoe",
               "ple": "tang2020ple", "aitm": "xi2021aitm", "metaheac": "zhu2021metaheac"}
 LOSS_REFS = {"pwiser": "durmus2024pwiser", "listce": "bai2023regression", "graded": "easyrec"}
 DATASET_REFS = {"aliexpress": "aliexpress", "aliccp": "ma2018esmm; @aliccp",
