@@ -558,6 +558,24 @@ def test_forest_plot_is_written_and_nothing_overlaps(summary_t, tmp_path):
             plots._plt().close(fig)
 
 
+def test_paper_forest_plots_fit_long_variant_names(tmp_path):
+    """A sweep's variant names (every knob spelled out) are wrapped on a paper's narrow
+    figure, each row as tall as its label: no overlap, no collapsed layout."""
+    import warnings
+
+    ds = ("synthetic[click=0.2,conversion=0.3,noise=0,rows=6000]",
+          "synthetic[click=0.2,conversion=0.3,noise=0.6,rows=6000]")
+    runs = analysis.load_runs(make_tree(tmp_path, datasets=ds, models=("mmoe",)))
+    s = analysis.summarise(runs, n_boot=100, delong=False, two_level=False)
+    plt = plots._plt()
+    with warnings.catch_warnings(), plt.rc_context(plots.PAPER_RC):
+        warnings.simplefilter("error")  # "constrained_layout not applied" is a failure
+        for width in ("column", "wide"):
+            fig = plots.forest_figure(s, width=width)
+            assert overlapping_texts(fig) == []
+            plt.close(fig)
+
+
 @pytest.mark.slow
 def test_validation_curves_are_written_and_nothing_overlaps(runs, tmp_path):
     fig = plots.validation_figure(runs)

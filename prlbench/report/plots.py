@@ -131,14 +131,19 @@ def forest_figure(summary: Summary, *, width: str | None = None):
     groups = list(dict.fromkeys(zip(cells["dataset"], cells["model"])))
     arms = sorted(cells["arm"].unique())
     styles = _styles(arms, summary.baseline)
+    # a paper's narrow figure: long names (a variant's knobs) wrapped to under half its width,
+    # each row as tall as its label
+    labels = [wrap(f"{tm.dataset_name(d)} · {tm.model_name(m)}", width,
+                   0.4 if width == "column" else 0.2) for d, m in groups]
+    lines = max([label.count("\n") + 1 for label in labels] or [1])
     rows_h = 0.28 * len(groups) * max(1, len(arms))
     if width is None:
         shape, size = (1, len(metrics)), (2.2 + 3.2 * len(metrics), 1.5 + rows_h)
-    elif width == "column":
-        shape = (len(metrics), 1)
-        size = paper_size(width, 1.3 + len(metrics) * (0.55 + 0.7 * rows_h))
     else:
-        shape, size = (1, len(metrics)), paper_size(width, 1.5 + 0.75 * rows_h)
+        rows_h = len(groups) * max(0.2 * max(1, len(arms)), 0.17 * lines)
+        shape = (len(metrics), 1) if width == "column" else (1, len(metrics))
+        size = paper_size(width, 1.3 + len(metrics) * (0.55 + rows_h) if width == "column"
+                          else 1.5 + rows_h)
     fig, axes = plt.subplots(*shape, sharey=True, squeeze=False, layout="constrained",
                              figsize=size)
     step = 0.7 / max(1, len(arms))  # arms spread over 70 % of a row's height
@@ -154,8 +159,7 @@ def forest_figure(summary: Summary, *, width: str | None = None):
         # few, level labels: no overlap (fewer on a paper's narrow panels)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if width is None else 3))
     ax0 = axes[0][0]
-    ax0.set_yticks(range(len(groups)),
-                   [f"{tm.dataset_name(d)} · {tm.model_name(m)}" for d, m in groups])
+    ax0.set_yticks(range(len(groups)), labels)
     ax0.set_ylim(max(len(groups), 1) - 0.5, -0.5)  # first group on top (an empty plot: one row)
     fig.supxlabel(wrap(_forest_xlabel(summary), width), fontsize="medium")
     fig.legend(handles=_forest_legend(arms, styles), loc="outside upper center",
