@@ -188,10 +188,10 @@ def download(
     """Fetch or import a data set's raw files into DATA_DIR/NAME/raw (checksummed).
 
     Examples:
-      prlbench download aliexpress_nl --url https://mirror.example/aliexpress_NL_datasets.zip
-      prlbench download aliexpress_nl --from ~/Downloads/aliexpress_NL_datasets.zip
-      prlbench download aliccp          # says where to get it and what to run next
-      prlbench download kuairand_pure   # a public archive: fetched, md5 checked, unpacked
+      prlbench download aliexpress_nl --url https://mirror.example/NL.zip  # [needs the internet]
+      prlbench download aliexpress_nl --from ~/aliexpress_NL_datasets.zip  # [needs your files]
+      prlbench download aliccp         # [needs your files]: where to get it, what to run next
+      prlbench download kuairand_pure  # [needs the internet]: fetched, md5 checked, unpacked
     """
     import shlex
 
@@ -240,10 +240,10 @@ def preprocess(
 
     Examples:
       prlbench preprocess synthetic --rows 1000000 --noise-rate 0.3
-      prlbench preprocess aliexpress_nl
-      prlbench preprocess aliexpress_nl --source ~/MTReclib/data/AliExpress_NL
-      prlbench preprocess aliccp --source ~/aliccp
-      prlbench preprocess kuairand_pure --conversion long_view
+      prlbench preprocess aliexpress_nl   # [needs your files]
+      prlbench preprocess aliexpress_nl --source ~/MTReclib/data/AliExpress_NL  # [needs your files]
+      prlbench preprocess aliccp --source ~/aliccp   # [needs your files]
+      prlbench preprocess kuairand_pure --conversion long_view   # [needs the internet]
     """
     from prlbench.data.cache import dataset_dir
     from prlbench.data.preprocess import preprocess as run_preprocess
@@ -260,7 +260,7 @@ def _print_manifest(manifest, where: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{manifest['dataset']} -> {where}", header_style="bold")
+    table = Table(title=_esc(f"{manifest['dataset']} -> {where}"), header_style="bold")
     for col in ("split", "rows", "click rate", "CTCVR rate", "CVR rate"):
         table.add_column(col, justify="right")
     for split, s in {**manifest["splits"], **manifest.get("extra_splits", {})}.items():
@@ -318,7 +318,7 @@ def train(
 
     Examples:
       prlbench train --dataset synthetic --model mmoe --loss pwiser --seed 1
-      prlbench train --dataset aliexpress_nl --model ple --loss pwiser --m2 0.1 --preset paper
+      prlbench train --dataset aliexpress_nl --model ple --preset paper  # [needs your files]
       prlbench train --loss ranknet --head both --lambda 0.4286   # Combined-Pair (Lin et al.)
       prlbench train --loss pwiser --seeds 8   # seeds 1-8, one after another
     """
@@ -354,7 +354,7 @@ def _warn_slow_bf16(device: str, precision: str) -> None:
         _console().print(f"[yellow]warning:[/] {_esc(why)}")
 
 
-def _print_metrics(run_dir: Path, split: str = "test") -> None:
+def _print_metrics(run_dir: Path, split: str = "test", notes: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -362,17 +362,19 @@ def _print_metrics(run_dir: Path, split: str = "test") -> None:
 
     folder = RunFolder(run_dir)
     record, metrics = folder.read_record(), folder.read_metrics(split)
-    Console().print(f"[bold]{split} metrics of[/] {run_dir.name}", soft_wrap=True)
+    # a run folder's name is printed as it is: synthetic[noise=0.5]-... is no markup
+    Console().print(f"[bold]{split} metrics of[/] {_esc(run_dir.name)}", soft_wrap=True)
     table = Table(header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.5f}" if isinstance(value, float) else str(value))
     Console().print(table)
-    if record.best_epoch is not None:
+    if record.best_epoch is not None and notes:
         Console().print(f"best epoch {record.best_epoch} (validation score "
                         f"{record.best_val_score:.5f}), {record.samples_per_s:,.0f} "
-                        f"samples/s; run folder: {run_dir}")
+                        f"samples/s; run folder: {run_dir}", markup=False, highlight=False,
+                        soft_wrap=True)
 
 
 def _train_seeds(cfg, seed: int | None, seeds: str, *, pack: bool | None, data_dir: Path,
@@ -382,7 +384,13 @@ def _train_seeds(cfg, seed: int | None, seeds: str, *, pack: bool | None, data_d
 
     if seed is not None:
         raise ConfigError("--seed and --seeds: give one of them")
-    _print_runs(train_seeds(cfg, parse_seeds(seeds), data_dir=data_dir, out=out, pack=pack,
+    chosen = parse_seeds(seeds)
+    if not quiet and len(chosen) > 1:  # say what will happen: one after another, or a pack
+        how = ("as one pack: one process, the runs taking turns step by step" if pack else
+               "one after another (--pack trains them as one pack)")
+        _console().print(f"training {len(chosen)} seeds ({', '.join(map(str, chosen))}) {how}",
+                         markup=False, highlight=False)
+    _print_runs(train_seeds(cfg, chosen, data_dir=data_dir, out=out, pack=pack,
                             resume=resume, restart=restart, progress=not quiet))
 
 
@@ -390,6 +398,7 @@ def _print_runs(run_dirs: list[Path]) -> None:
     """One line per run of train --seeds: its test AUCs and chosen epoch."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from prlbench.store import RunFolder
 
@@ -400,11 +409,12 @@ def _print_runs(run_dirs: list[Path]) -> None:
     for run_dir in run_dirs:
         folder = RunFolder(run_dir)
         record, metrics = folder.read_record(), folder.read_metrics("test")
-        table.add_row(run_dir.name, str(record.best_epoch), f"{metrics['ctr_auc']:.5f}",
+        table.add_row(Text(run_dir.name), str(record.best_epoch), f"{metrics['ctr_auc']:.5f}",
                       f"{metrics['ctcvr_auc']:.5f}", f"{record.samples_per_s:,.0f}")
     Console().print(table)
     Console().print(f"run folders in {run_dirs[0].parent}; test metrics of each in its "
-                    "metrics.json (prlbench evaluate RUN_DIR prints them)", soft_wrap=True)
+                    "metrics.json (prlbench evaluate RUN_DIR prints them)", soft_wrap=True,
+                    markup=False, highlight=False)
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -421,17 +431,20 @@ def evaluate(
     split: Annotated[str, typer.Option(
         help="test, or an extra evaluation split of the data set (kuairand_pure: test_random, "
         "the random-exposure log), written as metrics.<split>.json.")] = "test",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="",
+                                        help="The metrics alone, without the run's notes.")
+                     ] = False,
 ) -> None:
     """Evaluate a run's best checkpoint on the test split: metrics and per-example predictions.
 
     Examples:
       prlbench evaluate results/runs/synthetic-mmoe-pwiser-s1-0123456789
-      prlbench evaluate results/runs/kuairand_pure-mmoe-bce-s1-0123456789 --split test_random
+      prlbench evaluate KUAIRAND_RUN_DIR --split test_random  # [needs the internet]
     """
     from prlbench.engine.run import evaluate_run
 
     evaluate_run(run_dir, data_dir, device=device, split=split)
-    _print_metrics(run_dir, split)
+    _print_metrics(run_dir, split, notes=not quiet)
 
 
 # -------------------------------------------------------------------------- compare
@@ -533,10 +546,10 @@ def compare(
       prlbench compare --losses bce,pwiser,graded,ranknet,listce --lambda 0.1,0.5,1
       prlbench compare --noise-rate 0,0.3,0.6 --seeds 10 --test bootstrap
       prlbench compare --lr 5e-4,1e-3,2e-3 --tune-seeds 2 --equivalence auc=0.001
-      prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all --preset paper --jobs 2
-      prlbench compare --executor ray --ray-address auto
-      prlbench compare --device cuda --seeds 8
-      prlbench compare --format latex --out results/nl_fr --tables-only
+      prlbench compare --datasets aliexpress_nl,aliexpress_fr --models all  # [needs your files]
+      prlbench compare --executor ray --ray-address auto   # [needs a Ray cluster]
+      prlbench compare --device cuda --seeds 8   # [needs a GPU]
+      prlbench compare --format latex --out results/nl_fr --tables-only   # [needs your files]
       prlbench compare --tables-only --cells ci
     """
     from prlbench.experiment.compare import compare as run_compare, default_out, significance_plan
@@ -570,12 +583,13 @@ def _print_compare(res) -> None:
         for w in res.warnings:
             _console().print(f"[yellow]warning:[/] {_esc(w)}")
     for o in res.failed:
-        _console().print(f"[red]failed:[/] {o.run_id}: {_esc(o.error)}")
+        _console().print(f"[red]failed:[/] {_esc(o.run_id)}: {_esc(o.error)}")
     if res.missing:
         _console().print(f"[yellow]{len(res.missing)} runs not trained yet[/] (--tables-only); "
                          "run without --tables-only to train them")
     if res.written:
-        _console().print("wrote: " + ", ".join(str(p) for p in res.written))
+        _console().print("wrote: " + ", ".join(str(p) for p in res.written), markup=False,
+                         highlight=False)
     else:
         _console().print("no run finished, so no table or plot was written"
                          + (f" (the {len(res.removed)} files of an earlier report were removed)"

@@ -259,12 +259,35 @@ def resolve(config_file: Path | None, flags: Mapping[str, Any], *,
     `finish=False` leaves the preset and loss defaults open (a grid fills them per run);
     `file_data` is the file's content when the caller has read (and trimmed) it already."""
     cfg = RunConfig()
+    data: Mapping[str, Any] = {}
     if config_file is not None:
         data = load_yaml(config_file) if file_data is None else file_data
         cfg = _merge(cfg, data, str(config_file))
     cfg = _merge(cfg, flags, "flags")
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as e:  # a value out of range: name the file where the file set it
+        key = _bad_key(str(e))
+        if config_file is not None and key and _given(data, key) and not _given(flags, key):
+            raise ConfigError(f"{config_file}: {e}") from None
+        raise
     return complete(cfg) if finish else cfg
+
+
+def _bad_key(message: str) -> tuple[str, ...]:
+    """The setting a validation message is about: ("train", "lr") for "train.lr (--lr) must
+    be ...", ("loss", "params", "lam") for "... loss.params.lam (--lambda) ..."."""
+    m = re.search(r"\b(train|model|loss|data)\.([\w.]+)", message)
+    return (m.group(1), *m.group(2).split(".")) if m else ()
+
+
+def _given(mapping: Mapping[str, Any] | None, key: tuple[str, ...]) -> bool:
+    """Whether the nested mapping sets `key` (None: not given)."""
+    for part in key:
+        if not isinstance(mapping, Mapping) or mapping.get(part) is None:
+            return False
+        mapping = mapping[part]
+    return True
 
 
 def complete(cfg: RunConfig) -> RunConfig:

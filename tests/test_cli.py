@@ -194,3 +194,63 @@ def test_a_binary_config_file_is_one_line_naming_it(tmp_path):
         r = invoke(command, "--data-dir", str(tmp_path / "d"), "--config", str(f))
         text = " ".join(r.output.split())
         assert r.exit_code == 1 and f"--config {f}: not a UTF-8 text file" in text, text
+
+
+def test_a_variant_run_folder_is_printed_as_it_is_and_evaluate_takes_it(tmp_path):
+    """`synthetic[noise=0.5]`: brackets, = and , in a folder name are printed literally (rich
+    markup is never applied to a name), so the printed path can be pasted into evaluate."""
+    import re
+
+    data, out = tmp_path / "data", tmp_path / "results"
+    r = invoke("train", "--dataset", "synthetic[noise=0.5,rows=20000]", "--epochs", "1",
+               "--data-dir", str(data), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    printed = re.search(r"run folder: (.*)$", r.output, re.M).group(1).strip()
+    assert "synthetic[noise=0.5,rows=20000]-mmoe-bce-s1-" in printed and Path(printed).is_dir()
+    assert "metrics of synthetic[noise=0.5,rows=20000]-" in " ".join(r.output.split())
+    again = invoke("evaluate", printed, "-q")
+    assert again.exit_code == 0, again.output
+    assert "ctr_auc" in again.output and "run folder" not in again.output  # -q: metrics alone
+    seeds = invoke("train", "--dataset", "synthetic[noise=0.5,rows=20000]", "--epochs", "1",
+                   "--seeds", "2", "--data-dir", str(data), "--out", str(out))
+    assert seeds.exit_code == 0, seeds.output
+    assert "training 2 seeds (1, 2) one after another" in seeds.output  # says what will happen
+    # the table folds long names over lines, but never drops the bracketed part as markup
+    assert "synthetic[noise=0.5" in seeds.output
+
+
+def test_device_cuda_without_a_gpu_fails_before_anything_is_made(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for args in (["train"], ["compare", "--seeds", "2"]):
+        r = invoke(*args, "--device", "cuda", "--data-dir", str(tmp_path / "data"),
+                   "--out", str(tmp_path / "out"))
+        assert r.exit_code == 1 and "--device cuda" in r.output, r.output
+        assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists(), args
+
+
+@pytest.mark.parametrize("content, key", [("train: {lr: -1}", "train.lr"),
+                                          ("train: {epochs: 0}", "train.epochs"),
+                                          ("loss: {name: pwiser, params: {lam: -2}}",
+                                           "loss.params.lam")])
+def test_a_value_out_of_range_in_a_config_file_names_the_file(tmp_path, content, key):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(content + "\n")
+    r = invoke("train", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert r.exit_code == 1
+    assert f"{cfg}: " in r.output and key in r.output, r.output
+    if key == "train.epochs":  # the flag wins: then the flag is named, not the file
+        r = invoke("train", "--config", str(cfg), "--epochs", "-3", "--data-dir",
+                   str(tmp_path / "d"))
+        assert "-3" in r.output and str(cfg) not in r.output
+
+
+def test_compare_names_every_data_set_that_is_not_preprocessed(tmp_path):
+    r = invoke("compare", "--datasets", "aliexpress_nl,aliccp", "--data-dir",
+               str(tmp_path / "d"), "--out", str(tmp_path / "o"), "-q")
+    assert r.exit_code == 1
+    text = " ".join(r.output.split())
+    assert "2 data sets are not preprocessed" in text and "aliexpress_nl, aliccp" in text
+    assert "prlbench preprocess aliccp" in text

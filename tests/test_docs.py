@@ -124,3 +124,20 @@ def test_the_code_map_in_development_md_is_current():
     assert "(no docstring)" not in generated
     for path in (ROOT / "prlbench").rglob("*.py"):
         assert f"prlbench/{path.relative_to(ROOT / 'prlbench').as_posix()} " in generated
+
+
+@pytest.mark.slow
+def test_the_init_bias_figures_of_training_md_reproduce(tmp_path):
+    """training.md's init-bias figures are produced by `python -m prlbench.docs init-bias`
+    (dated, with the machine); rerun here, each agrees within 0.02 (CPUs differ in the last
+    digits of a float sum, never by that much)."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    start, end = text.find(docs.INIT_BIAS_START), text.find(docs.INIT_BIAS_END)
+    assert 0 <= start < end, "docs/training.md lost its init-bias markers"
+    block = text[start:end]
+    shown = [float(x) for x in re.findall(r"\b0\.\d\d\b", block)]
+    assert len(shown) == 4, block
+    found = docs.init_bias_runs(tmp_path / "data", tmp_path / "out")
+    measured = [*found[True], *found[False]]
+    assert all(abs(a - b) <= 0.02 for a, b in zip(shown, measured)), (shown, measured)
+    assert min(found[True]) > max(found[False])  # what the page says init_bias does

@@ -877,3 +877,20 @@ def test_a_zip_with_a_duplicate_entry_name_is_refused(tmp_path):
                        r"entry of that name\)"):
         safe_extract(arc, dest)
     _assert_nothing_extracted(dest, set())
+
+
+def test_a_host_that_does_not_resolve_fails_at_once_without_retrying(tmp_path, monkeypatch):
+    """No network (or a mistyped host): the name lookup fails, which no retry mends, so the
+    download fails at once, naming the host, and keeps nothing. No packet leaves this machine:
+    the lookup itself is replaced."""
+    def lookup(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    slept = []
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(dl.time, "sleep", slept.append)
+    with pytest.raises(DownloadError, match=r"cannot reach mirror\.example .*online"):
+        dl.download("aliexpress_nl", tmp_path, url="http://mirror.example/NL.zip",
+                    progress=False)
+    assert slept == []
+    assert not list((tmp_path / "aliexpress_nl").rglob("*.part"))

@@ -315,6 +315,10 @@ def test_a_noise_sweep_trains_one_variant_per_value_tables_and_plots_it(tmp_path
         assert manifest["dataset"] == v and manifest["params"]["noise_rate"] == noise
     cells = pd.read_csv(tmp_path / "out" / "tables" / "cells.csv")
     assert list(dict.fromkeys(cells["dataset"])) == variants
+    from prlbench.report.csvout import SWEEP_CSV  # as docs/results-format.md lists them
+
+    sweep_cols = list(pd.read_csv(tmp_path / "out" / "tables" / "sweep.csv").columns)
+    assert sweep_cols == [c for c, _, _ in SWEEP_CSV]
     compared = cells[~cells["is_baseline"] & cells["metric"].str.endswith("auc")]
     assert set(compared["ci"]) == {"two-level"}  # the predictions were there
     assert compared["boot_p"].between(0, 1).all() and compared["p_beats"].between(0, 1).all()

@@ -764,3 +764,26 @@ def test_a_report_that_fails_midway_leaves_the_previous_one_and_no_staging(summa
     paths = write_report(summary_t, tmp_path, formats=("md",))
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == sorted(
         [p.name for p in paths] + ["notes.txt"])  # the .tex of the earlier report is gone
+
+
+def test_every_csv_column_is_documented_in_results_format(summary_t, tmp_path):
+    """docs/results-format.md lists each CSV's columns from report.csvout; the files a report
+    writes hold those columns and no other (runs.csv: plus the documented test metrics)."""
+    from prlbench.metrics import METRICS
+    from prlbench.report.csvout import CSV_FILES
+
+    write_report(summary_t, tmp_path)
+    tables = tmp_path / "tables"
+    documented = {name: [c for c, _, _ in cols] for name, cols in CSV_FILES.items()}
+    cells = list(pd.read_csv(tables / "cells.csv").columns)
+    assert cells == [c for c in documented["cells.csv"] if c in cells]  # in the documented order
+    assert set(cells) <= set(documented["cells.csv"])
+    assert {"delta_mean", "p_adj", "outcome", "family"} <= set(cells)
+    metrics = {m for m in METRICS if METRICS.get(m).split == "test"}
+    runs = set(pd.read_csv(tables / "runs.csv").columns)
+    assert runs <= set(documented["runs.csv"]) | metrics, runs - set(documented["runs.csv"])
+    assert list(pd.read_csv(tables / "delong.csv").columns) == documented["delong.csv"]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "results-format.md").read_text()
+    for name, cols in documented.items():
+        assert f"## tables/{name}" in page
+        assert all(f"| `{c}` |" in page for c in cols), name

@@ -492,7 +492,10 @@ class ByteProgress:
                                       DownloadColumn(), TransferSpeedColumn(),
                                       TimeRemainingColumn(), console=Console(stderr=True))
             self._progress.start()
-            self._task = self._progress.add_task(self.description, total=self.total or None)
+            from rich.markup import escape
+
+            self._task = self._progress.add_task(escape(self.description),
+                                                 total=self.total or None)
         return self
 
     def advance(self, n: int) -> None:
@@ -501,7 +504,9 @@ class ByteProgress:
 
     def describe(self, text: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=text)
+            from rich.markup import escape
+
+            self._progress.update(self._task, description=escape(text))
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:

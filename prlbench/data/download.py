@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import stat
 import tarfile
 import tempfile
@@ -334,7 +335,9 @@ def _bar(label: str, total: int | None, done: int,
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True)) as bar:
-        task = bar.add_task(label, total=total, completed=done)
+        from rich.markup import escape
+
+        task = bar.add_task(escape(label), total=total, completed=done)
         yield lambda n: bar.advance(task, n)
 
 
@@ -522,7 +525,16 @@ def _fetch_once(url: str, part: Path, progress: bool, seen: dict | None = None) 
     except urllib.error.HTTPError as e:
         e.close()
         return _http_error(e, url, part, offset, progress, seen)
-    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, socket.gaierror):  # no such host, or no network: no retry helps
+            host = urlparse(url).hostname
+            if not _part_size(part):
+                part.unlink(missing_ok=True)
+            raise DownloadError(f"cannot reach {host} (name lookup failed: {e.reason}): check "
+                                "the URL and that this machine is online, then rerun the same "
+                                "command") from e
+        raise _Retryable(f"connection error: {e}") from e
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets
         raise _Retryable(f"connection error: {e}") from e
     kind = resp.headers.get_content_type()
     if kind in ("text/html", "application/xhtml+xml"):  # a login page, whatever its body

@@ -180,7 +180,7 @@ class Loop:
         weight = ("" if self.cfg.loss.name == BASELINE
                   else ", or a smaller pairwise weight (--lambda)")
         message = (f"the training loss became {loss} at epoch {state.epoch + 1}, batch "
-                   f"{state.step + 1}; {where}. Try a lower learning rate (train --lr, or "
+                   f"{state.step + 1}; {where}. Try a lower learning rate (--lr, or "
                    f"train.lr in a --config file), --precision fp32{weight}")
         self.folder.update_record(RunStatus.FAILED, error=message)
         return message
@@ -199,8 +199,10 @@ def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig,
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from rich.markup import escape
+
     label = label or f"{cfg.model.name}/{cfg.loss.name} s{cfg.train.seed}"
-    label = f"{label} epoch {state.epoch + 1}"
+    label = escape(f"{label} epoch {state.epoch + 1}")  # a name is no markup
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total, completed=state.step)

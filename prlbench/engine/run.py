@@ -49,6 +49,7 @@ def train(cfg: RunConfig, *, data_dir: Path, out: Path, resume: bool = False,
     # One spelling per data set in the stored config and the run id: synthetic[noise=0.5,rows=
     # 3000] however the variant was written (a plain name stays as it is).
     cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
+    resolve_device(cfg.train.device)  # no device: an error before any data, lock or folder
     ensure_generated(data_dir, cfg.data.dataset, progress=progress)
     # The run's lock, as compare's executor takes it around train_run (not in train_run: a
     # second flock on the same file in one process would wait for the first forever).
@@ -97,6 +98,7 @@ def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
     cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
+    resolve_device(cfg.train.device)  # no device: an error before any data, lock or folder
     cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
     if not pack or len(cfgs) == 1:
         return [train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,

@@ -152,6 +152,10 @@ def compare(cc: CompareConfig, *, data_dir: Path, out: Path, progress: bool = Tr
     names), write compare.json and the report."""
     grid, train = cc.grid, not cc.tables_only
     grid.check()
+    if train and executor is None and cc.executor == "local":  # before any data is generated
+        from prlbench.engine.run import resolve_device
+
+        resolve_device(grid.base.train.device)
     manifests = prepare_data(grid, data_dir, progress=progress, generate=train)
     check_extra_splits(manifests, cc.splits)
     if train and executor is None:
@@ -209,7 +213,7 @@ def significance_plan(cc: CompareConfig, alpha: float = 0.05) -> tuple[str, list
     p_min = smallest_adjusted_p(cc.test, cc.correction, n, k)
     warnings = []
     if cc.test != "wilcoxon":
-        line = f"{head}; with {n} seeds p has no floor (the data set how small it gets)"
+        line = f"{head}; with {n} seeds p has no floor (the data decide how small it gets)"
     else:
         line = (f"{head}; with {n} seeds the smallest adjusted p any cell can reach is "
                 f"{p_min:.3g}")
@@ -241,9 +245,23 @@ def prepare_data(grid: Grid, data_dir: Path, *, progress: bool, generate: bool) 
     """Fail before any training if a data set is not preprocessed; a generated data set is
     generated on first use, except for --tables-only, which never creates anything. Returns
     each data set's manifest, read once here for the checks and captions that need it."""
-    from prlbench.data.cache import open_cache
-    from prlbench.data.preprocess import ensure_generated
+    import shlex
 
+    from prlbench.data.cache import MANIFEST, dataset_dir, open_cache
+    from prlbench.data.preprocess import ensure_generated
+    from prlbench.data.variants import spec_of
+    from prlbench.errors import CacheError
+
+    # Every data set that needs a download or preprocess is named at once, not the first alone.
+    missing = [n for n in grid.datasets if not spec_of(n).generated
+               and not (dataset_dir(data_dir, n) / MANIFEST).exists()]
+    if len(missing) > 1:
+        where = shlex.quote(str(data_dir))
+        raise CacheError(
+            f"{len(missing)} data sets are not preprocessed in {data_dir}: {', '.join(missing)}; "
+            "run: " + " && ".join(f"prlbench preprocess {shlex.quote(n)} --data-dir {where}"
+                                  for n in missing)
+            + " (docs/data.md says where to get each)")
     manifests = {}
     for name in grid.datasets:
         if generate:
@@ -357,7 +375,7 @@ def evaluate_extra_splits(run_dirs: list[Path], splits: tuple[str, ...], data_di
     for i, (run_dir, split) in enumerate(todo, 1):
         if progress:
             _console().print(f"evaluating {Path(run_dir).name} on {split} ({i}/{len(todo)})",
-                             highlight=False)
+                             highlight=False, markup=False)
         evaluate_run(Path(run_dir), data_dir, split=split)
 
 
@@ -420,6 +438,8 @@ class _Live:
             self.counts[result.status.value] += 1
             self.progress.advance(self.task)
             if result.status == Outcome.FAILED:
-                self.progress.console.print(f"[red]failed[/] {result.run_id}: "
-                                            f"{result.error}", highlight=False)
+                from rich.markup import escape
+
+                self.progress.console.print(f"[red]failed[/] {escape(str(result.run_id))}: "
+                                            f"{escape(str(result.error))}", highlight=False)
         self.progress.update(self.task, description=self._text())

@@ -248,7 +248,18 @@ class RayExecutor:
         self.ray = ray
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": jobs}
-            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            except (ConnectionError, RuntimeError) as e:
+                if not address:
+                    raise
+                # Ray's own advice names its flags (--address); say it in prlbench's terms
+                why = str(e).split(". Please specify")[0].rstrip(".")
+                raise ConnectionError(
+                    f"no Ray cluster at --ray-address {address} ({why}): start one with "
+                    "`ray start --head` and pass its address (--ray-address auto on its "
+                    "head node, or ray://HOST:10001), or leave --ray-address out to run on a "
+                    "local Ray instance") from None
         self.threads, self.gpus, self.pack = threads, gpus, pack
         self.workers = jobs or int(ray.cluster_resources().get("CPU", 1)) // max(threads, 1)
         self._task = ray.remote(_train_remote)

@@ -142,7 +142,7 @@ def resolve_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
         valid = ", ".join(specs) or "none"
         raise ConfigError(
             f"loss {name!r} has no parameter {unknown[0]!r}; its parameters: {valid}"
-            " (drop the option or choose another --loss)"
+            " (drop that setting, or choose a loss that has it)"
         )
     out = {}
     for key, spec in specs.items():
