@@ -8,6 +8,7 @@ missing, leaving nothing behind.
 The substitution, applied to each command before it runs:
 - `--seeds N` becomes `--seeds 2` (a list keeps its first two); a compare without `--seeds`
   gets `--seeds 2`; `--epochs N` becomes `--epochs 1`, and train / compare get `--epochs 1`;
+  a local compare without `--jobs` gets `--jobs 1` (its runs in this process);
 - the synthetic data set is generated once at 20,000 rows (`--rows 20000`); a variant
   name `synthetic[...]` gets `rows=20000`, a compare sweeping a knob gets `--rows 20000`, and
   `preprocess synthetic` gets `--rows 20000` (replacing any other);
@@ -100,6 +101,8 @@ def shrink(cmd: DocCommand, last_run: Path | None) -> list[str]:
             args[i + 1] = "2" if len(seeds) == 1 else ",".join(seeds[:2])
         elif verb == "compare":
             args += ["--seeds", "2"]
+    if verb == "compare" and "--jobs" not in args and "--executor" not in args:
+        args += ["--jobs", "1"]  # the runs in this process: no worker start-up per compare
     if verb == "preprocess" and args[1:2] == ["synthetic"]:
         args = _set(args, "--rows", ROWS)
     for flag in ("--dataset", "--datasets"):
@@ -254,7 +257,7 @@ def test_the_commands_of_a_page_run_as_documented(page, workspace, tmp_path, mon
 def test_the_substitution_shrinks_seeds_epochs_and_rows():
     cmd = DocCommand("x", 1, 'prlbench compare --noise-rate 0,0.3 --seeds 10 --test bootstrap', "")
     assert shrink(cmd, None) == ["compare", "--noise-rate", "0,0.3", "--seeds", "2", "--test",
-                                 "bootstrap", "--epochs", "1", "--rows", ROWS]
+                                 "bootstrap", "--epochs", "1", "--jobs", "1", "--rows", ROWS]
     cmd = DocCommand("x", 1, 'prlbench train --dataset "synthetic[noise=0.5]" --seeds 8', "")
     assert shrink(cmd, None) == ["train", "--dataset", f"synthetic[noise=0.5,rows={ROWS}]",
                                  "--seeds", "2", "--epochs", "1"]

@@ -101,8 +101,15 @@ def download(name: str, data_dir: Path, *, url: str | None = None,
         if from_path is None and url is None and not (
                 spec.raw_files and all((raw / f).is_file() for f in spec.raw_files)):
             raise ManualDownloadRequired(manual_instructions(spec, Path(data_dir)))
-        _download_locked(spec, raw, url=url, from_path=from_path, progress=progress,
-                         retries=retries, backoff=backoff, sha256=sha256)
+        fresh = [d for d in (raw.parent, raw) if not d.exists()]
+        try:
+            _download_locked(spec, raw, url=url, from_path=from_path, progress=progress,
+                             retries=retries, backoff=backoff, sha256=sha256)
+        except BaseException:
+            for d in reversed(fresh):  # a failure leaves no empty folder it made behind
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty: a kept partial file keeps its folder
+            raise
     return raw
 
 
