@@ -48,13 +48,28 @@ class DocCommand:
         return f"{self.page}:{self.line}: {self.text}"
 
 
+def fenced(text: str) -> list[tuple[str, int, list[str]]]:
+    """The page's fenced code blocks: (language, line number of the first line, lines)."""
+    blocks, lang, start, body = [], None, 0, []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            if lang is None:
+                lang, start, body = line[3:].strip(), i + 1, []
+            else:
+                blocks.append((lang, start, body))
+                lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
 def doc_commands(page: Path) -> list[DocCommand]:
     """The `prlbench` commands of a page's ```bash blocks, in order."""
-    text = page.read_text()
     out = []
-    for block in re.finditer(r"```bash\n(.*?)```", text, re.S):
-        first = text[:block.start()].count("\n") + 2
-        for i, line in enumerate(block.group(1).replace("\\\n", " ").splitlines()):
+    for lang, first, lines in fenced(page.read_text()):
+        if lang != "bash":
+            continue
+        for i, line in enumerate("\n".join(lines).replace("\\\n", " ").splitlines()):
             mark = _MARK.search(line)
             code = line.split(" #")[0].strip() if not line.strip().startswith("#") else ""
             for part in code.split("&&"):
@@ -117,6 +132,20 @@ def shrink(cmd: DocCommand, last_run: Path | None) -> list[str]:
     if verb == "evaluate" and len(args) > 1 and "runs/" in args[1] and last_run is not None:
         args[1] = str(last_run)
     return args
+
+
+def stated_files(page: Path) -> list[str]:
+    """The files a page's plain code blocks say the default compare writes: each line that
+    starts with results/compare/ (placeholders like <run-id> left out)."""
+    found = []
+    for lang, _, lines in fenced(page.read_text()):
+        if lang:
+            continue
+        for line in lines:
+            first = line.split(" ")[0]
+            if first.startswith("results/compare/") and not re.search(r"[<{*]", first):
+                found.append(first)
+    return found
 
 
 def printed_paths(output: str) -> list[Path]:
@@ -227,6 +256,8 @@ def _run_page(page: Path, workspace: Path, tmp_path: Path, monkeypatch) -> None:
         VERIFIED[key] = str(cmd)
         if args[0] == "train":
             last_run = _newest_run(cwd) or last_run
+    for path in stated_files(page):  # the files the page says its commands write
+        assert (cwd / path).exists(), f"{page.name} says its commands write {path}; they did not"
 
 
 def _newest_run(cwd: Path) -> Path | None:
@@ -261,6 +292,7 @@ def test_the_substitution_shrinks_seeds_epochs_and_rows():
     cmd = DocCommand("x", 1, 'prlbench train --dataset "synthetic[noise=0.5]" --seeds 8', "")
     assert shrink(cmd, None) == ["train", "--dataset", f"synthetic[noise=0.5,rows={ROWS}]",
                                  "--seeds", "2", "--epochs", "1"]
+    assert "results/compare/tables/auc.tex" in stated_files(ROOT / "README.md")
     cmd = DocCommand("x", 1, "prlbench evaluate results/runs/<run-id>", "")
     assert shrink(cmd, Path("/r/x")) == ["evaluate", "/r/x"]
     assert printed_paths("best epoch 1; run folder: results/runs/synthetic[noise=0.5]-a\n"
