@@ -22,14 +22,14 @@ from torch import Tensor
 from prlbench.data.cache import SPLITS, Manifest, open_cache
 from prlbench.errors import CacheError, ConfigError
 
-_BLOCK = 1 << 14  # rows per block when assembling [N, F] matrices (~4 MB of float32 x 63)
+_COLUMNS = 8  # columns decoded at a time when loading a split (a few MB per row group each)
 
 
 @dataclass
 class TensorData:
     """One split, whole columns as tensors on one device (N rows)."""
 
-    categorical: Tensor  # [N, F_cat] int64 embedding indices
+    categorical: Tensor  # [N, F_cat] int32 embedding indices (the cache's type; half of int64)
     numerical: Tensor    # [N, F_num] float32 (F_num may be 0: shape [N, 0])
     click: Tensor        # [N] float32 in {0, 1}
     conversion: Tensor   # [N] float32 in {0, 1} (click and conversion)
@@ -66,51 +66,53 @@ def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.dev
                           f"{', '.join([*SPLITS, *extra])}")
     roles = manifest["columns"]
     path = manifest.path(manifest["splits"][split] if split in SPLITS else extra[split])
-    wanted = [roles["group"], *roles["categorical"], *roles["numerical"], roles["click"],
-              roles["conversion"]]
-    table = _read(path, wanted, name)
-    data = TensorData(
-        categorical=torch.from_numpy(_matrix(table, roles["categorical"], np.int64)),
-        numerical=torch.from_numpy(_matrix(table, roles["numerical"], np.float32)),
-        click=torch.from_numpy(_column(table, roles["click"], np.float32)),
-        conversion=torch.from_numpy(_column(table, roles["conversion"], np.float32)),
-        group=torch.from_numpy(_column(table, roles["group"], np.int64)),
-    )
+    arrays = _read_into(path, roles, name)
+    data = TensorData(**{k: torch.from_numpy(v) for k, v in arrays.items()})
     return data if torch.device(device).type == "cpu" else data.to(device)
 
 
-def _read(path: Path, columns: list[str], name: str) -> pa.Table:
+def _read_into(path: Path, roles: dict, name: str) -> dict[str, np.ndarray]:
+    """The split's columns straight into their final arrays (TensorData's fields), batch by
+    batch: no whole Arrow copy of the file beside them, so the peak is the arrays plus one
+    batch. Categoricals stay int32 (the cache's type), the labels become float32."""
     fix = f"rerun: prlbench preprocess {shlex.quote(name)}"
+    cat, num = list(roles["categorical"]), list(roles["numerical"])
+    wanted = [roles["group"], *cat, *num, roles["click"], roles["conversion"]]
     try:
-        present = set(pq.read_schema(path).names)
-        missing = [c for c in columns if c not in present]
+        f = pq.ParquetFile(path)
+        present = set(f.schema_arrow.names)
+        missing = [c for c in wanted if c not in present]
         if missing:
             raise CacheError(f"{path} lacks the columns {missing[:5]} its manifest names; {fix}")
-        return pq.read_table(path, columns=columns)
+        n = f.metadata.num_rows
+        out = {"categorical": np.empty((n, len(cat)), np.int32),
+               "numerical": np.empty((n, len(num)), np.float32),
+               "click": np.empty(n, np.float32), "conversion": np.empty(n, np.float32),
+               "group": np.empty(n, np.int64)}
+        start = 0
+        # A row group (up to 1 M rows) decodes whole: read it _COLUMNS columns at a time, so
+        # the transient Arrow buffers are a few columns of one row group, never the split.
+        singles = [("click", [roles["click"]]), ("conversion", [roles["conversion"]]),
+                   ("group", [roles["group"]])]
+        chunks = [("categorical", cat[j:j + _COLUMNS], j) for j in range(0, len(cat), _COLUMNS)]
+        chunks += [("numerical", num[j:j + _COLUMNS], j) for j in range(0, len(num), _COLUMNS)]
+        for rg in range(f.metadata.num_row_groups):
+            stop = start + f.metadata.row_group(rg).num_rows
+            for key, names, first in chunks:
+                part = f.read_row_group(rg, columns=names)
+                block = out[key][start:stop, first:first + len(names)]
+                for k, c in enumerate(names):
+                    block[:, k] = part.column(c).to_numpy()
+                del part
+            for key, names in singles:
+                out[key][start:stop] = f.read_row_group(rg, columns=names).column(0).to_numpy()
+            start = stop
     except (OSError, pa.ArrowInvalid) as e:
         raise CacheError(f"{path} cannot be read ({str(e).splitlines()[0]}); {fix}") from e
-
-
-def _column(table: pa.Table, name: str, dtype: type) -> np.ndarray:
-    # A copy: Arrow's zero-copy buffers are read-only, which torch tensors must not wrap.
-    return np.array(table.column(name).to_numpy(), dtype=dtype)
-
-
-def _matrix(table: pa.Table, names: list[str], dtype: type) -> np.ndarray:
-    """The columns `names` as one C-contiguous [N, len(names)] array (one copy).
-
-    Filled in blocks of _BLOCK rows (np.stack of zero-copy column views into the output), so
-    each block stays in cache: 3-4x less CPU than writing whole strided columns one by one.
-    """
-    out = np.empty((table.num_rows, len(names)), dtype)
-    if not names:
-        return out
-    start = 0
-    for batch in table.select(names).to_batches(max_chunksize=_BLOCK):
-        stop = start + batch.num_rows
-        np.stack([c.to_numpy(zero_copy_only=False) for c in batch.columns], axis=1,
-                 out=out[start:stop])
-        start = stop
+    finally:
+        pa.default_memory_pool().release_unused()  # give the decode buffers back at once
+    if start != n:
+        raise CacheError(f"{path} holds {start:,} rows, its metadata says {n:,}; {fix}")
     return out
 
 
@@ -140,5 +142,9 @@ def load_side(data_dir: Path, name: str, split: str) -> dict[str, np.ndarray] | 
     entry = manifest.get("side_files", {}).get(split)
     if entry is None:
         return None
-    table = _read(manifest.path(entry), entry["columns"], name)
+    path, fix = manifest.path(entry), f"rerun: prlbench preprocess {shlex.quote(name)}"
+    try:
+        table = pq.read_table(path, columns=entry["columns"])
+    except (OSError, pa.ArrowInvalid, KeyError) as e:
+        raise CacheError(f"{path} cannot be read ({str(e).splitlines()[0]}); {fix}") from e
     return {c: table.column(c).to_numpy() for c in table.column_names}

@@ -240,6 +240,9 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
 
     def done(m: Member) -> None:
         i, ctx = by_member[id(m)]
+        # this member's hold on the training data goes before its test split is loaded: the
+        # last member to finish frees them (the test split is never beside the training data)
+        m.loop.train = m.loop.val = None
         try:
             with session.recorded(ctx.folder):
                 results[i] = PackResult(ctx.folder.run_id, str(session.finish(ctx, m.state, store)))
@@ -249,6 +252,7 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
 
     def failed(m: Member) -> None:
         i, ctx = by_member[id(m)]
+        m.loop.train = m.loop.val = None
         results[i] = PackResult(ctx.folder.run_id, error=f"TrainingError: {m.failed}",
                                 exception=m.error)
 
@@ -258,6 +262,7 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
         if len(members) > 1:  # a run trained alone records no pack
             ctx.folder.update_record(RunStatus.RUNNING, packed_with=packed_with,
                                      pack_mode="turns")
+    del train, val  # held by the members' loops only, so freed when the last one finishes
     PackLoop([m for _, m, _ in members], on_done=done, on_failed=failed).fit(
         progress=progress, resume=resume)
 
