@@ -65,10 +65,92 @@ def load_split(data_dir: Path, name: str, split: str, *, device: str | torch.dev
         raise ConfigError(f"unknown split {split!r}; choose one of "
                           f"{', '.join([*SPLITS, *extra])}")
     roles = manifest["columns"]
-    path = manifest.path(manifest["splits"][split] if split in SPLITS else extra[split])
-    arrays = _read_into(path, roles, name)
+    entry = manifest["splits"][split] if split in SPLITS else extra[split]
+    path = manifest.path(entry)
+    if torch.device(device).type == "cpu":  # mapped: every job on this machine shares the pages
+        arrays = _column_cache(path, entry, roles, name)
+    else:  # a GPU copies the data to the device once: no mapping to share
+        arrays = _read_into(path, roles, name)
     data = TensorData(**{k: torch.from_numpy(v) for k, v in arrays.items()})
     return data if torch.device(device).type == "cpu" else data.to(device)
+
+
+# ------------------------------------------------------------------- the column cache
+COLUMNS_DIR = "columns"  # in the data set's cache folder: <split>.<field>.npy and <split>.json
+_COLUMNS_FORMAT = 1
+
+
+def _column_cache(path: Path, entry: dict, roles: dict, name: str) -> dict[str, np.ndarray]:
+    """The split's TensorData fields as memory-mapped arrays (copy-on-write: never written
+    back), so that the jobs of a compare on one machine share one copy of the data in the page
+    cache. Built from the Parquet file on first use (atomically: temporary files renamed in
+    place, the index `<split>.json` last) and rebuilt whenever the index does not match the
+    manifest's sha256 of that Parquet file, or a column file's size or sha256 does not match
+    the index. Where the folder cannot be written (a read-only cache, a full disk), the arrays
+    are read into this process's memory as before."""
+    folder, stem = path.parent / COLUMNS_DIR, path.name.split(".")[0]
+    want = {"format": _COLUMNS_FORMAT, "source": path.name, "source_sha256": entry["sha256"],
+            "roles": {k: roles[k] for k in ("group", "categorical", "numerical", "click",
+                                            "conversion")}}
+    found = _open_columns(folder, stem, want)
+    if found is not None:
+        return found
+    arrays = _read_into(path, roles, name)
+    try:
+        _write_columns(folder, stem, want, arrays)
+    except OSError:
+        return arrays
+    del arrays  # mapped from the files instead: shared with the other jobs
+    found = _open_columns(folder, stem, want)
+    return found if found is not None else _read_into(path, roles, name)
+
+
+def _open_columns(folder: Path, stem: str, want: dict) -> dict[str, np.ndarray] | None:
+    import json
+
+    from prlbench.data.cache import sha256_file
+
+    try:
+        index = json.loads((folder / f"{stem}.json").read_text())
+        if {k: index.get(k) for k in want} != want:
+            return None
+        out = {}
+        for field, meta in index["fields"].items():
+            file = folder / f"{stem}.{field}.npy"
+            if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
+                return None
+            arr = np.load(file, mmap_mode="c")
+            if str(arr.dtype) != meta["dtype"] or list(arr.shape) != meta["shape"]:
+                return None
+            out[field] = arr
+        return out if set(out) == {f.name for f in fields(TensorData)} else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_columns(folder: Path, stem: str, want: dict, arrays: dict[str, np.ndarray]) -> None:
+    import json
+    import os
+
+    from prlbench.data.cache import sha256_file
+    from prlbench.fileio import atomic_write_bytes
+
+    folder.mkdir(exist_ok=True)
+    index = {**want, "fields": {}}
+    for field, arr in arrays.items():
+        final = folder / f"{stem}.{field}.npy"
+        tmp = folder / f".{final.name}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(arr))
+                fh.flush()
+                os.fsync(fh.fileno())
+            index["fields"][field] = {"dtype": str(arr.dtype), "shape": list(arr.shape),
+                                      "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+    atomic_write_bytes(folder / f"{stem}.json", json.dumps(index, indent=1).encode())
 
 
 def _read_into(path: Path, roles: dict, name: str) -> dict[str, np.ndarray]:
