@@ -193,3 +193,60 @@ def test_all_training_rows_in_validation_is_named_as_such(tmp_path):
             builder.add("test", cols, source="one test")
             builder.finish(dataset="one")
     assert list(tmp_path.iterdir()) == []
+
+
+def _same(a: TensorData, b: TensorData) -> bool:
+    return all(torch.equal(getattr(a, f), getattr(b, f))
+               for f in ("categorical", "numerical", "click", "conversion", "group"))
+
+
+def test_the_column_cache_is_mapped_checked_and_rebuilt(tmp_path):
+    """The first load writes columns/<split>.*.npy; the next maps them (a memmap: shared pages
+    between processes) with the same values; a damaged file, or a Parquet file the manifest
+    no longer describes, is never trusted: the columns are built again."""
+    import shutil
+
+    from prlbench.data import loader
+
+    preprocess_synthetic(tmp_path, rows=3000, seed=5, progress=False)
+    mapped_first = load_split(tmp_path, "synthetic", "train")
+    # a copy: the mapping sees its file (a rebuild renames new files in, never writes in place)
+    first = TensorData(**{f: getattr(mapped_first, f).clone() for f in
+                          ("categorical", "numerical", "click", "conversion", "group")})
+    cols = tmp_path / "synthetic" / loader.COLUMNS_DIR
+    assert (cols / "train.json").is_file() and (cols / "train.categorical.npy").is_file()
+    assert not list(cols.glob(".*.tmp"))  # no temporary file left
+    manifest = open_cache(tmp_path, "synthetic")
+    entry = manifest["splits"]["train"]
+    mapped = loader._column_cache(manifest.path(entry), entry, manifest["columns"], "synthetic")
+    assert all(isinstance(a, np.memmap) for a in mapped.values())
+    again = load_split(tmp_path, "synthetic", "train")
+    assert _same(first, again) and again.categorical.dtype == torch.int32
+    # a flipped byte in a column file: detected (sha256), rebuilt, the values right
+    target = cols / "train.numerical.npy"
+    raw = bytearray(target.read_bytes())
+    raw[-5] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    assert _same(first, load_split(tmp_path, "synthetic", "train"))
+    assert target.read_bytes() != bytes(raw)  # written again
+    # an index that speaks of another Parquet file (another sha256): rebuilt, not trusted
+    index = (cols / "train.json").read_text().replace(entry["sha256"], "0" * 64)
+    (cols / "train.json").write_text(index)
+    assert _same(first, load_split(tmp_path, "synthetic", "train"))
+    assert entry["sha256"] in (cols / "train.json").read_text()
+    # a cache folder that cannot be written: read into memory, the same values
+    shutil.rmtree(cols)
+    (tmp_path / "synthetic").chmod(0o555)
+    try:
+        if not (cols.parent / "x").exists():  # root ignores permissions: nothing to test then
+            try:
+                (cols.parent / "x").touch()
+                writable = True
+                (cols.parent / "x").unlink()
+            except OSError:
+                writable = False
+            if not writable:
+                assert _same(first, load_split(tmp_path, "synthetic", "train"))
+                assert not cols.exists()
+    finally:
+        (tmp_path / "synthetic").chmod(0o755)
