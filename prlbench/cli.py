@@ -492,6 +492,11 @@ Cells = Annotated[str, typer.Option(
     help="What each cell of the paper-layout tables (auc.tex, auc.md) shows beside its mean "
     "and marker: std (mean ± std), ci (the CI of its difference to bce, under the mean) or mean "
     "(the mean alone). The detail tables (auc_detail.*) always show everything.")]
+PlanOnly = Annotated[bool, typer.Option(
+    "--plan", metavar="", help="Train nothing: print the runs to train and to reuse, the time "
+    "they will take (from a few timed steps of each model on this machine) and the memory a "
+    "job and all jobs need; a grid that would not fit this machine's memory is refused with "
+    "the options that make it fit.")]
 TablesOnly = Annotated[bool, typer.Option(
     "--tables-only", metavar="", help="Train nothing: tables from the finished runs only.")]
 Test = Annotated[str, typer.Option(
@@ -532,7 +537,8 @@ def compare(
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,
     threads: RunThreads = None, pack: Pack = None, ray_address: RayAddress = None,
     fmt: Formats = GRID_DEFAULTS["format"], cells: Cells = "std",
-    tables_only: TablesOnly = False, test: Test = "twolevel", correction: Correction = "holm",
+    tables_only: TablesOnly = False, plan_only: PlanOnly = False, test: Test = "twolevel",
+    correction: Correction = "holm",
     equivalence: Equivalence = None,
     test_split: TestSplit = "standard", config: CompareConfigFile = None,
     data_dir: DataDir = Path("datasets"), out: ExperimentDir = None, quiet: Quiet = False,
@@ -551,12 +557,14 @@ def compare(
       prlbench compare --device cuda --seeds 8   # [needs a GPU]
       prlbench compare --format latex --out results/nl_fr --tables-only   # [needs your files]
       prlbench compare --tables-only --cells ci
+      prlbench compare --models mmoe,ple --preset paper --plan
     """
     from prlbench.experiment.compare import compare as run_compare, default_out, significance_plan
     from prlbench.experiment.grid import CompareConfig
 
     flags = dict(locals())  # every option above, by name (None: not given)
     flags["format"] = flags.pop("fmt")
+    flags.pop("plan_only")
     cc = CompareConfig.resolve(config, flags)
     _warn_slow_bf16(cc.grid.base.train.device, cc.grid.base.train.precision)
     if len(cc.grid.seeds) == 1:
@@ -567,10 +575,23 @@ def compare(
         _console().print(_esc(plan), highlight=False)
     for w in plan_warnings:
         _console().print(f"[yellow]warning:[/] {_esc(w)}")
+    if plan_only:
+        return _print_plan(cc, data_dir, out or default_out(), quiet)
     res = run_compare(cc, data_dir=data_dir, out=out or default_out(), progress=not quiet)
     _print_compare(res)
     if res.failed:
         raise typer.Exit(1)
+
+
+def _print_plan(cc, data_dir: Path, out: Path, quiet: bool) -> None:
+    """compare --plan: the runs, the time and the memory; refused where it cannot fit."""
+    from prlbench.experiment.plan import make_plan
+
+    grid_plan = make_plan(cc, data_dir, out, progress=not quiet)
+    for line in grid_plan.lines():
+        _console().print(line, markup=False, highlight=False, soft_wrap=True)
+    if not grid_plan.fits:
+        raise ConfigError(grid_plan.refusal())
 
 
 def _print_compare(res) -> None:

@@ -894,3 +894,36 @@ def test_train_waits_for_the_run_lock_that_another_process_holds(data_dir, tmp_p
         assert t.is_alive() and fits == [] and not (tmp_path / "runs" / f"{rid}{PARTIAL}").exists()
     t.join(timeout=120)
     assert found == [tmp_path / "runs" / rid] and fits == [rid]
+
+
+def test_plan_counts_runs_times_and_memory_and_refuses_what_cannot_fit(tmp_path, monkeypatch):
+    """--plan trains nothing: it counts the runs to train and to reuse, times a few steps of
+    each model on this machine, adds up memory; a grid beyond the machine's memory is refused
+    with the numbers and the options that make it fit."""
+    from typer.testing import CliRunner
+
+    from prlbench.cli import app
+    from prlbench.experiment import plan as plan_mod
+    from prlbench.experiment.grid import CompareConfig
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    cc = CompareConfig.resolve(None, {"seeds": "3", "epochs": 2, "models": "mmoe,ple",
+                                      "rows": "20000", "jobs": 2})
+    p = plan_mod.make_plan(cc, data, out)
+    assert (p.to_train, p.reused, p.jobs) == (2 * 3 * 3, 0, 2)
+    assert {g.model for g in p.groups} == {"mmoe", "ple"}
+    assert all(g.step_s > 0 and g.steps_per_epoch == 9 and g.epochs == 2 for g in p.groups)
+    assert p.run_s == pytest.approx(sum(g.runs * 2 * g.epoch_s for g in p.groups))
+    assert p.wall_s == pytest.approx(p.run_s / 2)
+    assert p.data_bytes > 0 and p.job_bytes > plan_mod.BASE_JOB_BYTES and p.fits
+    assert not (out / "runs").exists()  # nothing trained
+    text = "\n".join(p.lines())
+    assert "18 runs to train, 0 to reuse" in text and "at most" in text and "GB a job" in text
+    # a machine with too little memory: refused, with how many jobs would fit
+    small = plan_mod.Plan(**{**p.__dict__, "available": p.data_bytes + 1.5 * p.job_bytes / 0.9})
+    assert not small.fits and small.jobs_that_fit() == 1
+    assert "--jobs 1" in small.refusal() and "--preset" in small.refusal()
+    monkeypatch.setattr(plan_mod, "_available", lambda: 1e8)
+    r = CliRunner().invoke(app, ["compare", "--plan", "--seeds", "2", "--epochs", "1",
+                                 "--rows", "20000", "--data-dir", str(data), "--out", str(out)])
+    assert r.exit_code == 1 and "would need about" in r.output and "available" in r.output

@@ -103,7 +103,7 @@ def _check_tuning_complete(tried: list[RunOutcome], out: Path) -> None:
 def _execute(cfgs: list, executor, data_dir: Path, out: Path, train: bool,
              on_event) -> list[RunOutcome]:
     if not train:
-        return [_lookup(c, data_dir, out) for c in cfgs]
+        return [lookup(c, data_dir, out) for c in cfgs]
     outcomes = []
     for cfg, r in zip(cfgs, executor.map(cfgs, data_dir, out, on_event), strict=True):
         record_failure(Store(out), r)
@@ -120,8 +120,9 @@ def record_failure(store: Store, r: RunResult) -> None:
         store.record_failure(r.run_id, r.error, r.trace)
 
 
-def _lookup(cfg, data_dir: Path, out: Path) -> RunOutcome:
-    """--tables-only: a finished run of this config, or MISSING."""
+def lookup(cfg, data_dir: Path, out: Path) -> RunOutcome:
+    """A finished run of this config under `out` (REUSED), or MISSING: what --tables-only
+    reports and --plan counts as reused."""
     from prlbench.data.cache import data_hash
 
     rid = run_id(cfg, data_hash(Path(data_dir), cfg.data.dataset))

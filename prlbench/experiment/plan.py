@@ -1,0 +1,266 @@
+"""`prlbench compare --plan`: what a grid will cost on this machine, before any training.
+
+    plan = make_plan(cc, data_dir, out)   # the runs to train and to reuse, time, memory
+    plan.lines()                          # what the command prints
+    plan.fits                             # False: the grid would not fit this machine's memory
+
+Time comes from a short calibration of each (data set, model, preset, precision, batch size)
+of the grid on this machine: the real model and optimizer, a batch of the data set's shape,
+a few timed steps after two untimed ones. An epoch is its steps plus one pass of validation;
+a run is at most its `--epochs` epochs (early stopping usually ends it sooner, so the estimate
+is an upper bound). Memory: each job holds its model, optimizer state and activations (the
+calibration's growth in this process) over a base of what a job's Python and torch take; the
+training and validation splits are mapped from the column cache, one copy shared by the jobs
+on one machine (data.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_JOB_BYTES = 0.4e9  # a training process before its data and model (Python, torch)
+_WARMUP, _TIMED = 2, 6
+
+
+@dataclass
+class Group:
+    """The runs of one (data set, model, preset, precision, batch size)."""
+
+    dataset: str
+    model: str
+    preset: str
+    precision: str
+    batch_size: int
+    runs: int = 0
+    epochs: int = 0
+    step_s: float = 0.0
+    steps_per_epoch: int = 0
+    val_s: float = 0.0
+    job_bytes: float = 0.0  # model, optimizer state and activations
+
+    @property
+    def epoch_s(self) -> float:
+        return self.steps_per_epoch * self.step_s + self.val_s
+
+
+@dataclass
+class Plan:
+    to_train: int
+    reused: int
+    jobs: int
+    threads: int
+    groups: list[Group] = field(default_factory=list)
+    data_bytes: float = 0.0  # the grid's training and validation splits, mapped once
+    available: float = 0.0  # this machine's available memory (0: unknown)
+    local: bool = True
+
+    @property
+    def run_s(self) -> float:
+        """Every run to train, to its last epoch, summed."""
+        return sum(g.runs * g.epochs * g.epoch_s for g in self.groups)
+
+    @property
+    def wall_s(self) -> float:
+        return self.run_s / max(1, min(self.jobs, self.to_train or 1))
+
+    @property
+    def job_bytes(self) -> float:
+        return BASE_JOB_BYTES + max((g.job_bytes for g in self.groups), default=0.0)
+
+    @property
+    def total_bytes(self) -> float:
+        return self.jobs * self.job_bytes + self.data_bytes
+
+    @property
+    def fits(self) -> bool:
+        return not self.local or not self.available or self.total_bytes <= 0.9 * self.available
+
+    def jobs_that_fit(self) -> int:
+        room = 0.9 * self.available - self.data_bytes
+        return max(0, int(room // self.job_bytes)) if self.available else self.jobs
+
+    def lines(self) -> list[str]:
+        out = [f"plan: {self.to_train} runs to train, {self.reused} to reuse; {self.jobs} job"
+               f"{'s' if self.jobs != 1 else ''} x {self.threads} thread"
+               f"{'s' if self.threads != 1 else ''}"]
+        for g in self.groups:
+            out.append(
+                f"  {g.dataset} / {g.model} ({g.preset}, {g.precision}, batch {g.batch_size}): "
+                f"{g.step_s * 1e3:.1f} ms a step, {g.steps_per_epoch:,} steps an epoch -> "
+                f"{_duration(g.epoch_s)} an epoch; {g.runs} runs x up to {g.epochs} epochs")
+        if self.to_train:
+            at_once = min(self.jobs, self.to_train)
+            out.append(f"time: at most {_duration(self.wall_s)} with {at_once}"
+                       " at a time (every run to its --epochs; early stopping usually ends them "
+                       "sooner)")
+        where = (f" of {self.available / 1e9:.1f} GB available" if self.available and self.local
+                 else "")
+        out.append(f"memory: {self.job_bytes / 1e9:.2f} GB a job + {self.data_bytes / 1e9:.2f} GB "
+                   f"of data mapped once = {self.total_bytes / 1e9:.2f} GB for {self.jobs} "
+                   f"job{'s' if self.jobs != 1 else ''}{where}")
+        return out
+
+    def refusal(self) -> str:
+        fit = self.jobs_that_fit()
+        options = [f"--jobs {fit}" if fit >= 1 else "",
+                   "a smaller --preset (small)", "--embedding-optimizer sparse_adam (no dense "
+                   "optimizer state for the embedding tables)"]
+        return (f"this grid would need about {self.total_bytes / 1e9:.1f} GB ({self.jobs} jobs "
+                f"x {self.job_bytes / 1e9:.2f} GB + {self.data_bytes / 1e9:.2f} GB of data), "
+                f"more than 90 % of the {self.available / 1e9:.1f} GB available here; make it "
+                f"fit with {', or '.join(o for o in options if o)}")
+
+
+def make_plan(cc, data_dir: Path, out: Path, *, progress: bool = False) -> Plan:
+    """The plan of compare `cc` (see the module doc); reads the data sets' manifests (a
+    generated one is generated first, as compare does) but trains nothing."""
+    from prlbench.experiment.compare import lookup, prepare_data
+    from prlbench.experiment.executors import make_executor
+    from prlbench.store import Outcome
+
+    grid = cc.grid
+    grid.check()
+    manifests = prepare_data(grid, data_dir, progress=progress, generate=True)
+    arms = grid.arms()
+    cfgs = [grid.config(*a, s, p) for a in arms for p in grid.candidates(a[2])
+            for s in grid.tune_seeds if len(grid.candidates(a[2])) > 1]
+    cfgs += [grid.config(*a, s, grid.candidates(a[2])[0]) for a in arms for s in grid.seeds]
+    todo = [c for c in cfgs if lookup(c, data_dir, out).status != Outcome.REUSED]
+    executor = make_executor(cc.executor, jobs=cc.jobs, ray_address=None, threads=cc.threads) \
+        if cc.executor == "local" else None
+    jobs = getattr(executor, "jobs", cc.jobs or 1)
+    threads = getattr(executor, "threads", cc.threads or 1)
+    groups: dict[tuple, Group] = {}
+    for c in todo:
+        key = (c.data.dataset, c.model.name, c.model.preset, c.train.precision,
+               c.train.batch_size)
+        g = groups.setdefault(key, Group(*key))
+        g.runs += 1
+        g.epochs = max(g.epochs, c.train.epochs)
+    for key, g in groups.items():
+        cfg = next(c for c in todo if (c.data.dataset, c.model.name, c.model.preset,
+                                       c.train.precision, c.train.batch_size) == key)
+        _calibrate(g, cfg, manifests[g.dataset], threads)
+    data = sum(_data_bytes(manifests[d]) for d in dict.fromkeys(c.data.dataset for c in todo))
+    return Plan(to_train=len(todo), reused=len(cfgs) - len(todo), jobs=jobs, threads=threads,
+                groups=list(groups.values()), data_bytes=data, available=_available(),
+                local=cc.executor == "local")
+
+
+def _data_bytes(manifest) -> float:
+    """The training and validation splits as the column cache maps them."""
+    cols = manifest["columns"]
+    per_row = 4 * len(cols["categorical"]) + 4 * len(cols["numerical"]) + 4 + 4 + 8
+    return per_row * sum(manifest["splits"][s]["rows"] for s in ("train", "val"))
+
+
+def _calibrate(g: Group, cfg, manifest, threads: int) -> None:
+    """Time `cfg`'s training step on a batch of the data set's shape, on this machine."""
+    import torch
+
+    from prlbench.engine.evaluate import autocast
+    from prlbench.engine.optim import make_optimizer
+    from prlbench.losses import LOSSES
+    from prlbench.models import create_model
+
+    cols = manifest["columns"]
+    sizes = [manifest["vocab_sizes"][c] for c in cols["categorical"]]
+    before = _rss(reset=True)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        gen = torch.Generator().manual_seed(0)
+        model = create_model(cfg.model.name, vocab_sizes=sizes,
+                             num_numerical=len(cols["numerical"]), preset=cfg.model.preset,
+                             **cfg.model.overrides)
+        opt = make_optimizer(model, cfg.train)
+        loss_fn = LOSSES.get(cfg.loss.name)
+        b = cfg.train.batch_size
+        cat = torch.stack([torch.randint(0, max(1, n), (b,), generator=gen) for n in sizes],
+                          1).to(torch.int32) if sizes else torch.zeros(b, 0, dtype=torch.int32)
+        num = torch.rand(b, len(cols["numerical"]), generator=gen)
+        click = (torch.rand(b, generator=gen) < 0.3).float()
+        conversion = click * (torch.rand(b, generator=gen) < 0.3).float()
+        model.train()
+        t0 = 0.0
+        for i in range(_WARMUP + _TIMED):
+            if i == _WARMUP:
+                t0 = time.perf_counter()
+            with autocast("cpu", cfg.train.precision):
+                out = model(cat, num)
+                loss, _ = loss_fn(out, click, conversion, **cfg.loss.params)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        g.step_s = (time.perf_counter() - t0) / _TIMED
+        model.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast("cpu", cfg.train.precision):
+            model(cat, num)
+        forward_s = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    splits = manifest["splits"]
+    g.steps_per_epoch = math.ceil(splits["train"]["rows"] / g.batch_size)
+    g.val_s = forward_s * splits["val"]["rows"] / g.batch_size
+    g.job_bytes = max(0.0, _peak() - before)
+
+
+def _rss(reset: bool = False) -> float:
+    """This process's resident memory now, in bytes; `reset`: start its peak (VmHWM) afresh,
+    so that _peak() measures from here."""
+    if reset:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+    return _status_kb("VmRSS:") * 1024.0 or _peak()
+
+
+def _peak() -> float:
+    """This process's peak resident memory, in bytes (since the last reset where Linux allows
+    one)."""
+    return _status_kb("VmHWM:") * 1024.0 or \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+def _status_kb(key: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def _available() -> float:
+    """Memory available to new processes (MemAvailable), in bytes; 0 where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s} s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m} min"
