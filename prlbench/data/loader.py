@@ -95,11 +95,23 @@ def _column_cache(path: Path, entry: dict, roles: dict, name: str) -> dict[str, 
     found = _open_columns(folder, stem, want)
     if found is not None:
         return found
-    arrays = _read_into(path, roles, name)
     try:
-        _write_columns(folder, stem, want, arrays)
-    except OSError:
-        return arrays
+        folder.mkdir(exist_ok=True)
+        lock = open(folder / ".lock", "a")  # one builder; the others wait, then map its files
+    except OSError:  # a cache folder that cannot be written: this process's own copy
+        return _read_into(path, roles, name)
+    with lock:
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = _open_columns(folder, stem, want)  # built while this process waited
+        if found is not None:
+            return found
+        arrays = _read_into(path, roles, name)
+        try:
+            _write_columns(folder, stem, want, arrays)
+        except OSError:
+            return arrays
     del arrays  # mapped from the files instead: shared with the other jobs
     found = _open_columns(folder, stem, want)
     return found if found is not None else _read_into(path, roles, name)
@@ -135,7 +147,6 @@ def _write_columns(folder: Path, stem: str, want: dict, arrays: dict[str, np.nda
     from prlbench.data.cache import sha256_file
     from prlbench.fileio import atomic_write_bytes
 
-    folder.mkdir(exist_ok=True)
     index = {**want, "fields": {}}
     for field, arr in arrays.items():
         final = folder / f"{stem}.{field}.npy"
