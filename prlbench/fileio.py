@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
 def _umask() -> int:
@@ -17,6 +17,13 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """`write(f)` into a new temporary file beside `path` (mkstemp: never a file or link that
+    was there), fsync, then one rename onto `path`: whole or not at all, for data too large to
+    hold as bytes first (a numpy array: `lambda f: np.save(f, a)`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Ctrl-C / SIGTERM wait until the file is whole or gone: a signal between mkstemp and the
@@ -24,15 +31,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     from prlbench.signals import deferred
 
     with deferred():
-        _write_then_rename(path, data)
+        _write_then_rename(path, write)
 
 
-def _write_then_rename(path: Path, data: bytes) -> None:
+def _write_then_rename(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

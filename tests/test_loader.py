@@ -234,8 +234,16 @@ def test_the_column_cache_is_mapped_checked_and_rebuilt(tmp_path):
     (cols / "train.json").write_text(index)
     assert _same(first, load_split(tmp_path, "synthetic", "train"))
     assert entry["sha256"] in (cols / "train.json").read_text()
-    # a cache folder that cannot be written: read into memory, the same values
+    # a planted link in place of the columns folder: refused, nothing written through it
     shutil.rmtree(cols)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cols.symlink_to(elsewhere)
+    with pytest.raises(CacheError, match="symbolic link"):
+        load_split(tmp_path, "synthetic", "train")
+    assert list(elsewhere.iterdir()) == []
+    cols.unlink()
+    # a cache folder that cannot be written: read into memory, the same values
     (tmp_path / "synthetic").chmod(0o555)
     try:
         if not (cols.parent / "x").exists():  # root ignores permissions: nothing to test then

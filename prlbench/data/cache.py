@@ -456,6 +456,24 @@ def dataset_lock(data_dir: Path, name: str) -> Iterator[None]:
         lock.close()
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path, waiting: str) -> Iterator[Path]:
+    """Hold `folder/.lock` exclusively (the folder made if need be), yielding the folder: one
+    process at a time builds what lives in it (the column cache); the others wait, saying
+    `waiting` once. Neither the folder nor the lock file may be a link (CacheError)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    if folder.is_symlink():
+        raise CacheError(link_refused(folder))
+    fd = _flock_at(lambda: folder / ".lock", fcntl.LOCK_EX, os.O_WRONLY | os.O_CREAT, waiting)
+    try:
+        yield folder
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------ a data set in use
 # A run holds its data set from its start to its last score: a shared lock on `.inuse` inside
 # the cache folder, whose file also lists the runs that took it (a line each: pid, then what

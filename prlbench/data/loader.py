@@ -92,26 +92,21 @@ def _column_cache(path: Path, entry: dict, roles: dict, name: str) -> dict[str, 
     want = {"format": _COLUMNS_FORMAT, "source": path.name, "source_sha256": entry["sha256"],
             "roles": {k: roles[k] for k in ("group", "categorical", "numerical", "click",
                                             "conversion")}}
+    from prlbench.data.cache import folder_lock
+
     found = _open_columns(folder, stem, want)
     if found is not None:
         return found
-    try:
-        folder.mkdir(exist_ok=True)
-        lock = open(folder / ".lock", "a")  # one builder; the others wait, then map its files
-    except OSError:  # a cache folder that cannot be written: this process's own copy
-        return _read_into(path, roles, name)
-    with lock:
-        import fcntl
-
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _open_columns(folder, stem, want)  # built while this process waited
-        if found is not None:
-            return found
-        arrays = _read_into(path, roles, name)
-        try:
+    arrays = None
+    try:  # one builder at a time; the others wait, then map its files
+        with folder_lock(folder, f"waiting for another prlbench building {folder}..."):
+            found = _open_columns(folder, stem, want)  # built while this process waited
+            if found is not None:
+                return found
+            arrays = _read_into(path, roles, name)
             _write_columns(folder, stem, want, arrays)
-        except OSError:
-            return arrays
+    except OSError:  # a cache folder that cannot be written: this process's own copy
+        return arrays if arrays is not None else _read_into(path, roles, name)
     del arrays  # mapped from the files instead: shared with the other jobs
     found = _open_columns(folder, stem, want)
     return found if found is not None else _read_into(path, roles, name)
@@ -141,26 +136,19 @@ def _open_columns(folder: Path, stem: str, want: dict) -> dict[str, np.ndarray] 
 
 
 def _write_columns(folder: Path, stem: str, want: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Each array to `<stem>.<field>.npy`, then the index that vouches for them (last: an
+    interrupted build leaves no index that matches, so the next load builds again)."""
     import json
-    import os
 
     from prlbench.data.cache import sha256_file
-    from prlbench.fileio import atomic_write_bytes
+    from prlbench.fileio import atomic_write, atomic_write_bytes
 
     index = {**want, "fields": {}}
     for field, arr in arrays.items():
         final = folder / f"{stem}.{field}.npy"
-        tmp = folder / f".{final.name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(arr))
-                fh.flush()
-                os.fsync(fh.fileno())
-            index["fields"][field] = {"dtype": str(arr.dtype), "shape": list(arr.shape),
-                                      "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(final, lambda f, a=arr: np.save(f, np.ascontiguousarray(a)))
+        index["fields"][field] = {"dtype": str(arr.dtype), "shape": list(arr.shape),
+                                  "bytes": final.stat().st_size, "sha256": sha256_file(final)}
     atomic_write_bytes(folder / f"{stem}.json", json.dumps(index, indent=1).encode())
 
 
