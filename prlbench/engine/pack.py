@@ -85,19 +85,26 @@ class PackLoop:
                     self._step(m, stop)
                 bar.advance()
 
+    def _leave(self, m: Member) -> None:
+        """A member that is done or failed leaves the pack and lets go of the training data:
+        the last to leave frees them, before any test split is loaded to score it."""
+        self.members.remove(m)
+        m.steps = None
+        m.loop.train = m.loop.val = None
+
     def _step(self, m: Member, stop) -> None:
         m.swap_in()
         try:
             next(m.steps)
         except StopIteration:
             m.swap_out()
-            self.members.remove(m)
+            self._leave(m)
             self.on_done(m)
             return
         except TrainingError as e:  # recorded as failed by its loop
             m.swap_out()
             m.failed, m.error = str(e), e
-            self.members.remove(m)
+            self._leave(m)
             self.on_failed(m)
             return
         except Interrupted:  # its checkpoint is saved; save the others' where they stand
@@ -240,9 +247,6 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
 
     def done(m: Member) -> None:
         i, ctx = by_member[id(m)]
-        # this member's hold on the training data goes before its test split is loaded: the
-        # last member to finish frees them (the test split is never beside the training data)
-        m.loop.train = m.loop.val = None
         try:
             with session.recorded(ctx.folder):
                 results[i] = PackResult(ctx.folder.run_id, str(session.finish(ctx, m.state, store)))
@@ -252,7 +256,6 @@ def _train_members(members: list, results: list, data_dir, store, progress: bool
 
     def failed(m: Member) -> None:
         i, ctx = by_member[id(m)]
-        m.loop.train = m.loop.val = None
         results[i] = PackResult(ctx.folder.run_id, error=f"TrainingError: {m.failed}",
                                 exception=m.error)
 
