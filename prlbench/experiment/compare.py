@@ -74,8 +74,7 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
     on_event = on_event or (lambda *a: None)
     arms = grid.arms()
     cands = [grid.candidates(loss) for _, _, loss in arms]
-    tuning = [(i, j, grid.config(*arms[i], s, p)) for i in range(len(arms)) if len(cands[i]) > 1
-              for j, p in enumerate(cands[i]) for s in grid.tune_seeds]
+    tuning = tuning_runs(grid)
     tried = _execute([c for *_, c in tuning], executor, data_dir, out, train, on_event)
     if not train:
         _check_tuning_complete(tried, out)
@@ -85,6 +84,15 @@ def run_grid(grid: Grid, *, executor, data_dir: Path, out: Path, train: bool = T
              for s in grid.seeds]
     reported = _execute(table, executor, data_dir, out, train, on_event)
     return reported + [replace(o, role=Role.CANDIDATE) for o in tried]
+
+
+def tuning_runs(grid: Grid) -> list[tuple[int, int, object]]:
+    """The tuning runs: (arm index, candidate index, config) for every candidate of an arm
+    with settings to choose, on every tuning seed."""
+    arms = grid.arms()
+    cands = [grid.candidates(loss) for _, _, loss in arms]
+    return [(i, j, grid.config(*arms[i], s, p)) for i in range(len(arms)) if len(cands[i]) > 1
+            for j, p in enumerate(cands[i]) for s in grid.tune_seeds]
 
 
 def _check_tuning_complete(tried: list[RunOutcome], out: Path) -> None:

@@ -9,7 +9,8 @@ of the grid on this machine: the real model and optimizer, a batch of the data s
 a few timed steps after two untimed ones. An epoch is its steps plus one pass of validation;
 a run is at most its `--epochs` epochs (early stopping usually ends it sooner, so the estimate
 is an upper bound). Memory: each job holds its model, optimizer state and activations (the
-calibration's growth in this process) over a base of what a job's Python and torch take; the
+calibration's growth in this process) over a base of what a process with torch and the engine
+imported takes (this one's, measured); the
 training and validation splits are mapped from the column cache, one copy shared by the jobs
 on one machine (data.md).
 """
@@ -23,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BASE_JOB_BYTES = 0.4e9  # a training process before its data and model (Python, torch)
 _WARMUP, _TIMED = 2, 6
 
 
@@ -58,6 +58,9 @@ class Plan:
     data_bytes: float = 0.0  # the grid's training and validation splits, mapped once
     available: float = 0.0  # this machine's available memory (0: unknown)
     local: bool = True
+    # what a job holds before its model and data: this process's memory with torch and the
+    # engine imported, measured when the first model was calibrated
+    base_bytes: float = 0.0
 
     @property
     def run_s(self) -> float:
@@ -66,11 +69,11 @@ class Plan:
 
     @property
     def wall_s(self) -> float:
-        return self.run_s / max(1, min(self.jobs, self.to_train or 1))
+        return self.run_s / max(1, min(self.jobs, self.to_train))
 
     @property
     def job_bytes(self) -> float:
-        return BASE_JOB_BYTES + max((g.job_bytes for g in self.groups), default=0.0)
+        return self.base_bytes + max((g.job_bytes for g in self.groups), default=0.0)
 
     @property
     def total_bytes(self) -> float:
@@ -93,11 +96,11 @@ class Plan:
                 f"  {g.dataset} / {g.model} ({g.preset}, {g.precision}, batch {g.batch_size}): "
                 f"{g.step_s * 1e3:.1f} ms a step, {g.steps_per_epoch:,} steps an epoch -> "
                 f"{_duration(g.epoch_s)} an epoch; {g.runs} runs x up to {g.epochs} epochs")
-        if self.to_train:
-            at_once = min(self.jobs, self.to_train)
-            out.append(f"time: at most {_duration(self.wall_s)} with {at_once}"
-                       " at a time (every run to its --epochs; early stopping usually ends them "
-                       "sooner)")
+        if not self.to_train:
+            return out + ["nothing to train: every run of the grid is reused"]
+        at_once = min(self.jobs, self.to_train)
+        out.append(f"time: at most {_duration(self.wall_s)} with {at_once} at a time (every run "
+                   "to its --epochs; early stopping usually ends them sooner)")
         where = (f" of {self.available / 1e9:.1f} GB available" if self.available and self.local
                  else "")
         out.append(f"memory: {self.job_bytes / 1e9:.2f} GB a job + {self.data_bytes / 1e9:.2f} GB "
@@ -119,37 +122,36 @@ class Plan:
 def make_plan(cc, data_dir: Path, out: Path, *, progress: bool = False) -> Plan:
     """The plan of compare `cc` (see the module doc); reads the data sets' manifests (a
     generated one is generated first, as compare does) but trains nothing."""
-    from prlbench.experiment.compare import lookup, prepare_data
+    from prlbench.experiment.compare import lookup, prepare_data, tuning_runs
     from prlbench.experiment.executors import make_executor
     from prlbench.store import Outcome
 
     grid = cc.grid
     grid.check()
     manifests = prepare_data(grid, data_dir, progress=progress, generate=True)
-    arms = grid.arms()
-    cfgs = [grid.config(*a, s, p) for a in arms for p in grid.candidates(a[2])
-            for s in grid.tune_seeds if len(grid.candidates(a[2])) > 1]
-    cfgs += [grid.config(*a, s, grid.candidates(a[2])[0]) for a in arms for s in grid.seeds]
+    # the table's runs with each arm's first candidate: the one chosen costs the same
+    cfgs = [c for *_, c in tuning_runs(grid)]
+    cfgs += [grid.config(*a, s, grid.candidates(a[2])[0]) for a in grid.arms()
+             for s in grid.seeds]
     todo = [c for c in cfgs if lookup(c, data_dir, out).status != Outcome.REUSED]
     executor = make_executor(cc.executor, jobs=cc.jobs, ray_address=None, threads=cc.threads) \
         if cc.executor == "local" else None
     jobs = getattr(executor, "jobs", cc.jobs or 1)
     threads = getattr(executor, "threads", cc.threads or 1)
-    groups: dict[tuple, Group] = {}
+    groups: dict[tuple, tuple[Group, object]] = {}  # key -> (its group, its first config)
     for c in todo:
         key = (c.data.dataset, c.model.name, c.model.preset, c.train.precision,
                c.train.batch_size)
-        g = groups.setdefault(key, Group(*key))
+        g, _ = groups.setdefault(key, (Group(*key), c))
         g.runs += 1
         g.epochs = max(g.epochs, c.train.epochs)
-    for key, g in groups.items():
-        cfg = next(c for c in todo if (c.data.dataset, c.model.name, c.model.preset,
-                                       c.train.precision, c.train.batch_size) == key)
-        _calibrate(g, cfg, manifests[g.dataset], threads)
+    base = 0.0
+    for g, cfg in groups.values():
+        base = max(base, _calibrate(g, cfg, manifests[g.dataset], threads))
     data = sum(_data_bytes(manifests[d]) for d in dict.fromkeys(c.data.dataset for c in todo))
     return Plan(to_train=len(todo), reused=len(cfgs) - len(todo), jobs=jobs, threads=threads,
-                groups=list(groups.values()), data_bytes=data, available=_available(),
-                local=cc.executor == "local")
+                groups=[g for g, _ in groups.values()], data_bytes=data,
+                available=_available(), local=cc.executor == "local", base_bytes=base)
 
 
 def _data_bytes(manifest) -> float:
@@ -159,8 +161,10 @@ def _data_bytes(manifest) -> float:
     return per_row * sum(manifest["splits"][s]["rows"] for s in ("train", "val"))
 
 
-def _calibrate(g: Group, cfg, manifest, threads: int) -> None:
-    """Time `cfg`'s training step on a batch of the data set's shape, on this machine."""
+def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
+    """Time `cfg`'s training step on a batch of the data set's shape, on this machine, into
+    `g`; returns this process's memory before the model was built (torch and prlbench's
+    engine imported: what a job holds before its model and data)."""
     import torch
 
     from prlbench.engine.evaluate import autocast
@@ -209,6 +213,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> None:
     g.steps_per_epoch = math.ceil(splits["train"]["rows"] / g.batch_size)
     g.val_s = forward_s * splits["val"]["rows"] / g.batch_size
     g.job_bytes = max(0.0, _peak() - before)
+    return before
 
 
 def _rss(reset: bool = False) -> float:
