@@ -98,11 +98,13 @@ def ci_kind(summary: Summary, metrics: tuple[str, ...] | None = None) -> str:
     return "two-level" if kinds == {"two-level"} else "seeds" if kinds <= {"seeds"} else "mixed"
 
 
-def ci_name(summary: Summary) -> str:
-    """The CI the Δs show, in a few words, for plots."""
-    return {"two-level": "two-level bootstrap CI (seeds and test rows)",
+def ci_name(summary: Summary, metrics: tuple[str, ...] | None = None) -> str:
+    """The CI the Δs show (of `metrics`, default all), in a few words, for plots and the
+    short captions."""
+    return {"two-level": "two-level CI (seeds and test set)",
             "seeds": "bootstrap CI over seeds",
-            "mixed": "bootstrap CI (two-level or over seeds: cells.csv)"}[ci_kind(summary)]
+            "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}[
+        ci_kind(summary, metrics)]
 
 
 def _cvr_logloss_text(summary: Summary) -> str:
@@ -411,11 +413,7 @@ def _short_parts(summary: Summary, metrics: tuple[str, ...], kind: str):
 
 def _short_ci(summary: Summary, metrics: tuple[str, ...]) -> str:
     """"95 % two-level CI (seeds and test set)": the Δs' CI in a few words."""
-    conf = f"{(1 - summary.alpha) * 100:g} %"
-    return conf + " " + {"two-level": "two-level CI (seeds and test set)",
-                         "seeds": "bootstrap CI over seeds",
-                         "mixed": f"CI (two-level or over seeds, {_cells(summary)})"}[
-        ci_kind(summary, metrics)]
+    return f"{(1 - summary.alpha) * 100:g} % {ci_name(summary, metrics)}"
 
 
 def _seeds_short(summary: Summary, c) -> str:
