@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from prlbench.errors import PrlbenchError
 from prlbench.metrics import METRICS, display_name
 from prlbench.report import caption as cp
 from prlbench.report.analysis import Summary
@@ -232,7 +233,7 @@ def _data(summary: Summary) -> str:
         name = cp.dataset_name(ds)
         try:
             base = variants.base_name(ds)
-        except Exception:  # a name this prlbench does not know: as it is
+        except PrlbenchError:  # a name this prlbench does not know: as it is
             base = ds
         ref = next((r for prefix, r in DATASET_REFS.items() if base.startswith(prefix)), None)
         about = [_test_size(summary, ds)]
@@ -269,7 +270,10 @@ def _models(summary: Summary, protocol: dict) -> str:
 
     model_cfg = (protocol.get("base") or {}).get("model") or {}
     datasets = list(dict.fromkeys(summary.runs["dataset"]))
-    presets = {model_cfg.get("preset") or default_preset(d) for d in datasets}
+    try:
+        presets = {model_cfg.get("preset") or default_preset(d) for d in datasets}
+    except PrlbenchError:  # a data set this prlbench does not know: its preset unknown too
+        presets = set()
     items = []
     for m in dict.fromkeys(summary.runs["model"]):
         ref = MODEL_REFS.get(m)
@@ -283,9 +287,9 @@ def _models(summary: Summary, protocol: dict) -> str:
                                          model_cfg.get("overrides") or {})
             shown = "; ".join(f"{k} {_hp(v)}" for k, v in hp.items())
             text += f" ({cp.model_name(summary.runs['model'].iloc[0])}: {shown})"
-        except Exception:  # an unknown model in old runs: the preset's name is enough
+        except PrlbenchError:  # an unknown model in old runs: the preset's name is enough
             pass
-    else:
+    elif presets:
         text += f" at each data set's default preset ({', '.join(sorted(presets))})"
     text += ("; every model outputs the click probability (CTR), the click-and-conversion "
              "probability (CTCVR) and the conversion probability of a click (CVR).")
