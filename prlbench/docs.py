@@ -124,8 +124,7 @@ def results_format_markdown() -> str:
             lines.append(f"| `{name}` | {better} | {m.description} |")
     lines += ["", f"## {F.PREDICTIONS}", "", "One row per test row, in the test split's "
               "order (so two runs on one data set are paired row by row):", "",
-              "| column | type | content |", "| --- | --- | --- |"]
-    lines += [f"| `{c}` | {t} | {d} |" for c, t, d in _PREDICTION_COLUMNS]
+              *_columns_table(_PREDICTION_COLUMNS)]
     lines += _csv_sections()
     return "\n".join(lines).rstrip() + "\n"
 
@@ -153,10 +152,14 @@ def _csv_sections() -> list[str]:
     lines = []
     for name, columns in CSV_FILES.items():
         lines += ["", f"## tables/{name}", "", _CSV_INTRO[name] + " Floats are written at full "
-                  "precision (Python's repr).", "", "| column | type | content |",
-                  "| --- | --- | --- |"]
-        lines += [f"| `{c}` | {t} | {_cell(d)} |" for c, t, d in columns]
+                  "precision (Python's repr).", "", *_columns_table(columns)]
     return lines
+
+
+def _columns_table(columns) -> list[str]:
+    """(name, type, meaning) triples as a Markdown table: a Parquet or CSV file's columns."""
+    return ["| column | type | content |", "| --- | --- | --- |"] + [
+        f"| `{c}` | {t} | {_cell(d)} |" for c, t, d in columns]
 
 
 _LAYOUT = (
