@@ -98,11 +98,11 @@ def train_seeds(cfg, seeds, *, data_dir, out, pack: bool | None = None, resume: 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice: {', '.join(map(str, seeds))}")
     cfg = replace(cfg, data=replace(cfg.data, dataset=canonical(cfg.data.dataset)))
-    resolve_device(cfg.train.device)  # no device: an error before any data, lock or folder
     cfgs = [replace(cfg, train=replace(cfg.train, seed=int(s))) for s in seeds]
-    if not pack or len(cfgs) == 1:
+    if not pack or len(cfgs) == 1:  # train() checks the device first
         return [train(c, data_dir=data_dir, out=out, resume=resume, restart=restart,
                       progress=progress) for c in cfgs]
+    resolve_device(cfg.train.device)  # no device: an error before any data, lock or folder
     ensure_generated(data_dir, cfg.data.dataset, progress=progress)
     sha = open_cache(data_dir, cfg.data.dataset, verify=False).data_sha256
     store = Store(out)

@@ -280,11 +280,9 @@ def prepare_data(grid: Grid, data_dir: Path, *, progress: bool, generate: bool) 
 
 
 def _executor(cc: CompareConfig):
+    """The executor `cc` names (the local one's device was checked before any data, in
+    compare(); Ray workers may have GPUs the driver lacks)."""
     gpus = 1.0 if cc.grid.base.train.device.startswith("cuda") else 0.0
-    if cc.executor == "local":  # Ray workers may have GPUs the driver lacks
-        from prlbench.engine.run import resolve_device
-
-        resolve_device(cc.grid.base.train.device)
     return make_executor(cc.executor, jobs=cc.jobs, ray_address=cc.ray_address,
                          threads=cc.threads, gpus=gpus, pack=cc.packed)
 
