@@ -340,7 +340,6 @@ def _wtl_float(table: tm.Table) -> list[str]:
                " & ".join(escape(h) for h in headers) + " \\\\", "\\midrule"]
     tabular += [" & ".join(escape(x) for x in r) + " \\\\" for r in rows]
     tabular += ["\\bottomrule", "\\end{tabular}"]
-    width = sum(max(text_pt(r[j]) for r in [headers] + rows) + 12.0 for j in range(len(headers)))
-    env = "table" if width <= COLUMN_PT else "table*"
-    font = "normalsize" if width <= (COLUMN_PT if env == "table" else TEXT_PT) else "small"
-    return _float(env, font, tm.wtl_caption(table), f"{table.label}-wtl", tabular)
+    fit = _split([None], lambda _, f: sum(max(text_pt(r[j], f.font) for r in [headers] + rows)
+                                          + 12.0 for j in range(len(headers))), DETAIL_FITS)[0][1]
+    return _float(fit.env, fit.font, tm.wtl_caption(table), f"{table.label}-wtl", tabular)
