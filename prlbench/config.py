@@ -90,6 +90,7 @@ class RunConfig:
         parameter added in a later version is left out at its default, the behaviour every
         earlier run had, so those runs keep their ids and are reused."""
         from prlbench.losses import LOSSES, loss_param_specs
+        from prlbench.models import MODELS
 
         d = self.to_dict()
         for key in ("device", "threads", "checkpoint_every_s", "eval_batch_size"):
@@ -101,6 +102,12 @@ class RunConfig:
         for key, default in TRAIN_ADDED_LATER.items():
             if d["train"].get(key) == default:
                 del d["train"][key]
+        # A model whose computation changed since prlbench 0.3 (models.layers.COMPUTATION)
+        # says which it runs: its runs are new runs, never confused with the old ones.
+        computation = (MODELS.get(self.model.name).computation
+                       if self.model.name in MODELS else 1)
+        if computation > 1:
+            d["model"]["computation"] = computation
         return d
 
 

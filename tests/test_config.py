@@ -107,6 +107,17 @@ def test_run_id_is_stable_and_ignores_device_and_threads():
     assert run_id(a, "m").startswith("synthetic-mmoe-bce-s3-")
 
 
+def test_the_models_computation_is_part_of_a_runs_identity(monkeypatch):
+    from prlbench.models import MODELS
+    from prlbench.models.layers import COMPUTATION
+
+    cfg = resolve(None, {"model": {"name": "ple"}})
+    assert cfg.identity()["model"]["computation"] == COMPUTATION > 1
+    before = run_id(cfg, "m")
+    monkeypatch.setattr(MODELS.get("ple"), "computation", 1)  # prlbench 0.3's computation
+    assert "computation" not in cfg.identity()["model"] and run_id(cfg, "m") != before
+
+
 def test_round_trip_through_dict():
     cfg = resolve(None, {"loss": {"name": "pwiser"}, "train": {"seed": 7}})
     assert RunConfig.from_dict(cfg.to_dict()) == cfg

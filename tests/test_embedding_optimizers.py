@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from prlbench.models.layers import COMPUTATION
 from typer.testing import CliRunner
 
 from prlbench.cli import app
@@ -80,6 +82,7 @@ def test_default_is_one_dense_adam_and_keeps_existing_run_ids():
     for key in ("device", "threads", "checkpoint_every_s", "eval_batch_size",
                 "embedding_optimizer"):
         before["train"].pop(key)
+    before["model"]["computation"] = COMPUTATION  # the kernels' version (models.layers)
     assert ident == before
     payload = json.dumps({"config": before, "data": "sha"}, sort_keys=True)
     assert config_hash(cfg, "sha") == hashlib.sha256(payload.encode()).hexdigest()

@@ -265,12 +265,12 @@ def copy_into_bank(bank: ExpertBank, mlps: list[MLP], outs: list[torch.nn.Linear
         for layer in range(len(bank.norms)):
             linears = [m[4 * layer] for m in mlps]
             norms = [m[4 * layer + 1] for m in mlps]
-            bank.weights[layer].copy_(torch.stack([lin.weight.T for lin in linears]))
+            bank.weights[layer].copy_(torch.stack([lin.weight for lin in linears]))
             bank.biases[layer].copy_(torch.stack([lin.bias for lin in linears]))
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 getattr(bank.norms[layer], attr).copy_(torch.cat([getattr(n, attr) for n in norms]))
         if outs:
-            bank.weights[-1].copy_(torch.stack([o.weight.T for o in outs]))
+            bank.weights[-1].copy_(torch.stack([o.weight for o in outs]))
             bank.biases[-1].copy_(torch.stack([o.bias for o in outs]))
 
 
@@ -296,6 +296,44 @@ def test_expert_bank_equals_a_loop_of_mlps(per_expert_input, out_dim):
             h = m(x[:, e] if per_expert_input else x)
             looped.append(outs[e](h) if outs else h)
         torch.testing.assert_close(bank(x), torch.stack(looped, dim=1), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_keeps_units_at_its_rate_and_a_seed_fixes_the_mask():
+    from prlbench.models.layers import dropout
+
+    x = torch.ones(200_000)
+    torch.manual_seed(5)
+    a = dropout(x, 0.2, training=True)
+    torch.manual_seed(5)
+    b = dropout(x, 0.2, training=True)
+    assert torch.equal(a, b)
+    kept = (a > 0).float().mean().item()
+    assert abs(kept - 0.8) < 4 * (0.8 * 0.2 / x.numel()) ** 0.5  # binomial sd
+    assert abs(a.mean().item() - 1.0) < 0.01  # inverted: the expectation is kept
+    assert a.unique().tolist() == pytest.approx([0.0, 65536 / round(0.8 * 65536)])
+    assert torch.equal(dropout(x, 0.2, training=False), x)
+    assert torch.equal(dropout(x, 0.0, training=True), x)
+    g = torch.ones(1000, requires_grad=True)
+    y = dropout(g, 0.5, training=True)
+    y.sum().backward()  # the gradient flows through the kept units only, scaled like them
+    assert torch.equal(g.grad, y.detach()) and g.grad.unique().tolist() == [0.0, 2.0]
+
+
+def test_a_version_1_checkpoint_of_a_bank_loads_into_the_new_layout():
+    torch.manual_seed(0)
+    bank = ExpertBank(10, (8, 6), 3, dropout=0.0, out_dim=2).eval()
+    old = bank.state_dict()
+    for i in range(3):  # version 1 stored [E, in, out]
+        old[f"weights.{i}"] = old[f"weights.{i}"].transpose(1, 2).contiguous()
+    old._metadata[""]["version"] = 1
+    fresh = ExpertBank(10, (8, 6), 3, dropout=0.0, out_dim=2).eval()
+    fresh.load_state_dict(old)
+    x = torch.randn(5, 10)
+    torch.testing.assert_close(fresh(x), bank(x), rtol=0, atol=0)
+    unmarked = dict(old)  # no metadata: read by shape
+    fresh = ExpertBank(10, (8, 6), 3, dropout=0.0, out_dim=2).eval()
+    fresh.load_state_dict(unmarked)
+    torch.testing.assert_close(fresh(x), bank(x), rtol=0, atol=0)
 
 
 def test_create_model_errors_name_the_fix():

@@ -21,6 +21,7 @@ from prlbench.data.loader import TensorData, batches
 from prlbench.engine.evaluate import autocast, predict, validation_score
 from prlbench.engine.optim import make_optimizer
 from prlbench.errors import Interrupted, TrainingError
+from prlbench.machine import reuse_freed_memory
 from prlbench.store import (STATE_FIX, DamagedCheckpoint, Epoch, RunFolder,
                                        RunStatus)
 from prlbench.losses import LOSSES
@@ -67,6 +68,8 @@ class Loop:
         (engine.pack) runs its members' steps in turn. Uses the global RNG (dropout) as it
         finds it; `state` and `checkpoint()` are valid from the first step on."""
         cfg = self.cfg.train
+        if str(self.device).startswith("cpu"):
+            reuse_freed_memory()  # no fresh pages for each step's large tensors
         self.opt = make_optimizer(self.model, cfg)  # Adam; see train.embedding_optimizer
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.state, self.epoch_gen = LoopState(), gen.get_state()

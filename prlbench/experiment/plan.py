@@ -167,6 +167,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
     engine imported: what a job holds before its model and data)."""
     import torch
 
+    from prlbench.machine import reuse_freed_memory
     from prlbench.engine.evaluate import autocast
     from prlbench.engine.optim import make_optimizer
     from prlbench.losses import LOSSES
@@ -174,6 +175,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
 
     cols = manifest["columns"]
     sizes = [manifest["vocab_sizes"][c] for c in cols["categorical"]]
+    reuse_freed_memory()  # as training does (engine.loop)
     before = _rss(reset=True)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))

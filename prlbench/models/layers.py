@@ -15,6 +15,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+# Bumped whenever a change of these blocks changes what a run gives, even in the last bits.
+# 1: prlbench 0.3. 2: ExpertBank stores [E, out, in] and runs per-expert GEMMs (rounds
+# differently), and dropout on a CPU draws its mask from 16-bit integers (`dropout`), so the
+# masks differ from torch's.
+COMPUTATION = 2
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout. On a CPU the keep mask comes from 16-bit random integers: each unit is
+    kept with probability k = round((1 - p) * 65536) / 65536 (within 2^-17 of 1 - p) and scaled
+    by 1 / k, so the expectation is exact. torch's CPU dropout draws a Bernoulli per unit, which
+    takes about three times as long and was a quarter of a paper-preset step (bf16); the
+    draws come from torch's default generator all the same, so a seed fixes them. Elsewhere
+    (CUDA) torch's fused dropout."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    kept = round((1.0 - p) * 65536)
+    noise = torch.randint(-32768, 32768, x.shape, dtype=torch.int16) < kept - 32768
+    return x * noise.to(x.dtype).mul_(65536 / kept)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` (the same module otherwise, and no state)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class MultiTaskModel(nn.Module):
     """Base class: a model returns {"ctr", "ctcvr", ...} logits of shape [B]."""
 
@@ -24,6 +54,9 @@ class MultiTaskModel(nn.Module):
     guarantees_ctcvr_le_ctr: bool = False
     # Output logit -> the Tower that produces it (dotted submodule path), for init_output_bias.
     output_towers: dict = {}
+    # What the model's runs compute, beyond their configuration (COMPUTATION): part of every
+    # run's identity, so a kernel change that moves results makes new runs, not confused ones.
+    computation: int = COMPUTATION
 
     def init_output_bias(self, rates: dict) -> list:
         """Start each head at the logit of its base rate instead of at p = 0.5 ("init well").
@@ -90,7 +123,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         for width in dims:
             layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU(),
-                       nn.Dropout(dropout)]
+                       Dropout(dropout)]
             in_dim = width
         super().__init__(*layers)
         self.output_dim = in_dim
@@ -125,14 +158,23 @@ class Gate(nn.Module):
 
 
 class ExpertBank(nn.Module):
-    """E MLPs with the same shape, computed together: one batched matmul per layer.
+    """E MLPs with the same shape: [B, in] (all experts read the same input) or [B, E, in] (one
+    input per expert, PLE's upper levels) -> [B, E, dims[-1]] (or [B, E, out_dim]).
 
-    Weights are stacked as [E, in, out]; the BatchNorm of all experts is one BatchNorm1d(E * out)
-    on the [B, E * out] view, which has per-(expert, unit) statistics exactly like E separate
-    BatchNorm1d(out). With `out_dim`, a plain batched Linear(., out_dim) ends each expert (used for
-    MetaHeac's critics). Input [B, in] (all experts see the same input) or [B, E, in] (one input
-    per expert, PLE's upper levels) -> [B, E, dims[-1]] (or [B, E, out_dim]).
+    Each layer's weights are stored as E Linear weights stacked, [E, out, in], the layout the
+    kernels take without a copy: a shared input goes through one GEMM against all E experts'
+    weights at once ([B, in] x [in, E * out]); per-expert inputs through one GEMM per expert,
+    as the peers' separate Linear layers do (a batched matmul would first copy the inputs to
+    [E, B, in]). The BatchNorm of all experts is one BatchNorm1d(E * out) on the [B, E * out]
+    activations, which has per-(expert, unit) statistics exactly like E separate
+    BatchNorm1d(out), and dropout draws one mask for the whole [B, E * out] block. With
+    `out_dim`, a plain Linear(., out_dim) ends each expert (MetaHeac's critics).
+
+    Version 1 of this module (prlbench 0.3) stored the weights as [E, in, out]; its
+    checkpoints still load (see `_load_from_state_dict`).
     """
+
+    _version = 2
 
     def __init__(
         self, in_dim: int, dims: Sequence[int], num_experts: int, dropout: float,
@@ -144,32 +186,53 @@ class ExpertBank(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+            # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias,
+            # drawn in version 1's [E, in, out] order so that a seed starts from the same values.
             bound = 1.0 / math.sqrt(fan_in)
             weight = torch.empty(num_experts, fan_in, fan_out).uniform_(-bound, bound)
-            self.weights.append(nn.Parameter(weight))  # [E, in, out]
+            self.weights.append(nn.Parameter(weight.transpose(1, 2).contiguous()))  # [E, out, in]
             self.biases.append(nn.Parameter(
                 torch.empty(num_experts, fan_out).uniform_(-bound, bound)))
         self.norms = nn.ModuleList(nn.BatchNorm1d(num_experts * w) for w in dims)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output_dim = widths[-1]
 
-    def _linear(self, x: Tensor, i: int) -> Tensor:
-        weight, bias = self.weights[i], self.biases[i]  # [E, in, out], [E, out]
-        if x.dim() == 2:  # shared input: one GEMM [B, in] @ [in, E * out]
-            E, fan_in, fan_out = weight.shape
-            h = x @ weight.permute(1, 0, 2).reshape(fan_in, E * fan_out)
-            return h.view(-1, E, fan_out) + bias  # [B, E, out]
-        return torch.einsum("bei,eio->beo", x, weight) + bias  # [B, E, out]
+    def _linear(self, x: Tensor | tuple[Tensor, ...], i: int) -> Tensor:
+        """x: the shared input [B, in], or E per-expert inputs [B, in] -> [B, E * out]."""
+        weight, bias = self.weights[i], self.biases[i]  # [E, out, in], [E, out]
+        if isinstance(x, Tensor):  # shared input: one GEMM
+            return F.linear(x, weight.flatten(0, 1), bias.flatten())
+        # unbind, not weight[e]: its backward stacks the E gradients once, where indexing
+        # would write each expert's gradient into a zeroed copy of the whole weight.
+        return torch.cat([F.linear(xe, w, b) for xe, w, b in
+                          zip(x, weight.unbind(0), bias.unbind(0))], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        E = self.num_experts
+        inputs: Tensor | tuple[Tensor, ...] = x if x.dim() == 2 else x.unbind(1)
         for i, norm in enumerate(self.norms):
-            h = self._linear(x, i)  # [B, E, w]
-            h = norm(h.reshape(h.shape[0], -1)).view_as(h)
-            x = self.dropout(F.relu(h))
+            h = self.dropout(F.relu(norm(self._linear(inputs, i))))  # [B, E * w]
+            x = h.view(h.shape[0], E, -1)  # [B, E, w]
+            inputs = x.unbind(1)
         if len(self.weights) > len(self.norms):  # the plain output layer
-            x = self._linear(x, len(self.norms))
+            h = self._linear(inputs, len(self.norms))
+            x = h.view(h.shape[0], E, -1)
         return x
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Version 1 stored weights as [E, in, out]: transposed to [E, out, in] on load. A
+        state dict without metadata is read by shape (a square layer reads as version 2)."""
+        version = local_metadata.get("version")
+        for i, param in enumerate(self.weights):
+            key = f"{prefix}weights.{i}"
+            value = state_dict.get(key)
+            if value is None or value.dim() != 3:
+                continue
+            old = version is not None and version < 2
+            if old or (version is None and value.shape != param.shape
+                       and value.shape == param.shape[:1] + param.shape[2:0:-1]):
+                state_dict[key] = value.transpose(1, 2)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
 def log1mexp(x: Tensor) -> Tensor:
