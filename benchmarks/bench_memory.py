@@ -4,6 +4,13 @@ two jobs on one cache use together (summed PSS: shared pages counted once betwee
     python benchmarks/bench_memory.py                 # a 2 M-row synthetic cache (a few minutes)
     python benchmarks/bench_memory.py --rows 500000   # quicker
     python benchmarks/bench_memory.py --keep DIR      # keep the cache in DIR for a rerun
+    python benchmarks/bench_memory.py --es --keep DIR # AliExpress-ES-sized: 31.7 M rows, compare
+
+`--es` generates a synthetic cache the size of AliExpress ES (25.36 M training rows and 6.34 M
+test rows: 31.7 M in all, ES has 22.3 M + 9.4 M) and runs a compare of two jobs on it (MMoE
+small, BCE and PWiseR, seed 1, `--max-steps` steps each, then validation, test scoring and the
+report), printing the peak of the process tree's summed PSS and of the machine's used memory
+(MemTotal - MemAvailable); the target: within a 24 GB machine. It needs about 20 GB of disk.
 
 Each figure is one run on this machine: `train --epochs 1 --preset small` with one torch thread,
 peak RSS from the kernel (`/proc/<pid>/status` VmHWM) and the summed PSS of the two concurrent
@@ -16,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from prlbench.machine import cpu_model
 
 
 def _kb(pid: int, path: str, key: str) -> int:
@@ -56,12 +65,96 @@ def _watch(procs: list[subprocess.Popen]) -> tuple[list[int], int, float]:
     return hwm, pss_peak, time.perf_counter() - t0
 
 
+def _tree(root: int) -> list[int]:
+    """`root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _meminfo_kb(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def _used_kb() -> int:
+    return _meminfo_kb("MemTotal:") - _meminfo_kb("MemAvailable:")
+
+
+def _watch_tree(cmd: list[str]) -> tuple[int, int, float]:
+    """Run `cmd`; returns the peak of its process tree's summed PSS (kB), the peak of the
+    machine's used memory (kB) and the wall time; sampled every 0.2 s."""
+    t0, pss_peak, used_peak = time.perf_counter(), 0, 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        pss_peak = max(pss_peak, sum(_kb(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
+        used_peak = max(used_peak, _used_kb())
+        time.sleep(0.2)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[2:4])} failed: {proc.stderr.read()[-3000:]}")
+    return pss_peak, used_peak, time.perf_counter() - t0
+
+
+def es_sized(root: Path, rows: int, steps: int) -> None:
+    """Generate an ES-sized synthetic cache (unless `root` has one) and run a compare of two
+    jobs on it; print what both took."""
+    data = root / "es-data"
+    prlbench = [sys.executable, "-m", "prlbench"]
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; "
+          f"machine memory {_meminfo_kb('MemTotal:') / 1e6:.1f} GB; idle: "
+          f"{_used_kb() / 1e6:.2f} GB used", flush=True)
+    if not (data / "synthetic" / "manifest.json").exists():
+        pss, used, wall = _watch_tree([*prlbench, "preprocess", "synthetic", "--rows", str(rows),
+                                       "--data-dir", str(data), "-q"])
+        print(f"generated {rows:,} training + {rows // 4:,} test rows in {wall / 60:.1f} min: "
+              f"peak PSS {pss / 1e6:.2f} GB, machine used at most {used / 1e6:.2f} GB",
+              flush=True)
+    manifest = json.loads((data / "synthetic" / "manifest.json").read_text())
+    split_rows = {k: v["rows"] for k, v in manifest["splits"].items()}
+    disk = sum(f.stat().st_size for f in (data / "synthetic").rglob("*") if f.is_file())
+    print(f"cache: {sum(split_rows.values()):,} rows ({split_rows}), {disk / 1e9:.1f} GB on disk")
+    out = Path(tempfile.mkdtemp(prefix="prlbench-mem-es-", dir=root))
+    cmd = [*prlbench, "compare", "--datasets", "synthetic", "--models", "mmoe", "--preset",
+           "small", "--losses", "bce,pwiser", "--seeds", "1", "--epochs", "1", "--max-steps",
+           str(steps), "--jobs", "2", "--threads", "1", "--data-dir", str(data), "--out",
+           str(out), "-q"]
+    pss, used, wall = _watch_tree(cmd)
+    columns = sum(f.stat().st_size for f in (data / "synthetic" / "columns").glob("*.npy"))
+    print(f"compare of two jobs, {steps} steps each (then validation on {split_rows['val']:,} "
+          f"rows, test scoring on {split_rows['test']:,}, the report): {wall / 60:.1f} min; "
+          f"peak summed PSS of its processes {pss / 1e6:.2f} GB, machine used at most "
+          f"{used / 1e6:.2f} GB (target: within 24 GB); column cache {columns / 1e9:.1f} GB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=2_000_000, help="training rows to generate")
     ap.add_argument("--keep", type=Path, help="keep (or reuse) the cache in this folder")
+    ap.add_argument("--es", action="store_true",
+                    help="the AliExpress-ES-sized cache and a compare of two jobs on it")
+    ap.add_argument("--es-rows", type=int, default=25_360_000,
+                    help="--es: training rows (test: a quarter more)")
+    ap.add_argument("--steps", type=int, default=300, help="--es: optimizer steps per run")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="prlbench-mem-"))
+    if args.es:
+        try:
+            return es_sized(root, args.es_rows, args.steps)
+        finally:
+            if not args.keep:  # about 20 GB
+                shutil.rmtree(root, ignore_errors=True)
     data = root / "data"
     if not (data / "synthetic" / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "prlbench", "preprocess", "synthetic", "--rows",
@@ -72,7 +165,7 @@ def main() -> None:
     runs = Path(tempfile.mkdtemp(prefix="prlbench-mem-runs-"))  # fresh: never a reused run
     one, _, t_one = _watch([_train(data, runs / "one", 1)])
     two, pss, t_two = _watch([_train(data, runs / "two", s) for s in (2, 3)])
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; "
           f"{rows:,} rows over the three splits")
     per_row = (one[0] * 1024 - 0.4e9) / rows
     print(f"one job: peak RSS {one[0] / 1e6:.2f} GB ({one[0] * 1024 / rows:,.0f} bytes per row; "

@@ -15,6 +15,12 @@ and BCELoss), measured in the same run: prlbench fp32, bf16 and packed seeds / t
     python benchmarks/bench_train.py --device cuda --models mmoe,ple --precision bf16
     python benchmarks/bench_train.py --profile ple:paper:fp32   # top ops of a few steps
     python benchmarks/bench_train.py --skip throughput,baseline,experts,auc   # the peer only
+    python benchmarks/bench_train.py --skip throughput,baseline,experts,auc,peer,pack  # kernels
+
+The kernels section times each mixture model (OMoE, MMoE, PLE, MetaHeac) against the same
+network written the peers' way (each expert its own Linear / BatchNorm1d / ReLU / torch Dropout
+stack, run one by one and stacked; MMoE also as MTReclib writes it, `PeerMMoE`), step for step
+in turn on one batch (forward, loss, backward, Adam), at each preset and precision.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from prlbench.engine.run import train_run
 from prlbench.store import RunFolder
 from prlbench.losses import LOSSES
 from prlbench.models import MODELS, create_model
-from prlbench.models.layers import MLP, ExpertBank
+from prlbench.machine import reuse_freed_memory
+from prlbench.models.layers import MLP, Dropout, ExpertBank
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--auc-epochs", type=int, default=2)
     p.add_argument("--auc-seeds", type=int, default=2)
     p.add_argument("--skip", default="",
-                   help="any of: throughput,baseline,experts,auc,peer,pack")
+                   help="any of: throughput,baseline,experts,auc,peer,pack,kernels")
+    p.add_argument("--kernel-models", default="omoe,mmoe,ple,metaheac",
+                   help="kernels section: the mixture models timed against their peer form")
     p.add_argument("--with-packed", action="store_true",
                    help="throughput: also every model with --pack-members seeds packed")
     p.add_argument("--pack-members", type=int, default=8,
@@ -89,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.paper_steps = args.paper_steps or max(3, args.steps // 6)
     args.threads = args.threads or len(os.sched_getaffinity(0))
     args.models = MODELS.names() if args.models == "all" else args.models.split(",")
-    for key in ("presets", "precision", "baseline_models", "skip"):
+    for key in ("presets", "precision", "baseline_models", "skip", "kernel_models"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     if any(v not in ("fp32", "bf16") for v in args.precision):
         p.error(f"--precision: expected fp32, bf16 or fp32,bf16, got {','.join(args.precision)}")
@@ -415,6 +424,86 @@ def peer(args, manifest, train: TensorData) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ kernels: mixtures, peer form
+class PeerBank(torch.nn.Module):
+    """An ExpertBank written the peers' way: one PeerMLP per expert (and a Linear(., 1) where
+    the bank ends in one, MetaHeac's critics), run one by one, outputs stacked [B, E, w]."""
+
+    def __init__(self, bank: ExpertBank) -> None:
+        super().__init__()
+        shapes = [tuple(w.shape) for w in bank.weights]  # [E, out, in] each
+        dims = [out for _, out, _ in shapes[:len(bank.norms)]]
+        ends = len(shapes) > len(bank.norms)
+        assert not ends or shapes[-1][1] == 1, "PeerMLP's output layer is Linear(., 1)"
+        self.experts = torch.nn.ModuleList(
+            PeerMLP(shapes[0][2], dims, bank.dropout.p, output_layer=ends)
+            for _ in range(bank.num_experts))
+
+    def forward(self, x):
+        return torch.stack([expert(x if x.dim() == 2 else x[:, e])
+                            for e, expert in enumerate(self.experts)], dim=1)
+
+
+def peer_form(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` written the peers' way: each ExpertBank a PeerBank, each dropout
+    torch's nn.Dropout; everything else (embedding, gates, towers, loss) the same."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for module in list(twin.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, ExpertBank):
+                setattr(module, name, PeerBank(child))
+            elif isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return twin
+
+
+def interleaved(steps: dict, batch, warmup: int, reps: int) -> dict:
+    """samples/s of each step function from the median of `reps` timed steps, the functions
+    taking turns step by step on the same batch (so drifts of the machine hit all alike)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step(*batch)
+    times = {key: [] for key in steps}
+    for _ in range(reps):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step(*batch)
+            times[key].append(time.perf_counter() - t0)
+    return {key: len(batch[2]) / statistics.median(t) for key, t in times.items()}
+
+
+def kernels(args, manifest, train: TensorData, peaks: dict) -> list[dict]:
+    """Each mixture model x preset x precision: prlbench's model and its peer form (and, for
+    MMoE, MTReclib's structure), interleaved; the % of the matmul peak of prlbench's step."""
+    from prlbench.models.factory import MODEL_PRESETS
+
+    cols = manifest["columns"]
+    vocab = [manifest["vocab_sizes"][c] for c in cols["categorical"]]
+    batch = next(full_batches(train, args.batch_size))
+    rows = []
+    for name, preset, precision in itertools.product(args.kernel_models, args.presets,
+                                                     args.precision):
+        reps = args.paper_steps if preset == "paper" else args.steps
+        model = build(name, preset, manifest, args.device)
+        flops = flops_per_step(model, args.loss, batch, args.device)
+        steps = {"prlbench": make_step(model, args.loss, args.device, precision),
+                 "peer form": make_step(peer_form(model), args.loss, args.device, precision)}
+        if name == "mmoe":
+            torch.manual_seed(0)
+            mtreclib = PeerMMoE(vocab, len(cols["numerical"]), **MODEL_PRESETS[preset])
+            steps["MTReclib MMoE"] = peer_step(mtreclib.to(args.device), args.device, precision)
+        rates = interleaved(steps, batch, args.warmup, reps)
+        pct = 100 * rates["prlbench"] * flops / args.batch_size / 1e9 / peaks[precision]
+        rows.append(dict(model=name, preset=preset, precision=precision, pct=pct, **rates))
+        print(f"  {name} {preset} {precision}: " + ", ".join(
+            f"{k} {v:,.0f}" for k, v in rates.items()) + f" samples/s; prlbench / peer form "
+            f"x{rates['prlbench'] / rates['peer form']:.2f}, {pct:.0f} % of the {precision} "
+            f"matmul peak (load {load()})", flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------ packed vs solo by batch size
 def pack_by_batch(args, manifest, train: TensorData) -> list[dict]:
     """mmoe small, fp32: --pack-members seeds one after another (each its own model and Adam)
@@ -569,7 +658,21 @@ def md_table(title: str, header: list[str], body: list[list[str]], left: int = 1
         print("| " + " | ".join(cells) + " |")
 
 
-def report(args, peaks: dict, rows, base, experts, auc, peers, epochs, packs) -> None:
+def report(args, peaks: dict, rows, base, experts, auc, peers, epochs, packs, kerns) -> None:
+    if kerns:
+        md_table(f"Each mixture model / the same network written the peers' way, step for step "
+                 f"in turn on one batch ({args.device}, {args.threads} threads, batch "
+                 f"{args.batch_size}, loss {args.loss})",
+                 ["model", "preset", "precision", "prlbench samples/s", "peer form samples/s",
+                  "prlbench / peer form", "MTReclib MMoE samples/s", "% of matmul peak"],
+                 [[r["model"], r["preset"], r["precision"], f"{r['prlbench']:,.0f}",
+                   f"{r['peer form']:,.0f}", f"{r['prlbench'] / r['peer form']:.2f}x",
+                   f"{r['MTReclib MMoE']:,.0f}" if "MTReclib MMoE" in r else "",
+                   f"{r['pct']:.0f} %"] for r in kerns], left=3)
+        print("\npeer form: each expert its own Linear / BatchNorm1d / ReLU / torch Dropout, one "
+              "by one, stacked; the rest of the model is prlbench's. Target: every ratio >= 1.00x,"
+              " and the paper-preset MMoE bf16 step >= 45 % of the bf16 matmul peak on a CPU "
+              "with native bf16.")
     if packs:
         md_table(f"Packed vs solo by batch size: mmoe small, fp32, {packs[0]['members']} seeds "
                  f"({args.device}, {args.threads} threads)",
@@ -648,7 +751,10 @@ def _auc_cells(r: dict, key: str) -> list[str]:
 
 
 def run_sections(args, data_dir: Path, tmp: Path, manifest: dict, train: TensorData, peaks):
-    rows = base = experts = auc = peers = epochs = packs = []
+    rows = base = experts = auc = peers = epochs = packs = kerns = []
+    if "kernels" not in args.skip:
+        print("each mixture model and its peer form, interleaved:")
+        kerns = kernels(args, manifest, train, peaks)
     if "pack" not in args.skip:
         print("packed vs solo by batch size:")
         packs = pack_by_batch(args, manifest, train)
@@ -671,12 +777,13 @@ def run_sections(args, data_dir: Path, tmp: Path, manifest: dict, train: TensorD
     if "auc" not in args.skip:
         print("bf16 vs fp32 test AUC (train_run):")
         auc = bf16_auc(args, data_dir, tmp / "out")
-    return rows, base, experts, auc, peers, epochs, packs
+    return rows, base, experts, auc, peers, epochs, packs, kerns
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as the engine does when it trains on a CPU
     machine_facts(args)
     tmp = Path(tempfile.mkdtemp(prefix="prlbench-bench-train-"))
     try:

@@ -63,6 +63,9 @@ Preset = Annotated[Optional[str], typer.Option(
     help="Model sizes: paper or small (default: paper on the paper's data sets, small on "
     "synthetic and kuairand_pure).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 10).")]
+MaxSteps = Annotated[Optional[int], typer.Option(
+    help="Stop each run after this many optimizer steps, the epoch under way ending there "
+    "(default 0: no limit); for smoke runs on large data.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size (default 2048).")]
 Patience = Annotated[Optional[int], typer.Option(
     help="Early-stopping patience in epochs (default 2).")]
@@ -294,7 +297,8 @@ def train(
     seeds: TrainSeeds = None, pack: TrainPack = None,
     lam: Lambda = None, m1: M1 = None, m2: M2 = None, phi: Phi = None, score: Score = None,
     head: Head = None, norm: Norm = None, temperature: Temperature = None, alpha: Alpha = None,
-    preset: Preset = None, epochs: Epochs = None, batch_size: BatchSize = None,
+    preset: Preset = None, epochs: Epochs = None, max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 1e-3).")
                   ] = None,
     patience: Patience = None, device: Device = None, precision: Precision = None,
@@ -334,7 +338,8 @@ def train(
         "loss": {"name": loss, "params": {k: v for k, v in params.items() if v is not None}},
         "train": {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "patience": patience, "device": device, "precision": precision,
-                  "threads": threads, "embedding_optimizer": embedding_optimizer}})
+                  "threads": threads, "embedding_optimizer": embedding_optimizer,
+                  "max_steps": max_steps}})
     _warn_slow_bf16(cfg.train.device, cfg.train.precision)
     if seeds is not None:
         return _train_seeds(cfg, seed, seeds, pack=pack, data_dir=data_dir, out=out,
@@ -531,7 +536,7 @@ def compare(
     lr: LrList = None, weight_decay: WeightDecayList = None, tune_seeds: TuneSeeds = None,
     noise_rate: NoiseRates = None, click_rate: ClickRates = None,
     conversion_rate: ConversionRates = None, rows: RowCounts = None,
-    preset: Preset = None, epochs: Epochs = None,
+    preset: Preset = None, epochs: Epochs = None, max_steps: MaxSteps = None,
     batch_size: BatchSize = None, patience: Patience = None, precision: Precision = None,
     embedding_optimizer: EmbeddingOptimizer = None,
     device: Device = None, executor: Executor = "local", jobs: Jobs = None,

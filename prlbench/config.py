@@ -65,6 +65,9 @@ class TrainConfig:
     # what every published table used), sparse_adam or rowwise_adagrad (rows in the batch only).
     # Added later: left out of the run id at its default, so earlier runs keep their ids.
     embedding_optimizer: str = "adam"
+    # Stop after this many optimizer steps in all (0: no limit), the epoch under way ending
+    # there (validated, best.pt kept): smoke runs and benchmarks on large data. Added later.
+    max_steps: int = 0
     # Neither changes the numbers on CPU, so neither is part of the run id.
     device: str = "cpu"
     threads: int | None = None
@@ -116,7 +119,7 @@ PRECISIONS = ("fp32", "bf16")
 EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
 # train settings added in a later version -> their default, the behaviour every earlier run
 # had: left out of identity() at that default, so the ids of existing runs do not change.
-TRAIN_ADDED_LATER = {"embedding_optimizer": "adam"}
+TRAIN_ADDED_LATER = {"embedding_optimizer": "adam", "max_steps": 0}
 
 
 def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
@@ -326,6 +329,8 @@ def validate(cfg: RunConfig) -> None:
                                  f"{shown(t.seed, 30)}"),
         (t.epochs >= 1, f"{_key('epochs')} must be >= 1, got {t.epochs}"),
         (t.batch_size >= 2, f"{_key('batch_size')} must be >= 2, got {t.batch_size}"),
+        (t.max_steps >= 0, f"{_key('max_steps')} must be >= 0 (0: no limit), got "
+                           f"{t.max_steps}"),
         (t.lr > 0 and finite["lr"], f"{_key('lr')} must be a finite number > 0, got {t.lr}"),
         (t.weight_decay >= 0 and finite["weight_decay"],
          f"{_key('weight_decay')} must be a finite number >= 0, got {t.weight_decay}"),
@@ -358,7 +363,7 @@ def validate(cfg: RunConfig) -> None:
 
 # train settings that `prlbench train` also takes as a flag
 _TRAIN_FLAGS = ("seed", "epochs", "batch_size", "lr", "patience", "device", "precision",
-                "threads", "embedding_optimizer")
+                "threads", "embedding_optimizer", "max_steps")
 
 
 def _key(name: str) -> str:

@@ -927,3 +927,15 @@ def test_plan_counts_runs_times_and_memory_and_refuses_what_cannot_fit(tmp_path,
     r = CliRunner().invoke(app, ["compare", "--plan", "--seeds", "2", "--epochs", "1",
                                  "--rows", "20000", "--data-dir", str(data), "--out", str(out)])
     assert r.exit_code == 1 and "would need about" in r.output and "available" in r.output
+
+
+def test_a_step_budget_bounds_the_plans_time():
+    from prlbench.experiment.plan import Group
+
+    g = Group("synthetic", "mmoe", "small", "fp32", 2048, runs=1, epochs=10, step_s=0.1,
+              steps_per_epoch=100, val_s=1.0)
+    assert g.run_s == pytest.approx(10 * (100 * 0.1 + 1.0))  # every epoch
+    g.max_steps = 150  # one epoch and a half: 150 steps, two validations
+    assert g.run_s == pytest.approx(150 * 0.1 + 2 * 1.0)
+    g.max_steps = 5000  # beyond the epochs: the epochs bound it
+    assert g.run_s == pytest.approx(10 * (100 * 0.1 + 1.0))

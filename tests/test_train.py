@@ -377,3 +377,23 @@ def test_a_run_whose_data_changed_under_it_fails_and_publishes_nothing(tmp_path,
     record = read_json(part / "run.json")
     assert record["status"] == "failed" and "CacheError" in record["error"]
     assert not (part / "metrics.json").exists()
+
+
+def test_max_steps_ends_the_run_in_the_epoch_under_way(data_dir, tmp_path, monkeypatch):
+    steps = []
+    make = loop_mod.make_optimizer
+
+    def counting(model, cfg):
+        opt = make(model, cfg)
+        step = opt.step
+        opt.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+        return opt
+
+    monkeypatch.setattr(loop_mod, "make_optimizer", counting)
+    cfg = _cfg(epochs=5, patience=5, max_steps=45)  # an epoch has fewer than 45 steps
+    run = train_mod.train_run(cfg, data_dir=data_dir, out=tmp_path, progress=False)
+    assert len(steps) == 45
+    assert len(read_json(run / "history.json")) == 2  # the second epoch ended at the budget
+    assert read_json(run / "run.json")["status"] == "done"
+    with pytest.raises(ConfigError, match=r"train.max_steps \(--max-steps\) must be >= 0"):
+        _cfg(max_steps=-1)

@@ -41,6 +41,7 @@ class LoopState:
     train_seconds: float = 0.0
     samples_seen: int = 0
     epoch_loss_sum: float = 0.0  # over the current epoch, kept across a resume
+    total_steps: int = 0  # optimizer steps over all epochs (train.max_steps)
     done: bool = False
 
     def to_dict(self) -> dict:
@@ -86,11 +87,13 @@ class Loop:
         cfg, state, opt = self.cfg.train, self.state, self.opt
         gen.set_state(self.epoch_gen)  # the epoch's permutation is drawn from this state
         steps = -(-len(self.train) // cfg.batch_size)
+        if cfg.max_steps:  # the epoch under way ends at the run's step budget
+            steps = min(steps, state.step + cfg.max_steps - state.total_steps)
         loss_fn = LOSSES.get(self.cfg.loss.name)
         self.model.train()
         last_save, t0 = time.monotonic(), time.perf_counter()
         it = itertools.islice(batches(self.train, cfg.batch_size, shuffle=True, generator=gen),
-                              state.step, None)
+                              state.step, steps)
         for batch in _progress(it, steps, state, progress, self.cfg):
             with autocast(self.device, cfg.precision):
                 out = self.model(batch.categorical, batch.numerical)
@@ -102,6 +105,7 @@ class Loop:
             opt.step()
             state.epoch_loss_sum += loss.item()
             state.step += 1
+            state.total_steps += 1
             state.samples_seen += len(batch)
             if stop.requested or time.monotonic() - last_save > cfg.checkpoint_every_s:
                 state.train_seconds += time.perf_counter() - t0
@@ -139,7 +143,8 @@ class Loop:
             state.bad_epochs += 1
         state.epoch += 1
         state.step, state.epoch_loss_sum = 0, 0.0
-        state.done = state.bad_epochs >= cfg.patience or state.epoch >= cfg.epochs
+        state.done = (state.bad_epochs >= cfg.patience or state.epoch >= cfg.epochs
+                      or 0 < cfg.max_steps <= state.total_steps)
         self.folder.write_history([Epoch(**e) for e in state.history])
 
     def save_state(self, opt, epoch_gen: torch.Tensor, state: LoopState) -> None:

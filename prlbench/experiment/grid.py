@@ -190,7 +190,7 @@ class CompareConfig:
             "model": {"preset": flags.get("preset")},
             "train": {k: flags.get(k) for k in ("epochs", "batch_size", "patience",
                                                 "precision", "device",
-                                                "embedding_optimizer")},
+                                                "embedding_optimizer", "max_steps")},
         }, finish=False, file_data=data)
         grid = _grid(flags, base, file_params, config_file)
         options = {k: flags[k] for k in ("test", "correction", "executor", "jobs", "threads",

@@ -38,6 +38,7 @@ class Group:
     batch_size: int
     runs: int = 0
     epochs: int = 0
+    max_steps: int = 0  # train.max_steps (0: no limit)
     step_s: float = 0.0
     steps_per_epoch: int = 0
     val_s: float = 0.0
@@ -46,6 +47,15 @@ class Group:
     @property
     def epoch_s(self) -> float:
         return self.steps_per_epoch * self.step_s + self.val_s
+
+    @property
+    def run_s(self) -> float:
+        """One run to its last epoch, or to its step budget where that ends it sooner."""
+        steps = self.epochs * self.steps_per_epoch
+        if not self.max_steps or self.max_steps >= steps:
+            return self.epochs * self.epoch_s
+        epochs = math.ceil(self.max_steps / max(1, self.steps_per_epoch))
+        return self.max_steps * self.step_s + epochs * self.val_s
 
 
 @dataclass
@@ -65,7 +75,7 @@ class Plan:
     @property
     def run_s(self) -> float:
         """Every run to train, to its last epoch, summed."""
-        return sum(g.runs * g.epochs * g.epoch_s for g in self.groups)
+        return sum(g.runs * g.run_s for g in self.groups)
 
     @property
     def wall_s(self) -> float:
@@ -95,7 +105,8 @@ class Plan:
             out.append(
                 f"  {g.dataset} / {g.model} ({g.preset}, {g.precision}, batch {g.batch_size}): "
                 f"{g.step_s * 1e3:.1f} ms a step, {g.steps_per_epoch:,} steps an epoch -> "
-                f"{_duration(g.epoch_s)} an epoch; {g.runs} runs x up to {g.epochs} epochs")
+                f"{_duration(g.epoch_s)} an epoch; {g.runs} runs x up to {g.epochs} epochs"
+                + (f" or {g.max_steps:,} steps" if g.max_steps else ""))
         if not self.to_train:
             return out + ["nothing to train: every run of the grid is reused"]
         at_once = min(self.jobs, self.to_train)
@@ -145,6 +156,8 @@ def make_plan(cc, data_dir: Path, out: Path, *, progress: bool = False) -> Plan:
         g, _ = groups.setdefault(key, (Group(*key), c))
         g.runs += 1
         g.epochs = max(g.epochs, c.train.epochs)
+        limits = (c.train.max_steps,) if g.runs == 1 else (g.max_steps, c.train.max_steps)
+        g.max_steps = 0 if 0 in limits else max(limits)  # the longest run bounds the group
     base = 0.0
     for g, cfg in groups.values():
         base = max(base, _calibrate(g, cfg, manifests[g.dataset], threads))
