@@ -913,12 +913,13 @@ def test_plan_counts_runs_times_and_memory_and_refuses_what_cannot_fit(tmp_path,
     assert (p.to_train, p.reused, p.jobs) == (2 * 3 * 3, 0, 2)
     assert {g.model for g in p.groups} == {"mmoe", "ple"}
     assert all(g.step_s > 0 and g.steps_per_epoch == 9 and g.epochs == 2 for g in p.groups)
-    assert p.run_s == pytest.approx(sum(g.runs * 2 * g.epoch_s for g in p.groups))
+    assert all(0 < g.test_s < g.epoch_s for g in p.groups)
+    assert p.run_s == pytest.approx(sum(g.runs * (2 * g.epoch_s + g.test_s) for g in p.groups))
     assert p.wall_s == pytest.approx(p.run_s / 2)
     assert p.data_bytes > 0 and p.job_bytes > p.base_bytes > 1e8 and p.fits
     assert not (out / "runs").exists()  # nothing trained
     text = "\n".join(p.lines())
-    assert "18 runs to train, 0 to reuse" in text and "at most" in text and "GB a job" in text
+    assert "18 runs to train, 0 to reuse" in text and "time: about" in text and "GB a job" in text
     # a machine with too little memory: refused, with how many jobs would fit
     small = plan_mod.Plan(**{**p.__dict__, "available": p.data_bytes + 1.5 * p.job_bytes / 0.9})
     assert not small.fits and small.jobs_that_fit() == 1
@@ -933,9 +934,9 @@ def test_a_step_budget_bounds_the_plans_time():
     from prlbench.experiment.plan import Group
 
     g = Group("synthetic", "mmoe", "small", "fp32", 2048, runs=1, epochs=10, step_s=0.1,
-              steps_per_epoch=100, val_s=1.0)
-    assert g.run_s == pytest.approx(10 * (100 * 0.1 + 1.0))  # every epoch
+              steps_per_epoch=100, val_s=1.0, test_s=3.0)
+    assert g.run_s == pytest.approx(10 * (100 * 0.1 + 1.0) + 3.0)  # every epoch, then test
     g.max_steps = 150  # one epoch and a half: 150 steps, two validations
-    assert g.run_s == pytest.approx(150 * 0.1 + 2 * 1.0)
+    assert g.run_s == pytest.approx(150 * 0.1 + 2 * 1.0 + 3.0)
     g.max_steps = 5000  # beyond the epochs: the epochs bound it
-    assert g.run_s == pytest.approx(10 * (100 * 0.1 + 1.0))
+    assert g.run_s == pytest.approx(10 * (100 * 0.1 + 1.0) + 3.0)

@@ -42,6 +42,7 @@ class Group:
     step_s: float = 0.0
     steps_per_epoch: int = 0
     val_s: float = 0.0
+    test_s: float = 0.0  # scoring the test split once, at the end of a run
     job_bytes: float = 0.0  # model, optimizer state and activations
 
     @property
@@ -53,9 +54,9 @@ class Group:
         """One run to its last epoch, or to its step budget where that ends it sooner."""
         steps = self.epochs * self.steps_per_epoch
         if not self.max_steps or self.max_steps >= steps:
-            return self.epochs * self.epoch_s
+            return self.epochs * self.epoch_s + self.test_s
         epochs = math.ceil(self.max_steps / max(1, self.steps_per_epoch))
-        return self.max_steps * self.step_s + epochs * self.val_s
+        return self.max_steps * self.step_s + epochs * self.val_s + self.test_s
 
 
 @dataclass
@@ -110,8 +111,10 @@ class Plan:
         if not self.to_train:
             return out + ["nothing to train: every run of the grid is reused"]
         at_once = min(self.jobs, self.to_train)
-        out.append(f"time: at most {_duration(self.wall_s)} with {at_once} at a time (every run "
-                   "to its --epochs; early stopping usually ends them sooner)")
+        out.append(f"time: about {_duration(self.wall_s)} with {at_once} at a time: every run to "
+                   "its --epochs (early stopping usually ends them sooner), validated each epoch, "
+                   "and the test split's forward passes; the test metrics and predictions file, "
+                   "the report and a first build of the column cache come on top")
         where = (f" of {self.available / 1e9:.1f} GB available" if self.available and self.local
                  else "")
         out.append(f"memory: {self.job_bytes / 1e9:.2f} GB a job + {self.data_bytes / 1e9:.2f} GB "
@@ -227,6 +230,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
     splits = manifest["splits"]
     g.steps_per_epoch = math.ceil(splits["train"]["rows"] / g.batch_size)
     g.val_s = forward_s * splits["val"]["rows"] / g.batch_size
+    g.test_s = forward_s * splits.get("test", {}).get("rows", 0) / g.batch_size
     g.job_bytes = max(0.0, _peak() - before)
     return before
 
