@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/performance.md in one run (about 8 minutes on one H200):
 #   samples/s of every model at the paper preset, fp32 and bf16, packed (8 seeds) and not;
-#   prlbench / the peer path at both presets; one AliExpress-NL-sized epoch (12 M rows) of MMoE.
+#   prlbench / the peer path at both presets; each mixture model against its peer form (the
+#   kernels section, paper preset); one AliExpress-NL-sized epoch (12 M rows) of MMoE.
 # Usage, from the repository root on a machine with a CUDA build of torch:
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # the Markdown tables go to OUT_DIR/gpu.md
 set -euo pipefail

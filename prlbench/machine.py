@@ -22,7 +22,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 @functools.cache
 def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to serve blocks of up to 256 MiB from its heap and to keep up to
-    512 MiB of freed heap for reuse, once per process; True when it took both settings.
+    128 MiB of freed heap for reuse, once per process; True when it took both settings.
 
     By default glibc maps every block above 32 MiB fresh from the kernel and hands it back on
     free. A paper-preset training step allocates and frees several such tensors (the stacked
@@ -35,7 +35,7 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 256 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
+    return bool(mallopt(_M_MMAP_THRESHOLD, 256 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 128 << 20))
 
 
 def provenance(device: str = "cpu") -> dict:
