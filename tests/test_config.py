@@ -118,6 +118,13 @@ def test_the_models_computation_is_part_of_a_runs_identity(monkeypatch):
     assert "computation" not in cfg.identity()["model"] and run_id(cfg, "m") != before
 
 
+def test_a_step_budget_is_a_run_of_its_own_and_none_keeps_the_id():
+    plain = resolve(None, {})
+    assert "max_steps" not in plain.identity()["train"]  # 0, the default: earlier ids kept
+    cut = resolve(None, {"train": {"max_steps": 300}})
+    assert cut.identity()["train"]["max_steps"] == 300 and run_id(cut, "m") != run_id(plain, "m")
+
+
 def test_round_trip_through_dict():
     cfg = resolve(None, {"loss": {"name": "pwiser"}, "train": {"seed": 7}})
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
