@@ -38,6 +38,19 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 256 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 128 << 20))
 
 
+def release_freed_memory() -> bool:
+    """Hand the freed part of glibc's heap back to the kernel (malloc_trim); True when it did.
+    After a large forward pass (scoring a split at the evaluation batch size) glibc keeps the
+    freed activations in its heap: 150 MB of a job's resident memory after scoring 500 k rows
+    at the small preset, counted against the job for the rest of the run."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def provenance(device: str = "cpu") -> dict:
     """prlbench's version and (when installed from a clone) git commit, torch, CUDA, numpy,
     Python, the platform, and the device the run used."""

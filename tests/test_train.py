@@ -397,3 +397,16 @@ def test_max_steps_ends_the_run_in_the_epoch_under_way(data_dir, tmp_path, monke
     assert read_json(run / "run.json")["status"] == "done"
     with pytest.raises(ConfigError, match=r"train.max_steps \(--max-steps\) must be >= 0"):
         _cfg(max_steps=-1)
+
+
+def test_the_allocator_keeps_freed_memory_only_for_steps_with_large_blocks(monkeypatch):
+    from prlbench.models import create_model
+
+    asked = []
+    monkeypatch.setattr(loop_mod, "reuse_freed_memory", lambda: asked.append(1))
+    vocab = [30] * 16
+    small = create_model("mmoe", vocab_sizes=vocab, num_numerical=63, preset="small")
+    paper = create_model("mmoe", vocab_sizes=vocab, num_numerical=63, preset="paper")
+    assert not loop_mod.reuse_memory_if_large(small, 2048) and asked == []
+    assert loop_mod.reuse_memory_if_large(paper, 2048) and asked == [1]  # 8 x 512 x 2176 fp32
+    assert loop_mod.reuse_memory_if_large(small, 2**17)  # a huge batch's activations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -216,16 +216,19 @@ def batches(data: TensorData, batch_size: int, *, shuffle: bool,
         yield data.slice(perm[start:start + batch_size])
 
 
-def load_side(data_dir: Path, name: str, split: str) -> dict[str, np.ndarray] | None:
+def load_side(data_dir: Path, name: str, split: str, columns: Sequence[str] | None = None
+              ) -> dict[str, np.ndarray] | None:
     """The side file of `split` (e.g. the synthetic data's true probabilities) as numpy columns,
-    row-aligned with `load_split`; None when the data set has none."""
+    row-aligned with `load_split`: all of them, or those of `columns` it has; None when the
+    data set has none."""
     manifest = open_cache(data_dir, name)
     entry = manifest.get("side_files", {}).get(split)
     if entry is None:
         return None
     path, fix = manifest.path(entry), f"rerun: prlbench preprocess {shlex.quote(name)}"
+    wanted = [c for c in entry["columns"] if columns is None or c in columns]
     try:
-        table = pq.read_table(path, columns=entry["columns"])
+        table = pq.read_table(path, columns=wanted)
     except (OSError, pa.ArrowInvalid, KeyError) as e:
         raise CacheError(f"{path} cannot be read ({str(e).splitlines()[0]}); {fix}") from e
     return {c: table.column(c).to_numpy() for c in table.column_names}

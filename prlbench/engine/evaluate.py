@@ -16,6 +16,7 @@ import torch
 from prlbench import stats
 from prlbench.stats.logloss import EPS as _EPS, logloss
 from prlbench.data.loader import TensorData
+from prlbench.machine import release_freed_memory
 
 
 
@@ -54,6 +55,7 @@ def predict(model: torch.nn.Module, data: TensorData, *, batch_size: int = 16384
             out = model(batch.categorical, batch.numerical)
         for key, value in probabilities(out).items():
             parts[key].append(value.cpu())
+    release_freed_memory()  # the freed activations, kept in glibc's heap otherwise
     return concat_parts(parts)
 
 
@@ -118,6 +120,10 @@ def cvr_is_probability(model) -> bool:
     """Whether the model's p_cvr is a probability by construction: a CVR tower (ESMM), or
     p_ctcvr <= p_ctr built in, so p_ctcvr / p_ctr never needs the cap at 1."""
     return bool(getattr(model, "guarantees_ctcvr_le_ctr", False))
+
+
+# The columns of a data set's side file that evaluate_on_test reads.
+SIDE_COLUMNS = ("genuine",)
 
 
 def evaluate_on_test(model: torch.nn.Module, data: TensorData, manifest: dict, *,

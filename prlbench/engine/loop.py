@@ -48,6 +48,26 @@ class LoopState:
         return dict(self.__dict__)
 
 
+# glibc maps every block above this size fresh from the kernel (its largest dynamic mmap
+# threshold on 64-bit), so a step whose tensors are larger faults in fresh pages every time.
+GLIBC_MMAP_MAX = 32 << 20
+
+
+def reuse_memory_if_large(model: torch.nn.Module, batch_size: int) -> bool:
+    """On a CPU, `machine.reuse_freed_memory()` when a training step allocates blocks beyond
+    glibc's mmap ceiling: the largest parameter (its gradient and Adam's temporaries are as
+    large) or the widest BatchNorm's activations for a batch (the paper preset's experts: 36 and
+    34 MB). Smaller models (the small preset) gain nothing from it, and the heap it keeps would
+    count against each job's memory; True when it was asked."""
+    largest = max((p.numel() * p.element_size() for p in model.parameters()), default=0)
+    widest = max((m.num_features for m in model.modules()
+                  if isinstance(m, torch.nn.BatchNorm1d)), default=0)
+    if max(largest, widest * batch_size * 4) <= GLIBC_MMAP_MAX:
+        return False
+    reuse_freed_memory()
+    return True
+
+
 class Loop:
     """`fit()` trains `model` on `train`, choosing the epoch on `val`; it writes best.pt,
     state.pt and history.json into `folder`."""
@@ -70,7 +90,7 @@ class Loop:
         finds it; `state` and `checkpoint()` are valid from the first step on."""
         cfg = self.cfg.train
         if str(self.device).startswith("cpu"):
-            reuse_freed_memory()  # no fresh pages for each step's large tensors
+            reuse_memory_if_large(self.model, cfg.batch_size)
         self.opt = make_optimizer(self.model, cfg)  # Adam; see train.embedding_optimizer
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.state, self.epoch_gen = LoopState(), gen.get_state()

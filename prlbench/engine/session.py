@@ -24,7 +24,7 @@ from prlbench.machine import provenance
 from prlbench.config import RunConfig, run_id
 from prlbench.data.cache import Manifest, check_unchanged, open_cache
 from prlbench.data.loader import load_side, load_split
-from prlbench.engine.evaluate import evaluate_on_test
+from prlbench.engine.evaluate import SIDE_COLUMNS, evaluate_on_test
 from prlbench.engine.loop import Loop, LoopState
 from prlbench.models import create_model
 from prlbench.errors import ConfigError, DataError, Interrupted, StoreError, TrainingError
@@ -235,7 +235,10 @@ class RunContext:
         name = self.cfg.data.dataset
         check_unchanged(self.manifest, name, split)  # the data it trained with, or no score
         data = load_split(self.data_dir, name, split, device=self.device, manifest=self.manifest)
-        side = load_side(self.data_dir, name, split) if split == "test" else None
+        # only what the metrics read: the side file's other columns (the true probabilities)
+        # would take about 100 bytes a test row
+        side = (load_side(self.data_dir, name, split, columns=SIDE_COLUMNS) if split == "test"
+                else None)
         metrics, table = evaluate_on_test(
             self.model, data, self.manifest, side=side,
             precision=self.cfg.train.precision, batch_size=self.cfg.train.eval_batch_size)

@@ -183,7 +183,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
     engine imported: what a job holds before its model and data)."""
     import torch
 
-    from prlbench.machine import reuse_freed_memory
+    from prlbench.engine.loop import reuse_memory_if_large
     from prlbench.engine.evaluate import autocast
     from prlbench.engine.optim import make_optimizer
     from prlbench.losses import LOSSES
@@ -191,7 +191,6 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
 
     cols = manifest["columns"]
     sizes = [manifest["vocab_sizes"][c] for c in cols["categorical"]]
-    reuse_freed_memory()  # as training does (engine.loop)
     before = _rss(reset=True)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -200,6 +199,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
         model = create_model(cfg.model.name, vocab_sizes=sizes,
                              num_numerical=len(cols["numerical"]), preset=cfg.model.preset,
                              **cfg.model.overrides)
+        reuse_memory_if_large(model, cfg.train.batch_size)  # as training does
         opt = make_optimizer(model, cfg.train)
         loss_fn = LOSSES.get(cfg.loss.name)
         b = cfg.train.batch_size
