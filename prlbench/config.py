@@ -58,7 +58,11 @@ class TrainConfig:
     weight_decay: float = 1e-6
     patience: int = 2
     precision: str = "fp32"
-    eval_batch_size: int = 16384
+    # Rows per forward pass when scoring. Each row's score is its own in eval mode, but a GEMM's
+    # last bits can depend on how many rows it takes, so a size other than the default is part
+    # of the run id. 4096 rather than 16384 since 2026-12-05: the activations of a larger pass
+    # were the largest part of a job's own memory while it scored.
+    eval_batch_size: int = 4096
     # Start each output head at the logit of its training base rate (see README).
     init_bias: bool = True
     # How the embedding tables are trained (prlbench.engine.optim): adam (dense, the default and
@@ -96,8 +100,10 @@ class RunConfig:
         from prlbench.models import MODELS
 
         d = self.to_dict()
-        for key in ("device", "threads", "checkpoint_every_s", "eval_batch_size"):
+        for key in ("device", "threads", "checkpoint_every_s"):
             d["train"].pop(key)
+        if d["train"]["eval_batch_size"] == EVAL_BATCH_SIZE:
+            del d["train"]["eval_batch_size"]  # the default: as every earlier run
         if self.loss.name in LOSSES:
             for key, spec in loss_param_specs(self.loss.name).items():
                 if spec.added_later and d["loss"]["params"].get(key) == spec.default:
@@ -120,6 +126,7 @@ EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
 # train settings added in a later version -> their default, the behaviour every earlier run
 # had: left out of identity() at that default, so the ids of existing runs do not change.
 TRAIN_ADDED_LATER = {"embedding_optimizer": "adam", "max_steps": 0}
+EVAL_BATCH_SIZE = TrainConfig.eval_batch_size  # left out of identity() at this default
 
 
 def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:

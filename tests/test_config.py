@@ -125,6 +125,14 @@ def test_a_step_budget_is_a_run_of_its_own_and_none_keeps_the_id():
     assert cut.identity()["train"]["max_steps"] == 300 and run_id(cut, "m") != run_id(plain, "m")
 
 
+def test_an_evaluation_batch_size_other_than_the_default_is_a_run_of_its_own():
+    # scores can differ in their last bits with the rows a GEMM takes at once
+    plain = resolve(None, {})
+    assert "eval_batch_size" not in plain.identity()["train"]
+    other = resolve(None, {"train": {"eval_batch_size": 16384}})
+    assert run_id(other, "m") != run_id(plain, "m")
+
+
 def test_round_trip_through_dict():
     cfg = resolve(None, {"loss": {"name": "pwiser"}, "train": {"seed": 7}})
     assert RunConfig.from_dict(cfg.to_dict()) == cfg

@@ -80,7 +80,7 @@ def test_default_is_one_dense_adam_and_keeps_existing_run_ids():
     assert "embedding_optimizer" not in ident["train"]
     before = cfg.to_dict()
     for key in ("device", "threads", "checkpoint_every_s", "eval_batch_size",
-                "embedding_optimizer", "max_steps"):  # the last two: added later
+                "embedding_optimizer", "max_steps"):  # the last three: left out at defaults
         before["train"].pop(key)
     before["model"]["computation"] = COMPUTATION  # the kernels' version (models.layers)
     assert ident == before

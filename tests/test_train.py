@@ -410,3 +410,4 @@ def test_the_allocator_keeps_freed_memory_only_for_steps_with_large_blocks(monke
     assert not loop_mod.reuse_memory_if_large(small, 2048) and asked == []
     assert loop_mod.reuse_memory_if_large(paper, 2048) and asked == [1]  # 8 x 512 x 2176 fp32
     assert loop_mod.reuse_memory_if_large(small, 2**17)  # a huge batch's activations
+

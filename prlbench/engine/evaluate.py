@@ -42,7 +42,7 @@ def autocast(device: str, precision: str):
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: TensorData, *, batch_size: int = 16384,
+def predict(model: torch.nn.Module, data: TensorData, *, batch_size: int = 4096,
             precision: str = "fp32") -> dict[str, np.ndarray]:
     """Probabilities p_ctr, p_ctcvr, p_cvr for every row of `data`, in row order."""
     model.eval()
