@@ -71,7 +71,7 @@ def test_default_is_one_dense_adam_and_keeps_existing_run_ids():
     assert cfg.train.embedding_optimizer == "adam"
     model = _tiny_model()
     opt = make_optimizer(model, cfg.train)
-    assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
+    assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
     assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
     assert opt.defaults["weight_decay"] == cfg.train.weight_decay
     assert not any(t.sparse for t in embedding_tables(model))
@@ -423,3 +423,27 @@ def test_the_caption_names_a_non_default_embedding_optimizer():
         "rowwise_adagrad")
     assert "some runs; the others dense Adam" in text("adam", "sparse_adam")
     assert _embedding_text(SimpleNamespace(runs=pd.DataFrame({"seed": [1]}))) == ""
+
+
+def test_training_steps_never_import_torch_dynamo():
+    """Every optimizer option steps, saves and loads without importing torch._dynamo (70 MB of
+    a job's own memory); a fresh interpreter, as this one may have imported it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from prlbench.config import resolve\n"
+        "from prlbench.engine.optim import make_optimizer\n"
+        "from prlbench.models import create_model\n"
+        "for kind in ('adam', 'sparse_adam', 'rowwise_adagrad'):\n"
+        "    m = create_model('mmoe', vocab_sizes=[5] * 3, num_numerical=2, preset='small')\n"
+        "    cfg = resolve(None, {'train': {'embedding_optimizer': kind}})\n"
+        "    opt = make_optimizer(m, cfg.train)\n"
+        "    out = m(torch.randint(0, 5, (8, 3)), torch.randn(8, 2))\n"
+        "    (out['ctr'].sum() + out['ctcvr'].sum()).backward()\n"
+        "    opt.step(); opt.zero_grad(); opt.load_state_dict(opt.state_dict())\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False", done.stderr

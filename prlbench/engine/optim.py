@@ -18,6 +18,7 @@ to their gradient (Adam's L2 form), the rows not in the batch are not touched at
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Iterable
 
@@ -26,8 +27,40 @@ from torch import Tensor, nn
 
 from prlbench.config import EMBEDDING_OPTIMIZERS, TrainConfig
 
-__all__ = ["EMBEDDING_OPTIMIZERS", "LazyAdam", "OptimizerPair", "RowWiseAdagrad",
+__all__ = ["EMBEDDING_OPTIMIZERS", "Adam", "LazyAdam", "OptimizerPair", "RowWiseAdagrad",
            "embedding_tables", "make_optimizer"]
+
+
+def _without_dynamo() -> None:
+    """torch.optim wraps Optimizer.add_param_group, zero_grad, state_dict and load_state_dict
+    to keep them out of torch.compile's tracing, and each wrapper imports torch._dynamo (about
+    800 modules) on its first call to make it so. A wrapper takes the function it should call
+    from the wrapped one's `__dynamo_disable`; set to the function itself, it calls it as it is.
+    prlbench never compiles; a torch that wraps them otherwise is left as it is."""
+    for attr in vars(torch.optim.Optimizer).values():
+        plain, code = getattr(attr, "__wrapped__", None), getattr(attr, "__code__", None)
+        if (plain is not None and code is not None and code.co_filename.endswith("_compile.py")
+                and not hasattr(plain, "__dynamo_disable")):
+            plain.__dynamo_disable = plain
+
+
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam, the same arithmetic and state, without importing TorchDynamo: 70 MB of
+    each training process's own memory (a fifth of a small-preset job's), for tracing prlbench
+    never does. torch's `step` wrapper imports it to mark a graph break and otherwise only
+    switches gradients off (an Adam that is not `differentiable`); this step does the latter."""
+
+    _step = staticmethod(inspect.unwrap(torch.optim.Adam.step))
+
+    def __init__(self, params, **kwargs) -> None:
+        _without_dynamo()
+        super().__init__(params, **kwargs)
+
+    def step(self, closure=None):
+        if self.defaults["differentiable"]:
+            return super().step(closure)
+        with torch.no_grad():
+            return self._step(self, closure)
 
 
 class _TableOptimizer(torch.optim.Optimizer):
@@ -217,13 +250,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
         raise ConfigError(f"train.embedding_optimizer (--embedding-optimizer) must be one of "
                           f"{', '.join(EMBEDDING_OPTIMIZERS)}, got {kind!r}")
     if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tables = embedding_tables(model)
     table_ids = {id(t.weight) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in table_ids]
     for t in tables:
         t.sparse = True
-    dense_opt = torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dense_opt = Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = [t.weight for t in tables]
     sparse = LazyAdam if kind == "sparse_adam" else RowWiseAdagrad
     return OptimizerPair(dense_opt, sparse(weights, lr=cfg.lr, weight_decay=cfg.weight_decay))
