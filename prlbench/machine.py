@@ -20,6 +20,19 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 @functools.cache
+def _glibc():
+    """The C library where it is glibc on Linux (what mallopt and malloc_trim need), else
+    None: musl, macOS and Windows lack them, and these functions do nothing there."""
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@functools.cache
 def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to serve blocks of up to 256 MiB from its heap and to keep up to
     128 MiB of freed heap for reuse, once per process; True when it took both settings.
@@ -28,14 +41,10 @@ def reuse_freed_memory() -> bool:
     free. A paper-preset training step allocates and frees several such tensors (the stacked
     expert weights' gradients and Adam's temporaries, the [B, E x 512] activations), so each
     step paid for tens of thousands of fresh zeroed pages: 4-9 % of an MMoE step on a 2-core
-    CPU. Changes no result; elsewhere (musl, macOS, Windows) it does nothing."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 256 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 128 << 20))
+    CPU. Changes no result."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)) \
+        & bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20))
 
 
 def release_freed_memory() -> bool:
@@ -43,12 +52,8 @@ def release_freed_memory() -> bool:
     After a large forward pass (scoring a split at the evaluation batch size) glibc keeps the
     freed activations in its heap: 150 MB of a job's resident memory after scoring 500 k rows
     at the small preset, counted against the job for the rest of the run."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 def provenance(device: str = "cpu") -> dict:
