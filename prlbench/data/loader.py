@@ -8,6 +8,7 @@ Column roles come from the cache's manifest, never from hard-coded names.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,8 +20,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from prlbench.data.cache import SPLITS, Manifest, open_cache
+from prlbench.data.cache import SPLITS, Manifest, folder_lock, open_cache, sha256_file
 from prlbench.errors import CacheError, ConfigError
+from prlbench.fileio import atomic_write, atomic_write_bytes
 
 _COLUMNS = 8  # columns decoded at a time when loading a split (a few MB per row group each)
 
@@ -92,8 +94,6 @@ def _column_cache(path: Path, entry: dict, roles: dict, name: str) -> dict[str, 
     want = {"format": _COLUMNS_FORMAT, "source": path.name, "source_sha256": entry["sha256"],
             "roles": {k: roles[k] for k in ("group", "categorical", "numerical", "click",
                                             "conversion")}}
-    from prlbench.data.cache import folder_lock
-
     found = _open_columns(folder, stem, want)
     if found is not None:
         return found
@@ -104,45 +104,48 @@ def _column_cache(path: Path, entry: dict, roles: dict, name: str) -> dict[str, 
             if found is not None:
                 return found
             arrays = _read_into(path, roles, name)
-            _write_columns(folder, stem, want, arrays)
+            index = _write_columns(folder, stem, want, arrays)
     except OSError:  # a cache folder that cannot be written: this process's own copy
         return arrays if arrays is not None else _read_into(path, roles, name)
-    del arrays  # mapped from the files instead: shared with the other jobs
-    found = _open_columns(folder, stem, want)
-    return found if found is not None else _read_into(path, roles, name)
+    del arrays  # mapped from the files instead (just written and hashed): shared with the jobs
+    return _map_columns(folder, stem, index) or _read_into(path, roles, name)
 
 
 def _open_columns(folder: Path, stem: str, want: dict) -> dict[str, np.ndarray] | None:
-    import json
-
-    from prlbench.data.cache import sha256_file
-
+    """The split's arrays mapped from `folder`, if its index says `want` and every file's
+    size and sha256 match the index; else None (build them)."""
     try:
         index = json.loads((folder / f"{stem}.json").read_text())
         if {k: index.get(k) for k in want} != want:
             return None
-        out = {}
         for field, meta in index["fields"].items():
             file = folder / f"{stem}.{field}.npy"
             if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
                 return None
-            arr = np.load(file, mmap_mode="c")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return _map_columns(folder, stem, index)
+
+
+def _map_columns(folder: Path, stem: str, index: dict) -> dict[str, np.ndarray] | None:
+    """The files the index lists, memory-mapped copy-on-write; None where one is not what the
+    index says (dtype, shape) or a field is missing."""
+    try:
+        out = {}
+        for field, meta in index["fields"].items():
+            arr = np.load(folder / f"{stem}.{field}.npy", mmap_mode="c")
             if str(arr.dtype) != meta["dtype"] or list(arr.shape) != meta["shape"]:
                 return None
             out[field] = arr
-        return out if set(out) == {f.name for f in fields(TensorData)} else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return out if set(out) == {f.name for f in fields(TensorData)} else None
 
 
-def _write_columns(folder: Path, stem: str, want: dict, arrays: dict[str, np.ndarray]) -> None:
+def _write_columns(folder: Path, stem: str, want: dict, arrays: dict[str, np.ndarray]) -> dict:
     """Each array to `<stem>.<field>.npy`, then the index that vouches for them (last: an
-    interrupted build leaves no index that matches, so the next load builds again)."""
-    import json
-
-    from prlbench.data.cache import sha256_file
-    from prlbench.fileio import atomic_write, atomic_write_bytes
-
+    interrupted build leaves no index that matches, so the next load builds again); returns
+    the index."""
     index = {**want, "fields": {}}
     for field, arr in arrays.items():
         final = folder / f"{stem}.{field}.npy"
@@ -150,6 +153,7 @@ def _write_columns(folder: Path, stem: str, want: dict, arrays: dict[str, np.nda
         index["fields"][field] = {"dtype": str(arr.dtype), "shape": list(arr.shape),
                                   "bytes": final.stat().st_size, "sha256": sha256_file(final)}
     atomic_write_bytes(folder / f"{stem}.json", json.dumps(index, indent=1).encode())
+    return index
 
 
 def _read_into(path: Path, roles: dict, name: str) -> dict[str, np.ndarray]:
