@@ -102,13 +102,11 @@ class RunConfig:
         d = self.to_dict()
         for key in ("device", "threads", "checkpoint_every_s"):
             d["train"].pop(key)
-        if d["train"]["eval_batch_size"] == EVAL_BATCH_SIZE:
-            del d["train"]["eval_batch_size"]  # the default: as every earlier run
         if self.loss.name in LOSSES:
             for key, spec in loss_param_specs(self.loss.name).items():
                 if spec.added_later and d["loss"]["params"].get(key) == spec.default:
                     del d["loss"]["params"][key]
-        for key, default in TRAIN_ADDED_LATER.items():
+        for key, default in TRAIN_LEFT_OUT_AT_DEFAULT.items():
             if d["train"].get(key) == default:
                 del d["train"][key]
         # A model whose computation changed since prlbench 0.3 (models.layers.COMPUTATION)
@@ -123,10 +121,12 @@ class RunConfig:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
 PRECISIONS = ("fp32", "bf16")
 EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
-# train settings added in a later version -> their default, the behaviour every earlier run
-# had: left out of identity() at that default, so the ids of existing runs do not change.
-TRAIN_ADDED_LATER = {"embedding_optimizer": "adam", "max_steps": 0}
-EVAL_BATCH_SIZE = TrainConfig.eval_batch_size  # left out of identity() at this default
+# train settings left out of identity() at their default, so that the ids of the runs made
+# before the setting existed (or before it counted) do not change: added in a later version
+# (embedding_optimizer, max_steps), or part of the id only when not the default
+# (eval_batch_size, see TrainConfig).
+TRAIN_LEFT_OUT_AT_DEFAULT = {"embedding_optimizer": "adam", "max_steps": 0,
+                             "eval_batch_size": TrainConfig.eval_batch_size}
 
 
 def _merge(base: Any, updates: Mapping[str, Any], where: str) -> Any:
