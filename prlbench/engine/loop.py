@@ -68,6 +68,22 @@ def reuse_memory_if_large(model: torch.nn.Module, batch_size: int) -> bool:
     return True
 
 
+def batch_loss(model: torch.nn.Module, loss_fn, categorical: torch.Tensor,
+               numerical: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor, *,
+               device: str, precision: str, params: dict) -> torch.Tensor:
+    """A training step's forward pass and loss (under autocast for bf16)."""
+    with autocast(device, precision):
+        loss, _ = loss_fn(model(categorical, numerical), click, conversion, **params)
+    return loss
+
+
+def descend(opt, loss: torch.Tensor) -> None:
+    """A training step's backward pass and optimizer step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 class Loop:
     """`fit()` trains `model` on `train`, choosing the epoch on `val`; it writes best.pt,
     state.pt and history.json into `folder`."""
@@ -115,14 +131,12 @@ class Loop:
         it = itertools.islice(batches(self.train, cfg.batch_size, shuffle=True, generator=gen),
                               state.step, steps)
         for batch in _progress(it, steps, state, progress, self.cfg):
-            with autocast(self.device, cfg.precision):
-                out = self.model(batch.categorical, batch.numerical)
-                loss, _ = loss_fn(out, batch.click, batch.conversion, **self.cfg.loss.params)
+            loss = batch_loss(self.model, loss_fn, batch.categorical, batch.numerical,
+                              batch.click, batch.conversion, device=self.device,
+                              precision=cfg.precision, params=self.cfg.loss.params)
             if not torch.isfinite(loss):
                 self._fail_nonfinite(loss, state)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            descend(opt, loss)
             state.epoch_loss_sum += loss.item()
             state.step += 1
             state.total_steps += 1

@@ -6,13 +6,14 @@
 
 Time comes from a short calibration of each (data set, model, preset, precision, batch size)
 of the grid on this machine: the real model and optimizer, a batch of the data set's shape,
-a few timed steps after two untimed ones. An epoch is its steps plus one pass of validation;
-a run is at most its `--epochs` epochs (early stopping usually ends it sooner, so the estimate
-is an upper bound). Memory: each job holds its model, optimizer state and activations (the
-calibration's growth in this process) over a base of what a process with torch and the engine
-imported takes (this one's, measured); the
-training and validation splits are mapped from the column cache, one copy shared by the jobs
-on one machine (data.md).
+a few timed steps after two untimed ones, and one forward pass. An epoch is its steps plus one
+pass over the validation split; a run is its `--epochs` epochs (or its `--max-steps`) and one
+pass over the test split, an estimate: early stopping usually ends runs sooner, and the test
+metrics, the predictions file, the report and a first build of the column cache come on top.
+Memory: each job holds its model, optimizer state and activations (the calibration's growth in
+this process) over a base of what a process with torch and the engine imported takes (this
+one's, measured); the training and validation splits are mapped from the column cache, one
+copy shared by the jobs on one machine (data.md).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
     engine imported: what a job holds before its model and data)."""
     import torch
 
-    from prlbench.engine.loop import reuse_memory_if_large
+    from prlbench.engine.loop import batch_loss, descend, reuse_memory_if_large
     from prlbench.engine.evaluate import autocast
     from prlbench.engine.optim import make_optimizer
     from prlbench.losses import LOSSES
@@ -213,12 +214,8 @@ def _calibrate(g: Group, cfg, manifest, threads: int) -> float:
         for i in range(_WARMUP + _TIMED):
             if i == _WARMUP:
                 t0 = time.perf_counter()
-            with autocast("cpu", cfg.train.precision):
-                out = model(cat, num)
-                loss, _ = loss_fn(out, click, conversion, **cfg.loss.params)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            descend(opt, batch_loss(model, loss_fn, cat, num, click, conversion, device="cpu",
+                                    precision=cfg.train.precision, params=cfg.loss.params))
         g.step_s = (time.perf_counter() - t0) / _TIMED
         model.eval()
         t0 = time.perf_counter()
@@ -243,34 +240,32 @@ def _rss(reset: bool = False) -> float:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             pass
-    return _status_kb("VmRSS:") * 1024.0 or _peak()
+    return _proc_kb("/proc/self/status", "VmRSS:") * 1024.0 or _peak()
 
 
 def _peak() -> float:
     """This process's peak resident memory, in bytes (since the last reset where Linux allows
     one)."""
-    return _status_kb("VmHWM:") * 1024.0 or \
+    return _proc_kb("/proc/self/status", "VmHWM:") * 1024.0 or \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
 
 
-def _status_kb(key: str) -> float:
+def _proc_kb(path: str, key: str) -> float:
+    """The kB figure of line `key` in a /proc file (status, meminfo); 0 where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(key):
                 return float(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return 0.0
 
 
 def _available() -> float:
     """Memory available to new processes (MemAvailable), in bytes; 0 where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
+    found = _proc_kb("/proc/meminfo", "MemAvailable:") * 1024.0
+    if found:
+        return found
     try:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
