@@ -33,14 +33,20 @@ from pathlib import Path
 from prlbench.machine import cpu_model
 
 
-def _kb(pid: int, path: str, key: str) -> int:
+def _kb(path: str, key: str) -> int:
+    """The kB figure of line `key` in a /proc file; 0 where there is none (a process gone)."""
     try:
-        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(key):
                 return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _pss(pids) -> int:
+    """The processes' summed PSS (kB): shared pages counted once between them."""
+    return sum(_kb(f"/proc/{pid}/smaps_rollup", "Pss:") for pid in pids)
 
 
 def _train(data: Path, out: Path, seed: int) -> subprocess.Popen:
@@ -56,8 +62,8 @@ def _watch(procs: list[subprocess.Popen]) -> tuple[list[int], int, float]:
     t0, hwm, pss_peak = time.perf_counter(), [0] * len(procs), 0
     while any(p.poll() is None for p in procs):
         for i, p in enumerate(procs):
-            hwm[i] = max(hwm[i], _kb(p.pid, "status", "VmHWM:"))
-        pss_peak = max(pss_peak, sum(_kb(p.pid, "smaps_rollup", "Pss:") for p in procs))
+            hwm[i] = max(hwm[i], _kb(f"/proc/{p.pid}/status", "VmHWM:"))
+        pss_peak = max(pss_peak, _pss(p.pid for p in procs))
         time.sleep(0.05)
     for p in procs:
         if p.returncode:
@@ -82,15 +88,8 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _meminfo_kb(key: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-
-
 def _used_kb() -> int:
-    return _meminfo_kb("MemTotal:") - _meminfo_kb("MemAvailable:")
+    return _kb("/proc/meminfo", "MemTotal:") - _kb("/proc/meminfo", "MemAvailable:")
 
 
 def _watch_tree(cmd: list[str]) -> tuple[int, int, float]:
@@ -99,7 +98,7 @@ def _watch_tree(cmd: list[str]) -> tuple[int, int, float]:
     t0, pss_peak, used_peak = time.perf_counter(), 0, 0
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None:
-        pss_peak = max(pss_peak, sum(_kb(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
+        pss_peak = max(pss_peak, _pss(_tree(proc.pid)))
         used_peak = max(used_peak, _used_kb())
         time.sleep(0.2)
     if proc.returncode:
@@ -113,7 +112,7 @@ def es_sized(root: Path, rows: int, steps: int) -> None:
     data = root / "es-data"
     prlbench = [sys.executable, "-m", "prlbench"]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; "
-          f"machine memory {_meminfo_kb('MemTotal:') / 1e6:.1f} GB; idle: "
+          f"machine memory {_kb('/proc/meminfo', 'MemTotal:') / 1e6:.1f} GB; idle: "
           f"{_used_kb() / 1e6:.2f} GB used", flush=True)
     if not (data / "synthetic" / "manifest.json").exists():
         pss, used, wall = _watch_tree([*prlbench, "preprocess", "synthetic", "--rows", str(rows),

@@ -44,6 +44,7 @@ from prlbench.data.cache import open_cache
 from prlbench.data.loader import TensorData, batches, load_split
 from prlbench.data.synthetic import preprocess_synthetic
 from prlbench.engine.evaluate import autocast, predict
+from prlbench.engine.loop import batch_loss, descend
 from prlbench.engine.run import train_run
 from prlbench.store import RunFolder
 from prlbench.losses import LOSSES
@@ -169,17 +170,16 @@ def build(name: str, preset: str, manifest: dict, device: str, seed: int = 0
 
 
 def make_step(model, loss_name: str, device: str, precision: str):
-    """One engine step: autocast forward + loss, backward, Adam; returns the loss (a sync)."""
+    """One engine step (engine.loop's batch_loss and descend: autocast forward + loss,
+    backward, Adam); returns the loss (a sync)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = LOSSES.get(loss_name)
     model.train()
 
     def step(cat, num, click, conversion) -> float:
-        with autocast(device, precision):
-            loss, _ = loss_fn(model(cat, num), click, conversion)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = batch_loss(model, loss_fn, cat, num, click, conversion, device=device,
+                          precision=precision, params={})
+        descend(opt, loss)
         return loss.item()
     return step
 
