@@ -241,9 +241,7 @@ def _paper_cell(c: tm.Cell | None, table: tm.Table, fit: Fit) -> str:
         return head + mark
     if not fit.stacked:
         return f"{head} {escape(extra)}{mark}"
-    # \relax: a line starting with "[" after \\ would be read as \\[<length>].
-    return (f"\\begin{{tabular}}[t]{{@{{}}c@{{}}}}{head}{mark} \\\\ \\relax "
-            f"{{\\scriptsize {escape(extra)}}}\\end{{tabular}}")
+    return _stacked([head + mark, f"{{\\scriptsize {escape(extra)}}}"])
 
 
 # ----------------------------------------------------------------------- detail layout
@@ -326,10 +324,14 @@ def _delta(c: tm.Cell | None) -> str:
     mark = tm.marker(c)
     first = escape(point) + (f"\\,{escape(mark)}" if mark.endswith("*") else
                              f" {escape(mark)}" if mark else "")
-    lines = [first] + ([escape(ci)] if ci else [])
+    return "{\\footnotesize" + _stacked([first] + ([escape(ci)] if ci else [])) + "}"
+
+
+def _stacked(lines: list[str]) -> str:
+    """Lines set one under another in one table cell (a nested one-column tabular)."""
     # \relax: a line starting with "[" after \\ would be read as \\[<length>].
-    return ("{\\footnotesize\\begin{tabular}[t]{@{}c@{}}" + " \\\\ \\relax ".join(lines)
-            + "\\end{tabular}}")
+    return ("\\begin{tabular}[t]{@{}c@{}}" + " \\\\ \\relax ".join(lines)
+            + "\\end{tabular}")
 
 
 def _wtl_float(table: tm.Table) -> list[str]:
