@@ -239,9 +239,8 @@ def _progress(it, total: int, state: LoopState, enabled: bool, cfg: RunConfig,
         yield from it
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     label = label or f"{cfg.model.name}/{cfg.loss.name} s{cfg.train.seed}"
     label = escape(f"{label} epoch {state.epoch + 1}")  # a name is no markup

@@ -18,6 +18,7 @@ to their gradient (Adam's L2 form), the rows not in the batch are not touched at
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Iterable
@@ -31,6 +32,7 @@ __all__ = ["EMBEDDING_OPTIMIZERS", "Adam", "LazyAdam", "OptimizerPair", "RowWise
            "embedding_tables", "make_optimizer"]
 
 
+@functools.cache
 def _without_dynamo() -> None:
     """torch.optim wraps Optimizer.add_param_group, zero_grad, state_dict and load_state_dict
     to keep them out of torch.compile's tracing, and each wrapper imports torch._dynamo (about

@@ -422,8 +422,3 @@ def _seeds_short(summary: Summary, c) -> str:
     many = f"{ns.min()}–{ns.max()} seeds per cell" if ns.nunique() > 1 else \
         f"{ns.iloc[0]} seed{'s' if ns.iloc[0] != 1 else ''}"
     return f"{many} ({seed_list(summary.seeds)})"
-
-
-def words(text: str) -> int:
-    """A caption's length in words (whitespace-separated tokens)."""
-    return len(text.split())

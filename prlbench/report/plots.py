@@ -136,8 +136,8 @@ def forest_figure(summary: Summary, *, width: str | None = None):
     labels = [wrap(f"{tm.dataset_name(d)} · {tm.model_name(m)}", width,
                    0.4 if width == "column" else 0.2) for d, m in groups]
     lines = max([label.count("\n") + 1 for label in labels] or [1])
-    rows_h = 0.28 * len(groups) * max(1, len(arms))
     if width is None:
+        rows_h = 0.28 * len(groups) * max(1, len(arms))
         shape, size = (1, len(metrics)), (2.2 + 3.2 * len(metrics), 1.5 + rows_h)
     else:
         rows_h = len(groups) * max(0.2 * max(1, len(arms)), 0.17 * lines)
